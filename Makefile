@@ -1,0 +1,33 @@
+# All set-up on a fresh Debian 12 machine goes through `install` (run as root: it uses apt-get).
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+ORACLE  := build/estargz-check
+
+.PHONY: install test lint bench demo clean
+
+install: $(VENV)/.installed $(ORACLE)
+
+$(VENV)/.installed: pyproject.toml scripts/setup.sh
+	scripts/setup.sh system
+	scripts/setup.sh venv $(VENV)
+	touch $@
+
+$(ORACLE): $(VENV)/.installed
+	scripts/setup.sh oracle build
+
+test: install
+	$(VENV)/bin/ruff check ctr_remote tests bench
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check ctr_remote tests bench
+	$(VENV)/bin/ruff format --check ctr_remote tests bench
+
+bench: install
+	$(PY) -m bench
+
+demo: install
+	scripts/demo.sh
+
+clean:
+	rm -rf build $(VENV) .pytest_cache

@@ -1,0 +1,1 @@
+"""Benchmarks (`make bench`): each compares ours with the upstream Go tool on the same input."""

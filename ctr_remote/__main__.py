@@ -1,0 +1,3 @@
+from ctr_remote.cli import main
+
+main()

@@ -1,0 +1,7 @@
+"""The one error type the CLI turns into a one-line message and a non-zero exit."""
+
+
+class CtrRemoteError(Exception):
+    """An error whose message is fit for the user as it is: one line, naming what went wrong."""
+
+    exit_code: int = 1
