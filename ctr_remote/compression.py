@@ -1,0 +1,104 @@
+"""Layer compression: detect it from magic bytes and open a decompressed stream.
+
+Every consumer of layer blobs (the eStargz writer, the layer unpacker, the reader) goes through
+`open_tar_stream`, so a layer is sniffed and decompressed the same way everywhere.
+"""
+
+from __future__ import annotations
+
+import enum
+import io
+from typing import BinaryIO
+
+import zstandard
+from zlib_ng import gzip_ng_threaded
+
+from ctr_remote.errors import CtrRemoteError
+
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+class Compression(enum.Enum):
+    NONE = "none"
+    GZIP = "gzip"
+    ZSTD = "zstd"
+
+
+class CorruptLayerError(CtrRemoteError):
+    """A layer's compressed stream could not be decoded."""
+
+
+def detect(head: bytes) -> Compression:
+    """Compression of a stream that begins with `head` (at least 4 bytes when available)."""
+    if head.startswith(GZIP_MAGIC):
+        return Compression.GZIP
+    if head.startswith(ZSTD_MAGIC):
+        return Compression.ZSTD
+    return Compression.NONE
+
+
+class _Prefixed(io.RawIOBase):
+    """A stream that yields `head` and then the rest of `rest`: lets us sniff unseekable input."""
+
+    def __init__(self, head: bytes, rest: BinaryIO) -> None:
+        self._head = head
+        self._rest = rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:  # type: ignore[no-untyped-def]
+        if self._head:
+            n = min(len(b), len(self._head))
+            b[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        data = self._rest.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+
+class _Checked(io.RawIOBase):
+    """Turns a decompressor's low-level exceptions into one CorruptLayerError naming the layer."""
+
+    def __init__(self, inner: BinaryIO, what: str, kind: Compression) -> None:
+        self._inner = inner
+        self._what = what
+        self._kind = kind
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:  # type: ignore[no-untyped-def]
+        try:
+            data = self._inner.read(len(b))
+        except (OSError, EOFError, zstandard.ZstdError) as e:
+            raise CorruptLayerError(f"{self._what}: corrupt {self._kind.value} stream: {e}") from None
+        b[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        try:
+            self._inner.close()
+        finally:
+            super().close()
+
+
+def open_tar_stream(raw: BinaryIO, what: str = "layer") -> tuple[BinaryIO, Compression]:
+    """Sniff `raw` and return (uncompressed tar stream, detected compression).
+
+    `raw` may be unseekable. `what` names the input in error messages.
+    """
+    head = raw.read(4)
+    kind = detect(head)
+    prefixed = io.BufferedReader(_Prefixed(head, raw), buffer_size=1 << 20)
+    if kind is Compression.NONE:
+        return prefixed, kind
+    inner: BinaryIO
+    if kind is Compression.GZIP:
+        # Decompression in a helper thread overlaps with whatever consumes the tar.
+        inner = gzip_ng_threaded.open(prefixed, "rb", threads=1)  # type: ignore[assignment]
+    else:
+        inner = zstandard.ZstdDecompressor().stream_reader(prefixed, read_across_frames=True)  # type: ignore[assignment]
+    return io.BufferedReader(_Checked(inner, what, kind), buffer_size=1 << 20), kind
