@@ -59,6 +59,43 @@ class _Prefixed(io.RawIOBase):
         return len(data)
 
 
+class _ZstdReader(io.RawIOBase):
+    """Decodes concatenated zstd frames; unlike zstandard's stream_reader, a truncated frame is an
+    error rather than a silent short read."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self._dctx = zstandard.ZstdDecompressor()
+        self._obj = self._dctx.decompressobj()
+        self._in_frame = False
+        self._pending = b""
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:  # type: ignore[no-untyped-def]
+        while self._pos >= len(self._pending):
+            self._pending, self._pos = b"", 0
+            chunk = self._raw.read(1 << 20)
+            if not chunk:
+                if self._in_frame:
+                    raise EOFError("stream ended inside a zstd frame")
+                return 0
+            while chunk:
+                self._in_frame = True
+                self._pending += self._obj.decompress(chunk)
+                if not self._obj.eof:
+                    break
+                chunk = self._obj.unused_data
+                self._obj = self._dctx.decompressobj()
+                self._in_frame = False
+        n = min(len(b), len(self._pending) - self._pos)
+        b[:n] = self._pending[self._pos : self._pos + n]
+        self._pos += n
+        return n
+
+
 class _Checked(io.RawIOBase):
     """Turns a decompressor's low-level exceptions into one CorruptLayerError naming the layer."""
 
@@ -100,5 +137,5 @@ def open_tar_stream(raw: BinaryIO, what: str = "layer") -> tuple[BinaryIO, Compr
         # Decompression in a helper thread overlaps with whatever consumes the tar.
         inner = gzip_ng_threaded.open(prefixed, "rb", threads=1)  # type: ignore[assignment]
     else:
-        inner = zstandard.ZstdDecompressor().stream_reader(prefixed, read_across_frames=True)  # type: ignore[assignment]
+        inner = _ZstdReader(prefixed)  # type: ignore[assignment]
     return io.BufferedReader(_Checked(inner, what, kind), buffer_size=1 << 20), kind
