@@ -24,7 +24,7 @@ lint: install
 	$(VENV)/bin/ruff format --check ctr_remote tests bench
 
 bench: install
-	$(PY) -m bench
+	$(PY) -m bench $(BENCH)
 
 demo: install
 	scripts/demo.sh
