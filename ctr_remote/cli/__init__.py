@@ -9,6 +9,7 @@ import click
 
 from ctr_remote import __version__
 from ctr_remote.errors import CtrRemoteError
+from ctr_remote.log import LogFormat, configure
 
 
 class _AliasedGroup(click.Group):
@@ -28,13 +29,31 @@ class _AliasedGroup(click.Group):
 
 @click.group(cls=_AliasedGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ctr-remote")
-def cli() -> None:
+@click.option("--debug", is_flag=True, help="enable debug output in logs")
+@click.option(
+    "--log-format",
+    type=click.Choice([f.value for f in LogFormat]),
+    default=LogFormat.TEXT.value,
+    show_default=True,
+    help="text (upstream-style) or json (one object per line, for CI)",
+)
+def cli(debug: bool, log_format: str) -> None:
     """A command line client for containerd's stargz snapshotter: image optimization."""
+    configure(debug=debug, fmt=LogFormat(log_format))
 
 
 @cli.group()
 def image() -> None:
     """Manage images."""
+
+
+def _register() -> None:
+    from ctr_remote.cli.optimize import optimize_command
+
+    image.add_command(optimize_command)
+
+
+_register()
 
 
 def main() -> None:
@@ -43,11 +62,16 @@ def main() -> None:
     except CtrRemoteError as e:
         click.echo(f"ctr-remote: {e}", err=True)
         sys.exit(e.exit_code)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("ctr-remote: interrupted", err=True)
         sys.exit(130)
+    except click.UsageError as e:
+        # One line, like every other error; the hint says where the full usage is.
+        where = e.ctx.command_path if e.ctx else "ctr-remote"
+        click.echo(f"ctr-remote: {e.format_message()} (see '{where} --help')", err=True)
+        sys.exit(e.exit_code)
     except click.ClickException as e:
-        e.show()
+        click.echo(f"ctr-remote: {e.format_message()}", err=True)
         sys.exit(e.exit_code)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)

@@ -1,0 +1,234 @@
+"""`ctr-remote image optimize`: upstream's flags, parsed into `Workload` and `OptimizeOptions`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ctr_remote.cli import flags
+from ctr_remote.errors import CtrRemoteError
+from ctr_remote.options import DEFAULT_CHUNK_SIZE, OptimizeOptions
+from ctr_remote.profile.workload import (
+    DEFAULT_CNI_CONF_DIR,
+    DEFAULT_CNI_PLUGIN_DIR,
+    DEFAULT_PERIOD_SECONDS,
+    CniConfig,
+    DnsConfig,
+    NetworkMode,
+    Workload,
+)
+
+
+class FlagConflictError(CtrRemoteError):
+    exit_code = 2
+
+
+def _conflicts(p: dict) -> None:  # type: ignore[type-arg]
+    """The combinations upstream refuses, and those that make no sense for this tool."""
+    if p["terminal"] and not p["stdin"]:
+        raise FlagConflictError('terminal flag must be specified with "-i"')
+    if p["wait_on_signal"] and p["terminal"]:
+        raise FlagConflictError("wait-on-signal can't be used with terminal flag")
+    if p["prefetch_list"] and p["no_optimize"]:
+        raise FlagConflictError("--prefetch-list can't be used with --no-optimize")
+    if p["cni"] and p["net_host"]:
+        raise FlagConflictError("--cni can't be used with --net-host")
+    if p["all_platforms"] and p["platform"]:
+        raise FlagConflictError("--platform can't be used with --all-platforms")
+    if p["zstdchunked"]:
+        raise FlagConflictError("--zstdchunked is not supported: this tool writes eStargz (gzip) layers")
+    if p["gpus"]:
+        raise FlagConflictError("--gpus is not supported: profiling containers run without GPU devices")
+    if not 1 <= p["estargz_compression_level"] <= 9:
+        raise FlagConflictError(
+            f"--estargz-compression-level must be between 1 and 9, got {p['estargz_compression_level']}"
+        )
+    if p["estargz_chunk_size"] < 0:
+        raise FlagConflictError(f"--estargz-chunk-size must not be negative, got {p['estargz_chunk_size']}")
+
+
+def _workload(p: dict) -> Workload:  # type: ignore[type-arg]
+    env: list[str] = []
+    if p["env_file"]:
+        env.extend(flags.env_file(p["env_file"]))
+    env.extend(flags.env_pair("--env", e) for e in p["env"])
+    network = NetworkMode.CNI if p["cni"] else NetworkMode.HOST if p["net_host"] else NetworkMode.NONE
+    period = p["period"] if p["period"] > 0 else DEFAULT_PERIOD_SECONDS  # upstream: <=0 means default
+    return Workload(
+        entrypoint=flags.json_array("--entrypoint", p["entrypoint"]),
+        args=flags.json_array("--args", p["args"]),
+        env=tuple(env),
+        user=p["user"],
+        cwd=p["cwd"],
+        mounts=tuple(flags.mount(m) for m in p["mount"]),
+        period=period,
+        wait_on_signal=p["wait_on_signal"],
+        wait_on_line=p["wait_on_line"] or None,
+        terminal=p["terminal"],
+        stdin=p["stdin"],
+        network=network,
+        cni=CniConfig(conf_dir=p["cni_plugin_conf_dir"], plugin_dir=p["cni_plugin_dir"]),
+        dns=DnsConfig(
+            nameservers=flags.csv(p["dns_nameservers"]),
+            search_domains=flags.csv(p["dns_search_domains"]),
+            options=flags.csv(p["dns_options"]),
+        ),
+        add_hosts=flags.add_hosts(p["add_hosts"]),
+        runtime=p["runtime"],
+    )
+
+
+def _options(p: dict) -> OptimizeOptions:  # type: ignore[type-arg]
+    return OptimizeOptions(
+        plain_http=p["plain_http"],
+        reuse=p["reuse"],
+        platforms=tuple(p["platform"]),
+        all_platforms=p["all_platforms"],
+        optimize=not p["no_optimize"],
+        prefetch_list=p["prefetch_list"],
+        record_out=p["record_out"],
+        oci=p["oci"],
+        compression_level=p["estargz_compression_level"],
+        chunk_size=p["estargz_chunk_size"] or DEFAULT_CHUNK_SIZE,
+    )
+
+
+_dir = click.Path(file_okay=False, path_type=Path)
+
+
+@click.command(
+    "optimize",
+    short_help="optimize an image with user-specified workload",
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
+)
+@click.argument("source_ref")
+@click.argument("target_ref")
+@click.option(
+    "--plain-http", is_flag=True, help="allow HTTP connections to registries given as http://host/repo"
+)
+@click.option(
+    "--reuse", is_flag=True, help="reuse eStargz (already optimized) layers without further conversion"
+)
+@click.option(
+    "--platform",
+    multiple=True,
+    metavar="PLATFORM",
+    help="convert the image for this platform (os[/arch[/variant]]); repeatable",
+)
+@click.option("--all-platforms", is_flag=True, help="targeting all platform of the source image")
+@click.option(
+    "--wait-on-signal",
+    is_flag=True,
+    help="ignore the period and keep the container running until it receives SIGINT (Ctrl + C)",
+)
+@click.option(
+    "--wait-on-line", metavar="TEXT", help="stop the container once a line of its stdout contains TEXT"
+)
+@click.option("--no-optimize", is_flag=True, help="convert image without optimization")
+@click.option(
+    "--prefetch-list",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="file of paths or globs to prioritize, instead of running the workload",
+)
+@click.option(
+    "--record-out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="record the monitor log to the specified file",
+)
+@click.option("--oci", is_flag=True, help="convert Docker media types to OCI media types")
+@click.option(
+    "--estargz-compression-level",
+    type=int,
+    default=9,
+    show_default=True,
+    help="eStargz compression level (gzip, 1-9)",
+)
+@click.option("--estargz-chunk-size", type=int, default=0, help="eStargz chunk size in bytes (0: 4 MiB)")
+@click.option("--zstdchunked", is_flag=True, hidden=True)
+@click.option(
+    "-t", "--terminal", is_flag=True, help='enable terminal for sample container. must be specified with "-i"'
+)
+@click.option("-i", "stdin", is_flag=True, help="attach stdin to the container")
+@click.option(
+    "--period",
+    type=float,
+    default=DEFAULT_PERIOD_SECONDS,
+    show_default=True,
+    help="time period (seconds) to monitor access log",
+)
+@click.option("--user", help="user/group name to override image's default config(user[:group])")
+@click.option("--cwd", help="working dir to override image's default config")
+@click.option("--args", help="command arguments to override image's default config(in JSON array)")
+@click.option("--entrypoint", help="entrypoint to override image's default config(in JSON array)")
+@click.option(
+    "--env",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="environment variable to add or override to the image's default config; repeatable",
+)
+@click.option(
+    "--env-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="additional container environment variables in a file (FOO=bar, one per line)",
+)
+@click.option(
+    "--mount",
+    multiple=True,
+    help="additional mounts for the container "
+    "(e.g. type=bind,source=/path,destination=/target,options=rbind:ro); repeatable",
+)
+@click.option(
+    "--dns-nameservers",
+    default="8.8.8.8",
+    show_default=True,
+    help="comma-separated nameservers added to the container's /etc/resolv.conf",
+)
+@click.option(
+    "--dns-search-domains",
+    help="comma-separated search domains added to the container's /etc/resolv.conf",
+)
+@click.option("--dns-options", help="comma-separated options added to the container's /etc/resolv.conf")
+@click.option(
+    "--add-hosts",
+    help="comma-separated hosts configuration (host:IP) added to container's /etc/hosts",
+)
+@click.option("--cni", is_flag=True, help="enable CNI-based networking")
+@click.option(
+    "--cni-plugin-conf-dir",
+    "--cni-plugin-config-dir",
+    "cni_plugin_conf_dir",
+    type=_dir,
+    default=DEFAULT_CNI_CONF_DIR,
+    show_default=True,
+    help="path to the CNI plugins configuration directory",
+)
+@click.option(
+    "--cni-plugin-dir",
+    type=_dir,
+    default=DEFAULT_CNI_PLUGIN_DIR,
+    show_default=True,
+    help="path to the CNI plugins binary directory (Debian installs them in /usr/lib/cni)",
+)
+@click.option("--net-host", is_flag=True, help="enable host networking in the container")
+@click.option("--gpus", hidden=True)
+@click.option(
+    "--runtime",
+    default="runc",
+    show_default=True,
+    help="OCI runtime binary used to run the container (e.g. crun)",
+)
+def optimize_command(source_ref: str, target_ref: str, **params: object) -> None:
+    """Optimize an image with user-specified workload.
+
+    Converts SOURCE_REF into eStargz, prioritizing the files its workload reads, and writes the
+    result to TARGET_REF. References are registry references (host[:port]/repo[:tag|@digest]),
+    http://host[:port]/repo[:tag] with --plain-http, or local:///path/to/oci-layout.
+    """
+    _conflicts(params)
+    workload = _workload(params)
+    options = _options(params)
+    from ctr_remote.optimize import optimize  # the pipeline pulls in every package: load it only to run
+
+    result = optimize(source_ref, target_ref, options, workload)
+    click.echo(result)
