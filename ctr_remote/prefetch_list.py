@@ -1,0 +1,107 @@
+"""`--prefetch-list FILE`: paths or globs to prioritize without running the workload (upstream v0.18).
+
+One pattern per line; blank lines and `#` comments are ignored; a leading `/` or `./` is dropped.
+`*` and `?` match within one path segment, `[...]` is a character class, `**` spans any number of
+segments. Patterns keep their order: the files a pattern matches come in the layer's own order.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ctr_remote.errors import CtrRemoteError
+
+
+class PrefetchListError(CtrRemoteError):
+    pass
+
+
+def normalize(path: str) -> str:
+    """Layer-relative form of a path, as tar entries are compared (no leading `/` or `./`)."""
+    while path.startswith(("./", "/")):
+        path = path[2:] if path.startswith("./") else path[1:]
+    return path.rstrip("/")
+
+
+def _translate(pattern: str) -> re.Pattern[str]:
+    out: list[str] = []
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+            continue
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+            continue
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "[":
+            end = pattern.find("]", i + 2 if pattern[i + 1 : i + 2] in ("!", "]") else i + 1)
+            if end < 0:
+                raise PrefetchListError(f"prefetch list: unclosed '[' in pattern {pattern!r}")
+            body = pattern[i + 1 : end]
+            if body.startswith("!"):
+                body = "^" + body[1:]
+            out.append(f"[{body}]")
+            i = end
+        else:
+            out.append(re.escape(c))
+        i += 1
+    try:
+        return re.compile("".join(out) + r"\Z")
+    except re.error as e:
+        raise PrefetchListError(f"prefetch list: bad pattern {pattern!r}: {e}") from None
+
+
+@dataclass(frozen=True)
+class PrefetchList:
+    patterns: tuple[str, ...]
+
+    @classmethod
+    def load(cls, path: Path) -> PrefetchList:
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise PrefetchListError(f"cannot read prefetch list {path}: {e}") from None
+        lines = (line.strip() for line in text.splitlines())
+        patterns = tuple(normalize(line) for line in lines if line and not line.startswith("#"))
+        for p in patterns:
+            if any(ch in p for ch in "*?["):
+                _translate(p)  # fail early on a malformed glob
+        return cls(patterns)
+
+    def select(self, names: Sequence[str]) -> list[str]:
+        """The names (layer-relative, in layer order) this list prioritizes, in priority order."""
+        present = {normalize(n): None for n in names}
+        chosen: dict[str, None] = {}
+        for pattern in self.patterns:
+            if not any(ch in pattern for ch in "*?["):
+                if pattern in present:
+                    chosen.setdefault(pattern, None)
+                continue
+            rx = _translate(pattern)
+            for name in present:
+                if rx.match(name):
+                    chosen.setdefault(name, None)
+        return list(chosen)
+
+
+def attribute_top_down(per_layer: Iterable[list[str]]) -> list[list[str]]:
+    """Keep each path only in the top-most layer that lists it (as the recorder attributes reads)."""
+    layers = list(per_layer)
+    seen: set[str] = set()
+    out: list[list[str]] = [[] for _ in layers]
+    for i in range(len(layers) - 1, -1, -1):
+        for p in layers[i]:
+            if p not in seen:
+                seen.add(p)
+                out[i].append(p)
+    return out
