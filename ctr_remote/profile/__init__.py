@@ -1,0 +1,26 @@
+"""The profiling runner: run the image's workload with runc over per-layer recording FUSE mounts
+stacked with overlayfs, and report which files each layer served, in first-access order.
+
+    result = profile([layer0_blob, layer1_blob], image_config, Workload(period=5))
+    for line in record_lines(result, manifest_digest): ...
+"""
+
+from __future__ import annotations
+
+from ctr_remote.profile.errors import ProfileError, ProfileInterrupted
+from ctr_remote.profile.result import ProfileResult, record_lines
+from ctr_remote.profile.runner import profile
+from ctr_remote.profile.workload import CniConfig, DnsConfig, Mount, NetworkMode, Workload
+
+__all__ = [
+    "CniConfig",
+    "DnsConfig",
+    "Mount",
+    "NetworkMode",
+    "ProfileError",
+    "ProfileInterrupted",
+    "ProfileResult",
+    "Workload",
+    "profile",
+    "record_lines",
+]
