@@ -1,0 +1,58 @@
+"""Writing files so that readers never see them half-written, and streaming content through a
+digest check on the way to disk."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from ctr_remote.image.digest import check, hasher
+from ctr_remote.image.manifest import Descriptor
+
+CHUNK = 1 << 20
+
+
+@contextlib.contextmanager
+def atomic_file(dest: Path) -> Iterator[BinaryIO]:
+    """A temp file next to `dest`, renamed over it only if the block succeeds; removed otherwise."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_atomic(dest: Path, data: bytes) -> None:
+    with atomic_file(dest) as f:
+        f.write(data)
+
+
+def read_chunks(f: BinaryIO, size: int = CHUNK) -> Iterator[bytes]:
+    while chunk := f.read(size):
+        yield chunk
+
+
+def copy_verified(chunks: Iterable[bytes], dest: Path, desc: Descriptor, what: str = "blob") -> None:
+    """Write `chunks` to `dest` atomically, checking them against `desc` (nothing is left on a
+    mismatch). Stops reading as soon as more than `desc.size` bytes arrive."""
+    h = hasher(desc.digest)
+    n = 0
+    with atomic_file(dest) as f:
+        for chunk in chunks:
+            n += len(chunk)
+            if n > desc.size:
+                break
+            h.update(chunk)
+            f.write(chunk)
+        check(what, desc.digest, desc.size, f"{h.name}:{h.hexdigest()}", n)

@@ -1,0 +1,445 @@
+"""A registry repository as an ImageStore: the OCI distribution spec over httpx.
+
+Every request goes through `_Client.request`, the one place for auth challenges and retries:
+connection errors, 429 and 5xx are retried with exponential backoff up to `StoreOptions.retries`
+times (Retry-After honoured, capped at `backoff_max`); a 401 is answered once (Basic or Bearer).
+Blob downloads stream to disk and are checked against their descriptor; uploads stream from disk,
+monolithic up to `chunk_size` bytes and in PATCH chunks above, and a broken upload session is
+restarted once from a fresh one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+
+import httpx
+import structlog
+
+from ctr_remote import __version__
+from ctr_remote.image import mediatypes as mt
+from ctr_remote.image.auth import Authenticator, pull_scope, push_scope
+from ctr_remote.image.digest import check, digest_bytes, hasher, verify_bytes
+from ctr_remote.image.errors import (
+    AuthError,
+    DigestMismatchError,
+    ImageError,
+    NotFoundError,
+    RegistryError,
+    RetriesExhaustedError,
+)
+from ctr_remote.image.files import CHUNK, copy_verified
+from ctr_remote.image.manifest import Descriptor, sniff_media_type
+from ctr_remote.image.reference import Reference
+from ctr_remote.image.store import StoreOptions
+
+log = structlog.get_logger(__name__)
+
+MAX_MANIFEST_SIZE = 64 << 20
+Body = bytes | Callable[[], Iterable[bytes]] | None
+
+
+def ssl_context(ref: Reference, certs_dir: Path) -> ssl.SSLContext:
+    """System CAs, plus `certs_dir/HOST[:PORT]/*.crt` CAs and `*.cert`/`*.key` client pairs, as Docker."""
+    ctx = ssl.create_default_context()
+    for host in dict.fromkeys([ref.registry, ref.api_host]):
+        d = certs_dir / host
+        if not d.is_dir():
+            continue
+        try:
+            for ca in sorted(d.glob("*.crt")):
+                ctx.load_verify_locations(cafile=str(ca))
+            for cert in sorted(d.glob("*.cert")):
+                ctx.load_cert_chain(str(cert), str(cert.with_suffix(".key")))
+        except (OSError, ssl.SSLError) as e:
+            raise ImageError(f"cannot load certificates from {d}: {e}") from None
+    return ctx
+
+
+def _is_tls_failure(e: Exception) -> bool:
+    seen: BaseException | None = e
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return "SSL" in str(e) or "CERTIFICATE" in str(e)
+
+
+def _registry_message(resp: httpx.Response) -> str:
+    """`CODE: message` from a distribution error body, else the HTTP status."""
+    with contextlib.suppress(Exception):
+        errors = resp.json().get("errors") or []
+        if errors:
+            e = errors[0]
+            return f"{e.get('code', '')}: {e.get('message', '')}"[:200]
+    return f"HTTP {resp.status_code}"
+
+
+def _retry_after(resp: httpx.Response) -> float | None:
+    with contextlib.suppress(ValueError, TypeError):
+        return max(0.0, float(resp.headers.get("retry-after")))
+    return None
+
+
+def _file_range(path: Path, offset: int, length: int) -> Callable[[], Iterator[bytes]]:
+    def chunks() -> Iterator[bytes]:
+        with path.open("rb") as f:
+            f.seek(offset)
+            left = length
+            while left > 0:
+                chunk = f.read(min(CHUNK, left))
+                if not chunk:
+                    raise ImageError(f"{path}: file shrank while uploading")
+                left -= len(chunk)
+                yield chunk
+
+    return chunks
+
+
+class _Client:
+    """httpx plus auth and retries, for one repository."""
+
+    def __init__(self, ref: Reference, options: StoreOptions) -> None:
+        self.ref = ref
+        self.options = options
+        verify: ssl.SSLContext | bool = False if ref.plain_http else ssl_context(ref, options.certs_dir)
+        self.http = httpx.Client(
+            verify=verify,
+            timeout=httpx.Timeout(options.timeout, connect=min(options.timeout, 30.0)),
+            follow_redirects=True,
+            headers={"User-Agent": f"ctr-remote/{__version__}"},
+        )
+        self.auth = Authenticator(
+            ref.registry, ref.repository, options.config_dir(), self._send_token_request
+        )
+
+    @property
+    def where(self) -> str:
+        return self.ref.name
+
+    def url(self, path: str) -> str:
+        return f"{self.ref.base_url}/v2/{self.ref.repository}/{path}"
+
+    def _backoff(self, attempt: int, resp: httpx.Response | None) -> None:
+        delay = min(self.options.backoff * (2 ** (attempt - 1)), self.options.backoff_max)
+        if resp is not None and (after := _retry_after(resp)) is not None:
+            delay = min(after, self.options.backoff_max)
+        time.sleep(delay)  # backoff between attempts, not synchronisation
+
+    def _send_token_request(self, req: httpx.Request) -> httpx.Response:
+        return self.request(
+            req.method, str(req.url), scopes=None, headers=dict(req.headers), body=req.content
+        )
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        scopes: Sequence[str] | None,
+        headers: dict[str, str] | None = None,
+        body: Body = None,
+        stream: bool = False,
+    ) -> httpx.Response:
+        """Send with retries on transient failures and one answer to a 401 challenge. The caller
+        checks the status (and closes a streamed response). `scopes=None`: no registry auth."""
+        failures = 0
+        answered = False
+        path = httpx.URL(url).path
+        while True:
+            hdrs = dict(headers or {})
+            if scopes is not None and (authz := self.auth.header(scopes)):
+                hdrs["Authorization"] = authz
+            content = body() if callable(body) else body
+            req = self.http.build_request(method, url, headers=hdrs, content=content)
+            try:
+                resp = self.http.send(req, stream=stream)
+            except httpx.TransportError as e:
+                if _is_tls_failure(e):
+                    raise RegistryError(
+                        f"TLS connection to {self.ref.api_host} failed: {e} "
+                        "(plain HTTP registries need http://HOST/... and --plain-http)"
+                    ) from None
+                failures += 1
+                log.warning("registry request failed", method=method, path=path, error=type(e).__name__)
+                if failures > self.options.retries:
+                    raise RetriesExhaustedError(
+                        f"{method} {path} on {self.ref.api_host}: giving up after {failures} attempts "
+                        f"(last: {type(e).__name__}: {e})"
+                    ) from None
+                self._backoff(failures, None)
+                continue
+            status = resp.status_code
+            log.debug("registry request", method=method, path=path, status=status)
+            if status == 401 and scopes is not None:
+                challenge = resp.headers.get("www-authenticate")
+                resp.close()
+                self.auth.answer(challenge, scopes, retried=answered)
+                answered = True
+                continue
+            if status == 429 or status >= 500:
+                failures += 1
+                resp.read() if not stream else None
+                resp.close()
+                log.warning("registry busy or failing", method=method, path=path, status=status)
+                if failures > self.options.retries:
+                    raise RetriesExhaustedError(
+                        f"{method} {path} on {self.ref.api_host}: giving up after {failures} attempts "
+                        f"(last: HTTP {status})"
+                    )
+                self._backoff(failures, resp)
+                continue
+            return resp
+
+    def fail(self, resp: httpx.Response, what: str) -> ImageError:
+        """The error for an unexpected answer to a request about `what`."""
+        if resp.is_stream_consumed is False:
+            with contextlib.suppress(Exception):
+                resp.read()
+        resp.close()
+        msg = _registry_message(resp)
+        if resp.status_code == 404:
+            return NotFoundError(f"{what}: not found in {self.where} ({msg})")
+        if resp.status_code in (401, 403):
+            return AuthError(f"access denied to {self.where}: {what} ({msg})")
+        return RegistryError(f"{self.where}: {what}: unexpected answer {msg}")
+
+    def close(self) -> None:
+        self.http.close()
+
+
+class RegistryStore:
+    """A repository in a registry."""
+
+    def __init__(self, ref: Reference, options: StoreOptions) -> None:
+        self.reference = ref
+        self.options = options
+        self._c = _Client(ref, options)
+        self._manifests: dict[str, bytes] = {}  # verified manifest bytes by digest (from resolve)
+
+    def __enter__(self) -> RegistryStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._c.close()
+
+    @property
+    def _read(self) -> list[str]:
+        return [pull_scope(self.reference.repository)]
+
+    @property
+    def _write(self) -> list[str]:
+        return [push_scope(self.reference.repository)]
+
+    # ---- reading
+
+    def _get_manifest(self, ident: str) -> tuple[bytes, str, str | None]:
+        resp = self._c.request(
+            "GET",
+            self._c.url(f"manifests/{ident}"),
+            scopes=self._read,
+            headers={"Accept": mt.MANIFEST_ACCEPT},
+        )
+        if resp.status_code != 200:
+            raise self._c.fail(resp, f"manifest {ident}")
+        data = resp.content
+        if len(data) > MAX_MANIFEST_SIZE:
+            raise ImageError(f"{self.reference.name}: manifest {ident} is too large ({len(data)} bytes)")
+        ctype = resp.headers.get("content-type", "").split(";")[0].strip()
+        return data, ctype, resp.headers.get("docker-content-digest")
+
+    def resolve(self) -> Descriptor:
+        ref = self.reference
+        ident = ref.digest or ref.tag or "latest"
+        data, ctype, header_digest = self._get_manifest(ident)
+        media = ctype if (mt.is_index(ctype) or mt.is_manifest(ctype)) else sniff_media_type(data)
+        if media in mt.SCHEMA1_TYPES:
+            from ctr_remote.image.errors import UnsupportedMediaTypeError
+
+            raise UnsupportedMediaTypeError(f"{ref}: Docker schema 1 manifests are not supported")
+        if ref.digest:
+            verify_bytes(f"{ref.name}: manifest", data, ref.digest, len(data))
+            digest = ref.digest
+        else:
+            digest = digest_bytes(data)
+            if header_digest and header_digest.startswith("sha256:") and header_digest != digest:
+                raise DigestMismatchError(
+                    f"{ref}: manifest digest mismatch: registry says {header_digest}, content is {digest}"
+                )
+        self._manifests[digest] = data
+        return Descriptor(media, digest, len(data))
+
+    def read_manifest(self, desc: Descriptor) -> bytes:
+        if desc.size > MAX_MANIFEST_SIZE:
+            raise ImageError(f"{desc.digest}: {desc.size} bytes is too large for a manifest or config")
+        data = self._manifests.get(desc.digest)
+        if data is None:
+            if mt.is_index(desc.media_type) or mt.is_manifest(desc.media_type):
+                data = self._get_manifest(desc.digest)[0]
+            else:
+                resp = self._c.request("GET", self._c.url(f"blobs/{desc.digest}"), scopes=self._read)
+                if resp.status_code != 200:
+                    raise self._c.fail(resp, f"blob {desc.digest}")
+                data = resp.content
+        verify_bytes(f"{self.reference.name}: blob", data, desc.digest, desc.size)
+        return data
+
+    def fetch_blob(self, desc: Descriptor, dest: Path) -> None:
+        url = self._c.url(f"blobs/{desc.digest}")
+        failures = 0
+        while True:
+            resp = self._c.request("GET", url, scopes=self._read, stream=True)
+            try:
+                if resp.status_code != 200:
+                    raise self._c.fail(resp, f"blob {desc.digest}")
+                copy_verified(resp.iter_bytes(CHUNK), dest, desc, f"{self.reference.name}: blob")
+                return
+            except httpx.TransportError as e:
+                # The body broke off mid-way: start the download again (bounded like any retry).
+                failures += 1
+                log.warning("blob download interrupted", digest=desc.digest, error=type(e).__name__)
+                if failures > self.options.retries:
+                    raise RetriesExhaustedError(
+                        f"download of blob {desc.digest} from {self.reference.name}: giving up after "
+                        f"{failures} attempts (last: {type(e).__name__})"
+                    ) from None
+                self._c._backoff(failures, None)
+            finally:
+                resp.close()
+
+    # ---- writing
+
+    def _blob_exists(self, desc: Descriptor) -> bool:
+        resp = self._c.request("HEAD", self._c.url(f"blobs/{desc.digest}"), scopes=self._write)
+        resp.close()
+        if resp.status_code == 200:
+            return True
+        if resp.status_code == 404:
+            return False
+        raise self._c.fail(resp, f"blob {desc.digest}")
+
+    def _mount_source(self) -> Reference | None:
+        src = self.options.mount_from
+        ref = self.reference
+        if src is None or src.is_layout or src.registry != ref.registry or src.repository == ref.repository:
+            return None
+        return src if src.plain_http == ref.plain_http else None
+
+    def _start_upload(self, desc: Descriptor) -> str | None:
+        """Open an upload session (or mount the blob: then None)."""
+        src = self._mount_source()
+        url = self._c.url("blobs/uploads/")
+        scopes = self._write
+        if src is not None:
+            url += f"?mount={desc.digest}&from={src.repository}"
+            scopes = [*scopes, pull_scope(src.repository)]
+        resp = self._c.request("POST", url, scopes=scopes, headers={"Content-Length": "0"}, body=b"")
+        resp.close()
+        if resp.status_code == 201 and src is not None:
+            log.debug("blob mounted", digest=desc.digest, source=src.repository)
+            return None
+        if resp.status_code != 202 or "location" not in resp.headers:
+            raise self._c.fail(resp, f"upload of blob {desc.digest}")
+        return self._location(resp)
+
+    def _location(self, resp: httpx.Response) -> str:
+        return str(resp.request.url.join(resp.headers["location"]))
+
+    def _upload(self, src: Path, desc: Descriptor) -> None:
+        location = self._start_upload(desc)
+        if location is None:
+            return
+        size = src.stat().st_size
+        if size != desc.size:
+            raise DigestMismatchError(
+                f"blob {desc.digest}: {src} has {size} bytes, descriptor says {desc.size}"
+            )
+        final_body: Body = b""
+        if size <= self.options.chunk_size:
+            final_body = _file_range(src, 0, size)
+            final_len = size
+        else:
+            offset = 0
+            while offset < size:
+                n = min(self.options.chunk_size, size - offset)
+                resp = self._c.request(
+                    "PATCH",
+                    location,
+                    scopes=self._write,
+                    headers={
+                        "Content-Type": "application/octet-stream",
+                        "Content-Length": str(n),
+                        "Content-Range": f"{offset}-{offset + n - 1}",
+                    },
+                    body=_file_range(src, offset, n),
+                )
+                resp.close()
+                if resp.status_code != 202:
+                    raise self._c.fail(resp, f"upload of blob {desc.digest}")
+                location = self._location(resp)
+                offset += n
+            final_len = 0
+        url = httpx.URL(location).copy_merge_params({"digest": desc.digest})
+        resp = self._c.request(
+            "PUT",
+            str(url),
+            scopes=self._write,
+            headers={"Content-Type": "application/octet-stream", "Content-Length": str(final_len)},
+            body=final_body,
+        )
+        resp.close()
+        if resp.status_code not in (201, 204):
+            raise self._c.fail(resp, f"upload of blob {desc.digest}")
+
+    def push_blob(self, src: Path, desc: Descriptor) -> None:
+        _check_file(src, desc)
+        for attempt in (1, 2):
+            if self._blob_exists(desc):
+                return
+            try:
+                self._upload(src, desc)
+                return
+            except (RegistryError, NotFoundError) as e:
+                # A broken session (lost PATCH, unknown upload, rejected range): start a fresh one once.
+                if attempt == 2:
+                    raise
+                log.warning("restarting blob upload", digest=desc.digest, error=str(e))
+
+    def push_manifest(self, data: bytes, desc: Descriptor, *, top: bool = False) -> None:
+        verify_bytes("manifest", data, desc.digest, desc.size)
+        ref = self.reference
+        ident = desc.digest
+        if top:
+            if ref.digest and ref.digest != desc.digest:
+                raise ImageError(f"{ref}: the image to push has digest {desc.digest}, not {ref.digest}")
+            ident = ref.tag or desc.digest
+        resp = self._c.request(
+            "PUT",
+            self._c.url(f"manifests/{ident}"),
+            scopes=self._write,
+            headers={"Content-Type": desc.media_type},
+            body=data,
+        )
+        resp.close()
+        if resp.status_code not in (200, 201, 202):
+            raise self._c.fail(resp, f"push of manifest {desc.digest}")
+        said = resp.headers.get("docker-content-digest")
+        if said and said != desc.digest:
+            raise DigestMismatchError(f"{ref.name}: registry stored manifest {desc.digest} as {said}")
+
+
+def _check_file(src: Path, desc: Descriptor) -> None:
+    """Refuse to upload a file that does not match its descriptor (nothing built on it is pushed)."""
+    h = hasher(desc.digest)
+    n = 0
+    with src.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+            n += len(chunk)
+    check(f"blob {src}", desc.digest, desc.size, f"{h.name}:{h.hexdigest()}", n)

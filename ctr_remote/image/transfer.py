@@ -1,0 +1,117 @@
+"""Moving blobs and whole images between stores, with blobs of different layers in parallel."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+
+from ctr_remote.image import mediatypes as mt
+from ctr_remote.image.digest import encoded
+from ctr_remote.image.errors import UnsupportedMediaTypeError
+from ctr_remote.image.manifest import (
+    Descriptor,
+    ImageConfig,
+    Index,
+    Manifest,
+    parse_config,
+    parse_index,
+    parse_manifest,
+)
+from ctr_remote.image.platform import Platform, select_manifests
+from ctr_remote.image.store import ImageStore
+
+DEFAULT_WORKERS = 4
+
+
+@dataclass
+class ImageBlobs:
+    """One single-platform image as read from a store: its manifest and config, parsed and raw."""
+
+    manifest_desc: Descriptor
+    manifest_bytes: bytes
+    manifest: Manifest
+    config_bytes: bytes
+    config: ImageConfig
+
+
+def read_image(store: ImageStore, desc: Descriptor) -> ImageBlobs:
+    """Read the manifest `desc` and its config from `store`."""
+    data = store.read_manifest(desc)
+    manifest = parse_manifest(data, desc.media_type, what=f"manifest {desc.digest}")
+    config_bytes = store.read_manifest(manifest.config)
+    return ImageBlobs(
+        desc, data, manifest, config_bytes, parse_config(config_bytes, f"config {manifest.config.digest}")
+    )
+
+
+def _run_parallel(jobs: Sequence[Callable[[], None]], workers: int) -> None:
+    """Run `jobs` on a thread pool; the first failure cancels what has not started and is raised."""
+    if not jobs:
+        return
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(jobs)))) as pool:
+        futures = [pool.submit(job) for job in jobs]
+        _, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        for f in pending:
+            f.cancel()
+        for f in futures:
+            if f.done() and not f.cancelled() and f.exception() is not None:
+                raise f.exception()  # type: ignore[misc]
+
+
+def fetch_blobs(
+    store: ImageStore, items: Sequence[tuple[Descriptor, Path]], *, workers: int = DEFAULT_WORKERS
+) -> None:
+    """Download each (descriptor, destination) in parallel, every blob verified."""
+    _run_parallel([lambda d=d, p=p: store.fetch_blob(d, p) for d, p in items], workers)
+
+
+def push_blobs(
+    store: ImageStore, items: Sequence[tuple[Path, Descriptor]], *, workers: int = DEFAULT_WORKERS
+) -> None:
+    """Upload each (file, descriptor) in parallel (existing blobs are skipped by the store)."""
+    _run_parallel([lambda p=p, d=d: store.push_blob(p, d) for p, d in items], workers)
+
+
+def copy_image(
+    src: ImageStore,
+    dst: ImageStore,
+    workdir: Path,
+    *,
+    platforms: Sequence[Platform] | None = None,
+    all_platforms: bool = True,
+    workers: int = DEFAULT_WORKERS,
+) -> Descriptor:
+    """Copy the image `src` resolves to into `dst` (tagged as dst's reference); returns the top
+    descriptor written. Digests are kept unless platform filtering rewrites the index."""
+    top = src.resolve()
+    data = src.read_manifest(top)
+    images: list[ImageBlobs]
+    if mt.is_index(top.media_type):
+        index = parse_index(data, top.media_type, what=f"index {top.digest}")
+        chosen = select_manifests(index.manifests, platforms, all_platforms=all_platforms)
+        for d in chosen:
+            if not mt.is_manifest(d.media_type):
+                raise UnsupportedMediaTypeError(
+                    f"index {top.digest}: nested entry {d.digest} ({d.media_type})"
+                )
+        images = [read_image(src, d) for d in chosen]
+        if len(chosen) != len(index.manifests):
+            data = Index(index.media_type, chosen, index.annotations, extra=index.extra).to_bytes()
+            top = Descriptor.of(data, index.media_type, annotations=top.annotations)
+    else:
+        images = [read_image(src, top)]
+
+    blobs: dict[str, Descriptor] = {}
+    for img in images:
+        for d in [img.manifest.config, *img.manifest.layers]:
+            blobs.setdefault(d.digest, d)
+    workdir.mkdir(parents=True, exist_ok=True)
+    files = {dg: workdir / encoded(dg) for dg in blobs}
+    fetch_blobs(src, [(d, files[dg]) for dg, d in blobs.items()], workers=workers)
+    push_blobs(dst, [(files[dg], d) for dg, d in blobs.items()], workers=workers)
+    for img in images if mt.is_index(top.media_type) else []:
+        dst.push_manifest(img.manifest_bytes, img.manifest_desc)
+    dst.push_manifest(data, top, top=True)
+    return top
