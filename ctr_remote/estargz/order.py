@@ -1,0 +1,80 @@
+"""Entry order of the output: prioritized files first, then a landmark, then everything else.
+
+Upstream's rules (estargz `sortEntries`/`moveRec`): each listed path, in list order, is preceded by
+its parent directories and, for a hardlink, by its target; a path already placed is skipped (first
+occurrence wins); then `.prefetch.landmark`, or `.no.prefetch.landmark` when the list is empty; then
+the remaining entries in input order. One deliberate difference: a listed file whose parent
+directories have no entries (layers built by umoci) is still prioritized, preceded by directories
+we add as readers and unpackers assume them; upstream aborts there.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ctr_remote.estargz.scan import Scanned
+from ctr_remote.estargz.tar import DIR, REG, clean_name
+from ctr_remote.estargz.toc import LANDMARK_CONTENTS, NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
+
+IMPLIED_DIR_MODE = 0o755
+
+
+@dataclass(frozen=True, slots=True)
+class Generated:
+    """An entry that is not in the input: a landmark or an implied parent directory."""
+
+    name: str
+    typeflag: str
+    mode: int = 0
+    payload: bytes = b""
+
+
+Item = Scanned | Generated
+
+
+def order_entries(
+    entries: list[Scanned], prioritized: Sequence[str] | None
+) -> tuple[list[Item], tuple[str, ...]]:
+    """The output order, and the listed paths that are not in the layer."""
+    index = {e.key: e for e in entries}
+    placed: set[str] = set()
+    front: list[Item] = []
+    missing: list[str] = []
+
+    def resolvable(key: str, seen: frozenset[str] = frozenset()) -> bool:
+        if key == "" or key in placed:
+            return True
+        e = index.get(key)
+        if e is None or key in seen:
+            return False
+        return e.link_key is None or resolvable(e.link_key, seen | {key})
+
+    def place(key: str) -> None:
+        if key in placed:
+            return
+        placed.add(key)
+        if key == "":  # the root; moved only if the layer has an entry for it (`./`, `/`)
+            if "" in index:
+                front.append(index[""])
+            return
+        place(posixpath.dirname(key))
+        e = index.get(key)
+        if e is None:  # a parent directory without an entry
+            front.append(Generated(key + "/", DIR, IMPLIED_DIR_MODE))
+            return
+        if e.link_key is not None:
+            place(e.link_key)
+        front.append(e)
+
+    for path in prioritized or ():
+        key = clean_name(path)
+        if resolvable(key):
+            place(key)
+        else:
+            missing.append(path)
+    landmark = PREFETCH_LANDMARK if prioritized else NO_PREFETCH_LANDMARK
+    front.append(Generated(landmark, REG, 0, LANDMARK_CONTENTS))
+    front.extend(e for e in entries if e.key not in placed)
+    return front, tuple(missing)

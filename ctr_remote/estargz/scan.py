@@ -1,0 +1,102 @@
+"""First pass over the input tar: spool it to a temp file and index its entries.
+
+Upstream's ordering needs the whole layer (a later duplicate replaces an earlier entry and takes
+its position; prioritized files may come from anywhere), so the layer is copied once to an
+unlinked temp file while its headers are parsed and its payloads hashed; the writer then reads
+entries back from the spool in output order. Only small per-entry records stay in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import IO, BinaryIO
+
+from ctr_remote.estargz.errors import EstargzError
+from ctr_remote.estargz.tar import HARDLINK, REG, clean_name, padding, read_header
+from ctr_remote.estargz.toc import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOC_NAME
+
+_PIECE = 1 << 20
+#: Input entries dropped on conversion: they are regenerated (idempotent re-conversion).
+_RESERVED = {TOC_NAME, PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK}
+
+
+@dataclass(slots=True)
+class Scanned:
+    """An input entry: where its bytes are in the spool, and what ordering and the TOC need early."""
+
+    key: str  # clean name: the entry's identity
+    typeflag: str
+    link_key: str | None  # clean target of a hardlink
+    raw_start: int  # spool offset of its first header block
+    data_start: int  # spool offset of its payload
+    size: int  # payload bytes
+    digest: str  # sha256 of the payload, for regular files
+    chunk_digests: tuple[str, ...]  # sha256 of each chunk, for files of more than one chunk
+
+
+class _Spooling:
+    """Reads from the tar stream, copies everything read to the spool, and counts."""
+
+    def __init__(self, src: BinaryIO, spool: IO[bytes]) -> None:
+        self._src = src
+        self._spool = spool
+        self.pos = 0
+
+    def read(self, n: int) -> bytes:
+        data = self._src.read(n)
+        self._spool.write(data)
+        self.pos += len(data)
+        return data
+
+
+def scan(tar: BinaryIO, spool: IO[bytes], chunk_size: int) -> list[Scanned]:
+    """Copy the tar stream to `spool` and return its entries in upstream's order (duplicates
+    resolved: the later one wins), without the reserved TOC and landmark entries."""
+    r = _Spooling(tar, spool)
+    entries: list[Scanned | None] = []
+    latest: dict[str, int] = {}
+    while True:
+        start = r.pos
+        raw = read_header(r)
+        if raw is None:
+            break
+        h = raw.header
+        size = h.payload_size
+        digest, chunks = _copy_payload(r, size, chunk_size, h.name) if h.typeflag == REG else ("", ())
+        if padding(size) and len(r.read(padding(size))) != padding(size):
+            raise EstargzError(f"truncated tar: stream ended inside the padding of {h.name!r}")
+        key = clean_name(h.name)
+        if key in _RESERVED:
+            continue
+        if key in latest:
+            entries[latest[key]] = None
+        latest[key] = len(entries)
+        link_key = clean_name(h.linkname) if h.typeflag == HARDLINK else None
+        entries.append(Scanned(key, h.typeflag, link_key, start, start + len(raw.raw), size, digest, chunks))
+    while tar.read(_PIECE):  # drain, so a corrupt tail of a compressed layer is still noticed
+        pass
+    spool.flush()
+    return [e for e in entries if e is not None]
+
+
+def _copy_payload(r: _Spooling, size: int, chunk_size: int, name: str) -> tuple[str, tuple[str, ...]]:
+    file_hash = hashlib.sha256()
+    multi = size > chunk_size
+    chunk_hash = hashlib.sha256() if multi else None
+    chunk_digests: list[str] = []
+    remaining, chunk_left = size, min(size, chunk_size)
+    while remaining:
+        data = r.read(min(_PIECE, chunk_left))
+        if not data:
+            raise EstargzError(f"truncated tar: stream ended inside the payload of {name!r}")
+        file_hash.update(data)
+        remaining -= len(data)
+        chunk_left -= len(data)
+        if chunk_hash is not None:
+            chunk_hash.update(data)
+            if chunk_left == 0:
+                chunk_digests.append("sha256:" + chunk_hash.hexdigest())
+                chunk_hash = hashlib.sha256()
+                chunk_left = min(remaining, chunk_size)
+    return "sha256:" + file_hash.hexdigest(), tuple(chunk_digests)

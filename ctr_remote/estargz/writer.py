@@ -1,0 +1,247 @@
+"""The eStargz writer: a layer tar in, an eStargz blob out.
+
+Layout (RESEARCH.md 1.1, upstream `Writer.appendTar`): the blob is a chain of gzip members. Each
+chunk of a non-empty regular file starts a new member; the file's tar padding and the headers that
+follow ride in the member of its last chunk; the TOC entry and the end-of-archive blocks form their
+own member; a 51-byte footer member points at the TOC member.
+
+Members are independent, so they are compressed in a thread pool (zlib-ng releases the GIL) while
+this thread reads the spool and plans the next ones; results are written in order, so the output
+does not depend on the number of threads. Work goes out in jobs of whole members, and only a few
+jobs are in flight at a time, so memory stays flat however large the layer is.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import IO, BinaryIO
+
+from zlib_ng import zlib_ng
+
+from ctr_remote.compression import CorruptLayerError, open_tar_stream
+from ctr_remote.estargz.errors import EstargzError
+from ctr_remote.estargz.options import BuildOptions, BuildResult
+from ctr_remote.estargz.order import Generated, Item, order_entries
+from ctr_remote.estargz.scan import Scanned, scan
+from ctr_remote.estargz.tar import (
+    BLOCK,
+    BLOCKDEV,
+    CHAR,
+    HARDLINK,
+    REG,
+    SYMLINK,
+    TOC_TYPES,
+    encode_header,
+    padding,
+    parse_headers,
+)
+from ctr_remote.estargz.toc import (
+    TOC_NAME,
+    TOCEntry,
+    encode_footer,
+    format_modtime,
+    toc_json_head,
+    toc_json_tail,
+)
+
+_GZIP_WBITS = 31  # deflate with a gzip header and trailer: one complete member
+_JOB_BYTES = 1 << 20  # small members are batched into jobs of about this size
+
+
+def build(src: BinaryIO, dst: BinaryIO, options: BuildOptions = BuildOptions()) -> BuildResult:  # noqa: B008
+    """Convert the layer blob `src` (tar, tar+gzip or tar+zstd; may be unseekable) to eStargz,
+    written to `dst` (may be unseekable). Memory use does not grow with the layer size; the layer
+    is spooled to an unlinked temp file."""
+    try:
+        tar, _ = open_tar_stream(src, "layer")
+        with tempfile.TemporaryFile(prefix="ctr-remote-estargz-") as spool:
+            entries = scan(tar, spool, options.chunk_size)
+            items, missing = order_entries(entries, options.prioritized_files)
+            result = _Writer(spool, dst, options).write(items)
+    except CorruptLayerError as e:
+        raise EstargzError(str(e)) from None
+    return BuildResult(
+        digest=result.digest,
+        size=result.size,
+        toc_digest=result.toc_digest,
+        diff_id=result.diff_id,
+        uncompressed_size=result.uncompressed_size,
+        missing_prioritized=missing,
+    )
+
+
+def _compress(members: list[list[bytes]], level: int) -> list[bytes]:
+    return [zlib_ng.compress(b"".join(m), level, _GZIP_WBITS) for m in members]
+
+
+@dataclass
+class _Job:
+    """Consecutive whole members, and the TOC entries whose headers or payloads are in them."""
+
+    members: list[list[bytes]] = field(default_factory=lambda: [[]])
+    size: int = 0
+    # (entry, index of the member whose compressed offset is the entry's `offset`, or None)
+    toc: list[tuple[TOCEntry, int | None]] = field(default_factory=list)
+
+
+class _Writer:
+    def __init__(self, spool: IO[bytes], dst: BinaryIO, options: BuildOptions) -> None:
+        self._fd = spool.fileno()
+        self._dst = dst
+        self._level = options.compression_level
+        self._chunk_size = options.chunk_size
+        self._workers = options.workers or os.cpu_count() or 1
+        self._job = _Job()
+        self._inflight: collections.deque[tuple[_Job, Future[list[bytes]]]] = collections.deque()
+        self._diff_hash = hashlib.sha256()
+        self._usize = 0
+        self._blob_hash = hashlib.sha256()
+        self._pos = 0
+        self._toc_json: list[str] = []
+        self._unames: dict[int, str] = {}
+        self._gnames: dict[int, str] = {}
+
+    def write(self, items: list[Item]) -> BuildResult:
+        with ThreadPoolExecutor(self._workers, thread_name_prefix="estargz-gzip") as pool:
+            try:
+                for item in items:
+                    self._add(item, pool)
+                self._submit(pool)
+                while self._inflight:
+                    self._collect()
+            except BaseException:
+                for _, fut in self._inflight:
+                    fut.cancel()
+                raise
+        toc = (toc_json_head().decode() + ",\n".join(self._toc_json) + toc_json_tail().decode()).encode()
+        toc_offset = self._pos
+        member = encode_header(TOC_NAME, REG, len(toc)) + toc + bytes(padding(len(toc)) + 2 * BLOCK)
+        self._diff_hash.update(member)
+        self._usize += len(member)
+        self._emit(zlib_ng.compress(member, self._level, _GZIP_WBITS))
+        self._emit(encode_footer(toc_offset))
+        return BuildResult(
+            digest="sha256:" + self._blob_hash.hexdigest(),
+            size=self._pos,
+            toc_digest="sha256:" + hashlib.sha256(toc).hexdigest(),
+            diff_id="sha256:" + self._diff_hash.hexdigest(),
+            uncompressed_size=self._usize,
+        )
+
+    # -- planning, in output order
+
+    def _add(self, item: Item, pool: ThreadPoolExecutor) -> None:
+        if isinstance(item, Generated):
+            header = encode_header(item.name, item.typeflag, len(item.payload), item.mode)
+            entry = TOCEntry(name=item.name, type=TOC_TYPES[item.typeflag], mode=item.mode)
+            size = len(item.payload)
+            digest = "sha256:" + hashlib.sha256(item.payload).hexdigest()
+            chunk_digests: tuple[str, ...] = ()
+            payload: Iterator[bytes] = iter([item.payload])
+        else:
+            header = os.pread(self._fd, item.data_start - item.raw_start, item.raw_start)
+            entry = self._entry(item, header)
+            size, digest, chunk_digests = item.size, item.digest, item.chunk_digests
+            payload = self._read_chunks(item)
+        self._append(header)
+        if entry.type != "reg":
+            self._job.toc.append((entry, None))
+            return
+        entry.size = size
+        entry.digest = digest
+        if size == 0:
+            self._job.toc.append((entry, None))
+            return
+        for i, chunk_offset in enumerate(range(0, size, self._chunk_size)):
+            self._new_member(pool)
+            if i:
+                entry = TOCEntry(name=entry.name, type="chunk", chunk_offset=chunk_offset)
+            # The spec's rule: every chunk but the last records chunkSize. (Upstream also records it on
+            # a last chunk that happens to be full, which the spec forbids and the oracle flags.)
+            entry.chunk_size = self._chunk_size if size - chunk_offset > self._chunk_size else 0
+            entry.chunk_digest = chunk_digests[i] if chunk_digests else digest
+            self._job.toc.append((entry, len(self._job.members) - 1))
+            self._append(next(payload))
+        self._append(bytes(padding(size)))
+
+    def _entry(self, item: Scanned, header: bytes) -> TOCEntry:
+        h = parse_headers(header)
+        entry = TOCEntry(
+            name=h.name,
+            type=TOC_TYPES[h.typeflag],
+            modtime=format_modtime(h.mtime_ns, h.name),
+            mode=h.mode,
+            uid=h.uid,
+            gid=h.gid,
+            user_name=_name_if_changed(self._unames, h.uid, h.uname),
+            group_name=_name_if_changed(self._gnames, h.gid, h.gname),
+            xattrs=h.xattrs,
+        )
+        if h.typeflag in (HARDLINK, SYMLINK):
+            entry.link_name = h.linkname
+        elif h.typeflag in (CHAR, BLOCKDEV):
+            entry.dev_major, entry.dev_minor = h.devmajor, h.devminor
+        return entry
+
+    def _read_chunks(self, item: Scanned) -> Iterator[bytes]:
+        for off in range(0, item.size, self._chunk_size):
+            n = min(self._chunk_size, item.size - off)
+            yield _pread_exact(self._fd, n, item.data_start + off)
+
+    def _append(self, data: bytes) -> None:
+        if data:
+            self._job.members[-1].append(data)
+            self._job.size += len(data)
+            self._diff_hash.update(data)
+            self._usize += len(data)
+
+    def _new_member(self, pool: ThreadPoolExecutor) -> None:
+        if self._job.size >= _JOB_BYTES:
+            self._submit(pool)
+        else:
+            self._job.members.append([])
+
+    # -- compression and output, in order
+
+    def _submit(self, pool: ThreadPoolExecutor) -> None:
+        job, self._job = self._job, _Job()
+        self._inflight.append((job, pool.submit(_compress, job.members, self._level)))
+        while len(self._inflight) > 2 * self._workers:
+            self._collect()
+
+    def _collect(self) -> None:
+        job, fut = self._inflight.popleft()
+        offsets = []
+        for data in fut.result():
+            offsets.append(self._pos)
+            self._emit(data)
+        for entry, member in job.toc:
+            if member is not None:
+                entry.offset = offsets[member]
+            self._toc_json.append(entry.to_json())
+
+    def _emit(self, data: bytes) -> None:
+        self._dst.write(data)
+        self._blob_hash.update(data)
+        self._pos += len(data)
+
+
+def _name_if_changed(names: dict[int, str], ident: int, name: str) -> str:
+    """Upstream records a user/group name only where it differs from the last one seen for that id."""
+    if not name or names.get(ident) == name:
+        return ""
+    names[ident] = name
+    return name
+
+
+def _pread_exact(fd: int, n: int, offset: int) -> bytes:
+    data = os.pread(fd, n, offset)
+    if len(data) != n:
+        raise EstargzError("layer spool file shrank while converting")
+    return data
