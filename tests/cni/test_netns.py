@@ -1,0 +1,61 @@
+"""Pinned network namespaces, checked from outside with iproute2 and /proc."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ctr_remote.profile.netns import NetnsError, create_netns, is_netns_mounted, remove_netns
+from tests.cni.conftest import in_netns
+
+
+def test_create_gives_a_fresh_namespace_with_loopback_up(tmp_path: Path) -> None:
+    path = tmp_path / "ns" / "one"
+    create_netns(path)
+    try:
+        assert is_netns_mounted(path)
+        assert os.stat(path).st_ino != os.stat("/proc/self/ns/net").st_ino  # not the host's namespace
+        links = json.loads(in_netns(path, "ip", "-j", "link", "show").stdout)
+        assert [link["ifname"] for link in links] == ["lo"]
+        assert "UP" in links[0]["flags"]
+        in_netns(path, "busybox", "ping", "-c", "1", "-W", "5", "127.0.0.1")
+    finally:
+        remove_netns(path)
+    assert not path.exists()
+    assert not is_netns_mounted(path)
+    # The pin is gone: joining the removed path fails.
+    assert subprocess.run(["nsenter", f"--net={path}", "true"], capture_output=True).returncode != 0
+
+
+def test_two_namespaces_are_distinct(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    create_netns(a)
+    try:
+        create_netns(b)
+        try:
+            assert os.stat(a).st_ino != os.stat(b).st_ino
+        finally:
+            remove_netns(b)
+    finally:
+        remove_netns(a)
+
+
+def test_an_existing_path_is_refused_and_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "taken"
+    path.write_text("someone else's")
+    with pytest.raises(NetnsError, match=r"^cannot create network namespace file .*/taken: File exists$"):
+        create_netns(path)
+    assert path.read_text() == "someone else's"
+
+
+def test_remove_is_idempotent(tmp_path: Path) -> None:
+    remove_netns(tmp_path / "never-created")
+    path = tmp_path / "twice"
+    create_netns(path)
+    remove_netns(path)
+    remove_netns(path)
+    assert not path.exists()
