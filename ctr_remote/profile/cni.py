@@ -22,7 +22,7 @@ import tempfile
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from ipaddress import (
     IPv4Address,
     IPv4Interface,
@@ -451,7 +451,9 @@ def cni_network(
     network = load_default_network(config.conf_dir)
     for kind in _required_plugins(network):
         find_plugin(config.plugin_dir, kind)
-    rt = RuntimeConf(container_id, netns_dir / container_id)
+    # Absolute: the OCI spec requires it for the namespace path, and plugins may run elsewhere.
+    config = replace(config, plugin_dir=config.plugin_dir.absolute())
+    rt = RuntimeConf(container_id, (netns_dir / container_id).absolute())
     created = False
     raw: dict[str, Any] | None = None
     try:

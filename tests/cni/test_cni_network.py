@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import threading
+from pathlib import Path
 
 import pytest
 
 from ctr_remote.profile.cni import CniAttachment, CniError, check_attachment, cni_network
 from ctr_remote.profile.netns import is_netns_mounted
-from tests.cni.conftest import HELLO, CniPlayground, in_netns
+from ctr_remote.profile.workload import CniConfig
+from tests.cni.conftest import HELLO, PLUGIN_DIR, CniPlayground, in_netns
 
 
 def _sandbox_ip(pg: CniPlayground, att: CniAttachment) -> ipaddress.IPv4Interface:
@@ -157,3 +160,17 @@ def test_an_invalid_container_id_is_refused(playground: CniPlayground) -> None:
     ):
         pytest.fail("must not start")
     playground.assert_clean()
+
+
+def test_relative_dirs_give_an_absolute_namespace_path(
+    playground: CniPlayground, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OCI wants an absolute namespace path; plugins get an absolute CNI_PATH to find IPAM plugins."""
+    pg = playground
+    pg.write_bridge_conf()
+    monkeypatch.chdir(pg.tmp)
+    config = CniConfig(Path("net.d"), Path(os.path.relpath(PLUGIN_DIR)))
+    with cni_network(config, "ctrt-rel", netns_dir=Path("netns")) as att:
+        assert att.netns_path == pg.netns_dir / "ctrt-rel"
+        assert pg.fetch(att.netns_path) == HELLO
+    pg.assert_clean()

@@ -59,3 +59,26 @@ def test_remove_is_idempotent(tmp_path: Path) -> None:
     remove_netns(path)
     remove_netns(path)
     assert not path.exists()
+
+
+def test_removal_reaches_copies_in_other_mount_namespaces(tmp_path: Path) -> None:
+    """A mount namespace made while the pin exists (a container, a service) gets a private copy of it.
+
+    Unlinking the pin file detaches those copies too, so the namespace cannot outlive the run there.
+    """
+    path = tmp_path / "copied"
+    create_netns(path)
+    holder = subprocess.Popen(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", "echo ready; exec cat"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "ready\n"
+        their_mounts = Path(f"/proc/{holder.pid}/mountinfo")
+        assert str(path) in their_mounts.read_text()
+        remove_netns(path)
+        assert str(path) not in their_mounts.read_text()
+    finally:
+        remove_netns(path)
+        holder.kill()
+        holder.wait()
