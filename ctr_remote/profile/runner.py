@@ -1,12 +1,42 @@
-"""`profile()`: unpack, mount, run, record, clean up."""
+"""`profile()`: unpack, mount, run, record, clean up.
+
+Work directory layout (one fresh, root-only directory per run):
+    l/N       layer N unpacked in overlay form          m/N      its recording FUSE mount
+    s/        daemon logs and access logs               upper/, ovl/   overlay upper and work dirs
+    rootfs/   the overlay the container runs on         etc/     generated hosts and resolv.conf
+    bundle/   config.json and the runtime's log         runc/    the runtime's private state root
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import structlog
+
+from ctr_remote.profile import mounts
+from ctr_remote.profile.errors import ProfileError, ProfileInterrupted
+from ctr_remote.profile.recorder import READY_TIMEOUT, RecordingMount, check_fuse
 from ctr_remote.profile.result import ProfileResult
-from ctr_remote.profile.workload import Workload
+from ctr_remote.profile.rootfs import check_executable, resolve_user
+from ctr_remote.profile.runtime import Container, find_runtime, stop_signal_of
+from ctr_remote.profile.spec import Command, build_spec, command_of, hosts_text, resolv_conf_text
+from ctr_remote.profile.unpack import clean_name, unpack_layer
+from ctr_remote.profile.workload import NetworkMode, Workload
+
+log = structlog.get_logger()
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+_ABORT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def profile(
@@ -22,4 +52,177 @@ def profile(
     Raises ProfileError on anything that prevents the run; a workload that exits non-zero is not an
     error (its exit code is in the result).
     """
-    raise NotImplementedError
+    runtime = find_runtime(workload.runtime)
+    check_fuse()
+    command = command_of(config, workload)
+    stop_signal = stop_signal_of(config)
+    base = Path(workdir or tempfile.gettempdir()).absolute()
+    if any(c in str(base) for c in ",:\\"):
+        raise ProfileError(
+            f"work directory {base} contains ',', ':' or '\\', which overlayfs options cannot hold"
+        )
+    stop = threading.Event()
+    with _signal_handling(workload, stop):
+        work = Path(tempfile.mkdtemp(prefix="ctr-remote-profile-", dir=base))
+        try:
+            with contextlib.ExitStack() as stack:
+                try:
+                    recorders, exit_code, excluded = _run(
+                        work, stack, list(layers), config, workload, runtime, command, stop, stop_signal
+                    )
+                finally:
+                    with _signals_deferred():
+                        stack.close()  # container, overlay and FUSE mounts: the logs are complete after this
+                accessed = _attribute([r.accessed() for r in recorders], excluded)
+        finally:
+            with _signals_deferred():
+                _sweep(work)
+    if exit_code:
+        log.warning(
+            "the workload exited with a non-zero status; its accesses are recorded", exit_code=exit_code
+        )
+    return ProfileResult(accessed=accessed, exit_code=exit_code)
+
+
+def _run(
+    work: Path,
+    stack: contextlib.ExitStack,
+    layers: list[Path],
+    config: dict,
+    workload: Workload,
+    runtime: str,
+    command: Command,
+    stop: threading.Event,
+    stop_signal: signal.Signals,
+) -> tuple[list[RecordingMount], int | None, list[str]]:
+    os.chmod(work, 0o700)  # device nodes and setuid files of the image live below
+    for name in ("l", "m", "s", "upper", "ovl", "rootfs", "etc", "bundle", "runc"):
+        (work / name).mkdir()
+    unpacked = [
+        unpack_layer(blob, work / "l" / str(i), what=f"layer {i} ({blob.name})")
+        for i, blob in enumerate(layers)
+    ]
+    recorders: list[RecordingMount] = []
+    for i, layer in enumerate(unpacked):
+        recorder = RecordingMount.start(i, layer, work / "m" / str(i), work / "s")
+        stack.callback(recorder.stop)
+        recorders.append(recorder)
+    deadline = time.monotonic() + READY_TIMEOUT
+    for recorder in recorders:
+        recorder.wait_ready(deadline)
+
+    rootfs = work / "rootfs"
+    lower = ":".join(str(r.mountpoint) for r in reversed(recorders)) if recorders else str(work / "l")
+    # No index/metacopy/redirects: fewer xattr probes on the FUSE layers, and none are needed read-only.
+    options = f"lowerdir={lower},upperdir={work / 'upper'},workdir={work / 'ovl'}"
+    options += ",index=off,metacopy=off,redirect_dir=off"
+    try:
+        mounts.mount("overlay", rootfs, "overlay", options)
+    except OSError as e:
+        raise ProfileError(f"cannot mount the image's layers with overlayfs: {e.strerror}") from None
+    stack.callback(_unmount, rootfs)
+
+    user = resolve_user(rootfs, command.user)
+    check_executable(rootfs, command.args[0], command.env, command.cwd)
+
+    hosts, resolv_conf = work / "etc" / "hosts", work / "etc" / "resolv.conf"
+    hosts.write_text(hosts_text(workload), encoding="utf-8")
+    resolv_conf.write_text(resolv_conf_text(workload), encoding="utf-8")
+    for f in (hosts, resolv_conf):
+        f.chmod(0o644)
+    container_id = f"ctr-remote-profile-{os.getpid()}-{secrets.token_hex(4)}"
+    netns_path = None
+    if workload.network is NetworkMode.CNI:
+        from ctr_remote.profile.cni import cni_network
+
+        netns_path = stack.enter_context(cni_network(workload.cni, container_id)).netns_path
+    spec = build_spec(
+        command,
+        user,
+        workload,
+        rootfs=rootfs,
+        hosts=hosts,
+        resolv_conf=resolv_conf,
+        hostname=container_id[:63],
+        netns_path=netns_path,
+    )
+    bundle = work / "bundle"
+    (bundle / "config.json").write_text(json.dumps(spec, indent=1), encoding="utf-8")
+    container = Container(runtime, work / "runc", container_id, bundle)
+    stack.callback(container.delete)
+    exit_code = container.run(workload, stop, stop_signal)
+    excluded = [clean_name(m["destination"]) for m in spec["mounts"]]
+    return recorders, exit_code, excluded
+
+
+def _attribute(per_layer: list[list[str]], excluded: list[str]) -> list[list[str]]:
+    """Drop paths under mounts that hid the layers, and keep each path only in the topmost layer."""
+
+    def hidden(path: str) -> bool:
+        return any(path == m or path.startswith(m + "/") for m in excluded)
+
+    taken: set[str] = set()
+    result: list[list[str]] = []
+    for paths in reversed(per_layer):
+        kept = [p for p in paths if p not in taken and not hidden(p)]
+        taken.update(kept)
+        result.append(kept)
+    return list(reversed(result))
+
+
+def _unmount(target: Path) -> None:
+    try:
+        mounts.umount(target)
+    except OSError:
+        mounts.umount(target, lazy=True)
+
+
+def _sweep(work: Path) -> None:
+    """Last line of defence: nothing mounted below `work` survives, then `work` goes."""
+    for point in mounts.mountpoints_under(work):
+        with contextlib.suppress(OSError):
+            mounts.umount(point, lazy=True)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _signal_handling(workload: Workload, stop: threading.Event) -> Iterator[None]:
+    """SIGINT/SIGTERM abort the run (cleanly); with --wait-on-signal they end the period instead."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def end_period(signum: int, frame: object) -> None:
+        log.info("signal received; stopping the workload", signal=signal.Signals(signum).name)
+        stop.set()
+
+    def abort(signum: int, frame: object) -> None:
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise ProfileInterrupted(f"interrupted by {signal.Signals(signum).name}")
+
+    handler, signals = (end_period, _STOP_SIGNALS) if workload.wait_on_signal else (abort, _ABORT_SIGNALS)
+    previous = {s: signal.signal(s, handler) for s in signals}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Cleanup must not be cut short by a second Ctrl-C: hold SIGINT/SIGTERM until it is done."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: received.append(signum)) for s in _ABORT_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        for signum in received:
+            if callable(previous[signal.Signals(signum)]):
+                signal.raise_signal(signum)

@@ -1,0 +1,54 @@
+"""mount(2) / umount2(2) through libc, and a view of the current mount table."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+from pathlib import Path
+
+MNT_DETACH = 2
+UMOUNT_NOFOLLOW = 8
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def mount(source: str, target: Path, fstype: str, options: str, flags: int = 0) -> None:
+    if _libc.mount(source.encode(), os.fsencode(target), fstype.encode(), flags, options.encode()) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"mount {fstype} on {target}: {os.strerror(e)}")
+
+
+def umount(target: Path, *, lazy: bool = False) -> None:
+    """Unmount `target`; a target that is not mounted (any more) is fine."""
+    flags = UMOUNT_NOFOLLOW | (MNT_DETACH if lazy else 0)
+    if _libc.umount2(os.fsencode(target), flags) != 0:
+        e = ctypes.get_errno()
+        if e in (errno.EINVAL, errno.ENOENT):
+            return
+        raise OSError(e, f"umount {target}: {os.strerror(e)}")
+
+
+def _unescape(field: str) -> str:
+    # /proc/self/mountinfo escapes space, tab, newline and backslash as \ooo.
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and i + 3 < len(field) + 0 and field[i + 1 : i + 4].isdigit():
+            out.append(chr(int(field[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def mountpoints_under(root: Path) -> list[Path]:
+    """Mount points at or below `root`, deepest first (the order to unmount them in)."""
+    prefix = str(root).rstrip("/")
+    found = []
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            point = _unescape(line.split(" ", 5)[4])
+            if point == prefix or point.startswith(prefix + "/"):
+                found.append(Path(point))
+    return sorted(set(found), key=lambda p: len(p.parts), reverse=True)

@@ -1,0 +1,179 @@
+"""Running the profiling container with an OCI runtime binary (`runc run`, or e.g. `crun`) and
+stopping it: at the end of the period, on a stdout line, on a signal, or when it exits by itself."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import structlog
+
+from ctr_remote.profile.errors import ProfileError
+from ctr_remote.profile.workload import Workload
+
+log = structlog.get_logger()
+
+STOP_GRACE_SECONDS = 5.0  # upstream waits this long after the stop signal before SIGKILL
+KILL_TIMEOUT_SECONDS = 10.0
+_PR_SET_PDEATHSIG = 1
+
+
+def find_runtime(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise ProfileError(f"OCI runtime {name!r} not found in PATH")
+    return path
+
+
+def stop_signal_of(config: dict) -> signal.Signals:
+    """The image's StopSignal ("SIGTERM", "TERM", "15"); SIGKILL when unset, as upstream."""
+    raw = str((config.get("config") or {}).get("StopSignal") or "").strip().upper()
+    if not raw:
+        return signal.SIGKILL
+    try:
+        return (
+            signal.Signals(int(raw))
+            if raw.isdigit()
+            else signal.Signals[raw if raw.startswith("SIG") else "SIG" + raw]
+        )
+    except (KeyError, ValueError):
+        raise ProfileError(f"image config has an unknown StopSignal {raw!r}") from None
+
+
+def _die_with_parent() -> None:
+    # If the profiler itself is killed outright, take runc down with it rather than leave it running.
+    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+@dataclass
+class Container:
+    runtime: str  # absolute path of the runtime binary
+    state_root: Path  # `--root`: private to this run, so concurrent runs never see each other
+    container_id: str
+    bundle: Path
+
+    def _cmd(self, *args: str) -> list[str]:
+        return [self.runtime, "--root", str(self.state_root), *args]
+
+    @property
+    def log_path(self) -> Path:
+        return self.bundle / "runtime.log"
+
+    def run(self, workload: Workload, stop: threading.Event, stop_signal: signal.Signals) -> int | None:
+        """Run until the workload exits (its exit code) or `stop` is set / the period ends (None).
+
+        `stop` is also how signal handlers (--wait-on-signal) end the run.
+        """
+        cmd = self._cmd(
+            "--log", str(self.log_path), "--log-format", "json", "run", "--bundle", str(self.bundle)
+        )
+        cmd.append(self.container_id)
+        stdout = subprocess.PIPE if workload.wait_on_line is not None else None
+        stdin = None if workload.stdin or workload.terminal else subprocess.DEVNULL
+        process = subprocess.Popen(
+            cmd,
+            stdin=stdin,
+            stdout=stdout,
+            start_new_session=True,  # Ctrl-C reaches us, and we stop the container in order
+            preexec_fn=_die_with_parent,
+        )
+        exited = threading.Event()
+
+        def wait_exit() -> None:
+            process.wait()
+            exited.set()
+            stop.set()
+
+        threads = [threading.Thread(target=wait_exit, daemon=True)]
+        if process.stdout is not None:
+            assert workload.wait_on_line is not None
+            threads.append(
+                threading.Thread(
+                    target=_watch_lines, args=(process.stdout, workload.wait_on_line, stop), daemon=True
+                )
+            )
+        for t in threads:
+            t.start()
+        try:
+            if workload.wait_on_signal:
+                stop.wait()
+            else:
+                stop.wait(timeout=workload.period)
+            if exited.is_set():
+                self._check_started(process.returncode)
+                return process.returncode
+            log.info("stopping the workload", signal=stop_signal.name)
+            self.kill(stop_signal)
+            if not exited.wait(timeout=STOP_GRACE_SECONDS) and stop_signal is not signal.SIGKILL:
+                self.kill(signal.SIGKILL)
+            if not exited.wait(timeout=KILL_TIMEOUT_SECONDS):
+                process.kill()
+            return None
+        finally:
+            if process.poll() is None:
+                self.kill(signal.SIGKILL)
+                try:
+                    process.wait(timeout=KILL_TIMEOUT_SECONDS)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+            for t in threads:
+                t.join(timeout=KILL_TIMEOUT_SECONDS)
+
+    def _check_started(self, returncode: int) -> None:
+        """A non-zero exit is the workload's unless the runtime logged that it failed to start it."""
+        if returncode == 0:
+            return
+        try:
+            lines = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except FileNotFoundError:
+            return
+        for line in lines:
+            with contextlib.suppress(ValueError, AttributeError):
+                entry = json.loads(line)
+                if entry.get("level") in ("error", "fatal"):
+                    msg = " ".join(str(entry.get("msg", "")).split())
+                    raise ProfileError(f"{Path(self.runtime).name} could not start the workload: {msg}")
+
+    def kill(self, sig: signal.Signals) -> None:
+        subprocess.run(
+            self._cmd("kill", "--all", self.container_id, str(int(sig))),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=KILL_TIMEOUT_SECONDS,
+            check=False,
+        )
+
+    def delete(self) -> None:
+        """Remove the container whatever its state; a container that was never created is fine."""
+        subprocess.run(
+            self._cmd("delete", "--force", self.container_id),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=KILL_TIMEOUT_SECONDS,
+            check=False,
+        )
+
+
+def _watch_lines(stream: IO[bytes], needle: str, stop: threading.Event) -> None:
+    """Copy the workload's stdout through, and set `stop` once a line contains `needle`."""
+    target = needle.encode()
+    out = sys.stdout.buffer
+    for line in stream:
+        with contextlib.suppress(OSError, ValueError):
+            out.write(line)
+            out.flush()
+        if target in line and not stop.is_set():
+            log.info("found the line to wait for; stopping", line=needle)
+            stop.set()

@@ -1,0 +1,242 @@
+"""Unpack one layer blob into its own directory, in overlayfs form, without trusting the tar.
+
+`.wh.NAME` becomes an overlay whiteout (a 0/0 character device), `.wh..wh..opq` the
+`trusted.overlay.opaque=y` xattr on its directory. Ownership, modes (setuid too), xattrs, device
+nodes, fifos, hardlinks and mtimes are kept.
+
+Hostile entries are neutralised or refused, never followed out of the layer directory:
+- names are cleaned like upstream's estargz (`path.Clean("/" + name)`), so `../x` and `/x` mean `x`;
+- every directory on the way is opened relative to its parent with O_NOFOLLOW, so an entry below a
+  symlink (or a regular file) is refused rather than written through it;
+- hardlinks must point at an entry this layer already unpacked (again resolved without following);
+- `trusted.*` xattrs from the tar are dropped: they would steer overlayfs (redirects, opaque, metacopy).
+Device nodes are created as they are: the work directory is private to root and the container's device
+cgroup denies them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import posixpath
+import shutil
+import stat
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from ctr_remote.compression import open_tar_stream
+from ctr_remote.profile.errors import ProfileError
+
+log = structlog.get_logger()
+
+WHITEOUT_PREFIX = ".wh."
+OPAQUE_MARKER = ".wh..wh..opq"
+OPAQUE_XATTR = "trusted.overlay.opaque"
+_XATTR_PAX_PREFIX = "SCHILY.xattr."
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_MAX_CACHED_DIRS = 256
+
+
+@dataclass
+class UnpackedLayer:
+    """A layer directory in overlay form.
+
+    `xattrs` maps layer-relative paths to the extended attributes set on them (including the opaque
+    marker), so the FUSE recorder can answer getxattr without touching the disk; empty when the layer
+    has none, which lets the recorder refuse xattrs altogether (no round trips).
+    """
+
+    root: Path
+    xattrs: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    refused: list[str] = field(default_factory=list)
+
+
+class _Refused(Exception):
+    """This entry cannot be unpacked safely; it is skipped and logged."""
+
+
+def clean_name(name: str) -> str:
+    """Layer-relative form of a tar entry name: no leading "./" or "/", no "..", no trailing "/"."""
+    return posixpath.normpath("/" + name.lstrip("/")).lstrip("/")
+
+
+class _Tree:
+    """Creates entries below `root_fd`, opening every directory relative to its parent, never following."""
+
+    def __init__(self, root_fd: int) -> None:
+        self.root_fd = root_fd
+        self._dirs: dict[str, int] = {}
+
+    def close(self) -> None:
+        for fd in self._dirs.values():
+            os.close(fd)
+        self._dirs.clear()
+
+    def dir_fd(self, rel: str, *, create: bool) -> int:
+        if rel == "":
+            return self.root_fd
+        fd = self._dirs.get(rel)
+        if fd is not None:
+            return fd
+        head, _, base = rel.rpartition("/")
+        parent = self.dir_fd(head, create=create)
+        try:
+            fd = os.open(base, _DIR_FLAGS, dir_fd=parent)
+        except FileNotFoundError:
+            if not create:
+                raise _Refused(f"{rel} does not exist in this layer") from None
+            os.mkdir(base, 0o755, dir_fd=parent)
+            fd = os.open(base, _DIR_FLAGS, dir_fd=parent)
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise _Refused(f"{rel} is a symlink or not a directory") from None
+            raise
+        if len(self._dirs) >= _MAX_CACHED_DIRS:
+            self.close()
+        self._dirs[rel] = fd
+        return fd
+
+    def clear(self, parent: int, base: str, *, keep_dir: bool) -> None:
+        """Make room for a new entry `base`: remove what is there unless it is a directory to keep."""
+        try:
+            st = os.stat(base, dir_fd=parent, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            if keep_dir:
+                return
+            self.close()  # cached descriptors may point into the directory being removed
+            shutil.rmtree(base, dir_fd=parent)
+        else:
+            os.unlink(base, dir_fd=parent)
+
+
+def _xattrs_of(member: tarfile.TarInfo) -> dict[str, bytes]:
+    found = {}
+    for key, value in member.pax_headers.items():
+        if key.startswith(_XATTR_PAX_PREFIX):
+            name = key[len(_XATTR_PAX_PREFIX) :]
+            if name.startswith("trusted."):
+                continue
+            found[name] = value.encode("utf-8", "surrogateescape")
+    return found
+
+
+def _set_metadata(parent: int, base: str, member: tarfile.TarInfo, xattrs: dict[str, bytes]) -> None:
+    os.chown(base, member.uid, member.gid, dir_fd=parent, follow_symlinks=False)
+    if not member.issym():
+        # After chown, which clears setuid/setgid bits. We created this non-symlink ourselves.
+        os.chmod(base, member.mode & 0o7777, dir_fd=parent)
+    proc_path = f"/proc/self/fd/{parent}/{base}"
+    for name, value in xattrs.items():
+        os.setxattr(proc_path, name, value, follow_symlinks=False)
+    mtime_ns = int(member.mtime * 1_000_000_000)
+    os.utime(base, ns=(mtime_ns, mtime_ns), dir_fd=parent, follow_symlinks=False)
+
+
+def _unpack_member(tree: _Tree, tf: tarfile.TarFile, member: tarfile.TarInfo, layer: UnpackedLayer) -> None:
+    rel = clean_name(member.name)
+    if rel == "":
+        return  # the layer root itself: overlay takes the root's attributes from the upper dir
+    head, _, base = rel.rpartition("/")
+    parent = tree.dir_fd(head, create=True)
+
+    if base == OPAQUE_MARKER:
+        os.setxattr(f"/proc/self/fd/{parent}", OPAQUE_XATTR, b"y")
+        layer.xattrs.setdefault(head, {})[OPAQUE_XATTR] = b"y"
+        return
+    if base.startswith(WHITEOUT_PREFIX):
+        name = base[len(WHITEOUT_PREFIX) :]
+        tree.clear(parent, name, keep_dir=False)
+        os.mknod(name, stat.S_IFCHR | 0o000, os.makedev(0, 0), dir_fd=parent)
+        return
+
+    xattrs = _xattrs_of(member)
+    if member.isdir():
+        tree.clear(parent, base, keep_dir=True)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(base, 0o700, dir_fd=parent)
+    elif member.islnk():
+        target = clean_name(member.linkname)
+        t_head, _, t_base = target.rpartition("/")
+        t_parent = tree.dir_fd(t_head, create=False)
+        try:
+            st = os.stat(t_base, dir_fd=t_parent, follow_symlinks=False)
+        except FileNotFoundError:
+            raise _Refused(f"hardlink {rel} -> {target}: target not in this layer") from None
+        if stat.S_ISDIR(st.st_mode):
+            raise _Refused(f"hardlink {rel} -> {target}: target is a directory")
+        tree.clear(parent, base, keep_dir=False)
+        os.link(t_base, base, src_dir_fd=t_parent, dst_dir_fd=parent, follow_symlinks=False)
+        if target in layer.xattrs:
+            layer.xattrs[rel] = layer.xattrs[target]
+        return  # a hardlink shares the target's inode and metadata
+    else:
+        tree.clear(parent, base, keep_dir=False)
+        if member.isreg():
+            fd = os.open(
+                base,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o600,
+                dir_fd=parent,
+            )
+            with os.fdopen(fd, "wb") as out:
+                src = tf.extractfile(member)
+                assert src is not None
+                shutil.copyfileobj(src, out, 1 << 20)
+        elif member.issym():
+            os.symlink(member.linkname, base, dir_fd=parent)
+        elif member.ischr() or member.isblk():
+            kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
+            os.mknod(base, kind | 0o600, os.makedev(member.devmajor, member.devminor), dir_fd=parent)
+        elif member.isfifo():
+            os.mkfifo(base, 0o600, dir_fd=parent)
+        else:
+            raise _Refused(f"{rel}: unsupported tar entry type {member.type!r}")
+    _set_metadata(parent, base, member, xattrs)
+    if xattrs:
+        layer.xattrs[rel] = xattrs
+
+
+def unpack_layer(blob: Path, dest: Path, what: str = "layer") -> UnpackedLayer:
+    """Unpack `blob` (tar, tar+gzip or tar+zstd) into the new directory `dest`.
+
+    Refused entries are skipped and logged. A blob that is not a readable tar raises ProfileError
+    (CorruptLayerError for a broken compressed stream); `what` names the layer in messages.
+    """
+    dest.mkdir(mode=0o755)
+    layer = UnpackedLayer(root=dest)
+    root_fd = os.open(dest, _DIR_FLAGS)
+    tree = _Tree(root_fd)
+    dir_times: list[tuple[str, int]] = []
+    try:
+        with open(blob, "rb") as raw:
+            stream, _ = open_tar_stream(raw, what)
+            with tarfile.open(fileobj=stream, mode="r|", errorlevel=1) as tf:
+                for member in tf:
+                    try:
+                        _unpack_member(tree, tf, member, layer)
+                    except _Refused as e:
+                        layer.refused.append(str(e))
+                        log.warning("refused layer entry", layer=what, entry=member.name, reason=str(e))
+                        continue
+                    if member.isdir() and clean_name(member.name):
+                        dir_times.append((clean_name(member.name), int(member.mtime * 1_000_000_000)))
+        # Directory mtimes last: creating their children changed them.
+        for rel, mtime_ns in reversed(dir_times):
+            head, _, base = rel.rpartition("/")
+            try:
+                parent = tree.dir_fd(head, create=False)
+                os.utime(base, ns=(mtime_ns, mtime_ns), dir_fd=parent, follow_symlinks=False)
+            except (_Refused, FileNotFoundError):
+                continue
+    except tarfile.TarError as e:
+        raise ProfileError(f"{what}: not a valid tar archive: {e}") from None
+    finally:
+        tree.close()
+        os.close(root_fd)
+    return layer
