@@ -1,0 +1,183 @@
+"""An HTTP proxy in front of a test registry that injects faults on matching requests, over a real
+socket: answer 500/429 without forwarding, drop the connection, cut a response body short, or flip a
+byte of a response body.
+
+    with FaultProxy(reg.host) as proxy:
+        proxy.add(Fault("status", path=r"/blobs/sha256:", times=2, status=500))
+        ref = f"http://{proxy.host}/app:v1"     # the registry builds Location URLs from our Host
+
+Requests are forwarded with their Host header, so the registry's upload URLs point back at the proxy.
+"""
+
+from __future__ import annotations
+
+import http.client
+import re
+import socket
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Literal
+
+HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "content-length",
+    "proxy-connection",
+    "upgrade",
+}
+
+
+@dataclass
+class Fault:
+    kind: Literal["status", "drop", "truncate", "corrupt"]
+    path: str = ""  # regex searched in the request path (with query)
+    method: str | None = None
+    times: int = 1  # matching requests affected; -1: all of them
+    status: int = 500
+    retry_after: str | None = None
+    hits: int = 0
+
+    def matches(self, method: str, path: str) -> bool:
+        if self.times != -1 and self.hits >= self.times:
+            return False
+        return (self.method is None or self.method == method) and re.search(self.path, path) is not None
+
+
+@dataclass
+class Hit:
+    method: str
+    path: str
+    status: int  # what the client got (0: dropped)
+    fault: str | None
+
+
+@dataclass
+class FaultProxy:
+    upstream: str  # host:port of the registry (plain HTTP)
+    faults: list[Fault] = field(default_factory=list)
+    hits: list[Hit] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _server: ThreadingHTTPServer | None = None
+
+    @property
+    def host(self) -> str:
+        assert self._server is not None
+        return f"127.0.0.1:{self._server.server_address[1]}"
+
+    def add(self, fault: Fault) -> Fault:
+        with self._lock:
+            self.faults.append(fault)
+        return fault
+
+    def clear(self) -> None:
+        with self._lock:
+            self.faults.clear()
+            self.hits.clear()
+
+    def _take(self, method: str, path: str) -> Fault | None:
+        with self._lock:
+            for f in self.faults:
+                if f.matches(method, path):
+                    f.hits += 1
+                    return f
+        return None
+
+    def _record(self, hit: Hit) -> None:
+        with self._lock:
+            self.hits.append(hit)
+
+    def __enter__(self) -> FaultProxy:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        proxy = self
+        host, port = self.upstream.rsplit(":", 1)
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _body(self) -> bytes:
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    out = b""
+                    while True:
+                        size = int(self.rfile.readline().split(b";")[0], 16)
+                        if size == 0:
+                            self.rfile.readline()
+                            return out
+                        out += self.rfile.read(size)
+                        self.rfile.readline()
+                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+            def _drop(self) -> None:
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+
+            def _handle(self) -> None:
+                method, path = self.command, self.path
+                body = self._body()
+                fault = proxy._take(method, path)
+                if fault and fault.kind == "drop":
+                    proxy._record(Hit(method, path, 0, "drop"))
+                    self._drop()
+                    return
+                if fault and fault.kind == "status":
+                    proxy._record(Hit(method, path, fault.status, "status"))
+                    data = b'{"errors":[{"code":"UNAVAILABLE","message":"injected fault"}]}'
+                    self.send_response(fault.status)
+                    if fault.retry_after is not None:
+                        self.send_header("Retry-After", fault.retry_after)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return
+                conn = http.client.HTTPConnection(host, int(port), timeout=60)
+                try:
+                    headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
+                    send = body if body or method in ("PUT", "POST", "PATCH") else None
+                    conn.request(method, path, body=send, headers=headers)
+                    resp = conn.getresponse()
+                    data = resp.read()
+                    status, resp_headers = resp.status, resp.getheaders()
+                finally:
+                    conn.close()
+                length = resp.getheader("Content-Length") if method == "HEAD" else str(len(data))
+                if fault and fault.kind == "corrupt" and data:
+                    data = data[:-1] + bytes([data[-1] ^ 0xFF])
+                proxy._record(Hit(method, path, status, fault.kind if fault else None))
+                self.send_response(status)
+                for k, v in resp_headers:
+                    if k.lower() not in HOP_BY_HOP:
+                        self.send_header(k, v)
+                if length is not None:
+                    self.send_header("Content-Length", length)
+                self.end_headers()
+                if method == "HEAD":
+                    return
+                if fault and fault.kind == "truncate":
+                    self.wfile.write(data[: len(data) // 2])
+                    self.wfile.flush()
+                    self._drop()
+                    return
+                self.wfile.write(data)
+
+            do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = _handle
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, name="fault-proxy", daemon=True).start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
