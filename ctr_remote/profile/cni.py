@@ -20,6 +20,7 @@ import signal
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -271,8 +272,12 @@ def _signals_deferred() -> Iterator[None]:
             signal.raise_signal(s)
 
 
+_MAX_MESSAGE = 500  # a plugin's Go panic can run to pages; its head says what happened
+
+
 def _one_line(text: str) -> str:
-    return " ".join(text.split())
+    line = " ".join(text.split())
+    return line if len(line) <= _MAX_MESSAGE else line[: _MAX_MESSAGE - 1] + "…"
 
 
 def _plugin_error(
@@ -294,7 +299,7 @@ def _plugin_error(
         message = err.decode(errors="replace").strip() or out.decode(errors="replace").strip()
     if not message:
         message = f"exit status {rc}"
-    return _one_line(f'CNI plugin "{kind}" failed {command} on network "{network.name}": {message}')
+    return f'CNI plugin "{kind}" failed {command} on network "{network.name}": {_one_line(message)}'
 
 
 def exec_plugin(
@@ -333,6 +338,7 @@ def exec_plugin(
             proc = subprocess.Popen(
                 [str(binary)], stdin=stdin, stdout=stdout, stderr=stderr, env=env, start_new_session=True
             )
+            started = time.monotonic()
             try:
                 rc = proc.wait(timeout=PLUGIN_TIMEOUT_SECONDS)
             except subprocess.TimeoutExpired:
@@ -342,6 +348,13 @@ def exec_plugin(
                     f'CNI plugin "{kind}" did not finish {command} on network "{network.name}" '
                     f"within {PLUGIN_TIMEOUT_SECONDS:g} s"
                 ) from None
+        _log.debug(
+            "CNI plugin ran",
+            plugin=kind,
+            command=command,
+            rc=rc,
+            seconds=round(time.monotonic() - started, 3),
+        )
         stdout.seek(0)
         stderr.seek(0)
         out, err = stdout.read(), stderr.read()

@@ -1,8 +1,8 @@
 """Plugin failures, DEL failures and Ctrl-C, with a scripted plugin chained after the real bridge.
 
 The scripted plugin is a real executable speaking the CNI protocol; its config says how to misbehave:
-`"fail": {"ADD": {"stdout": ..., "stderr": ..., "rc": N}}`, `"log"` (a file it appends each command to)
-and `"gate"` (a Unix socket it reports to during ADD, then waits on before finishing).
+`"fail": {"ADD": {"stdout": ..., "stderr": ..., "rc": N}}`, `"hang": "ADD"`, `"log"` (a file it appends
+each command to) and `"gate"` (a Unix socket it reports to during ADD, then waits on before finishing).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from ctr_remote.profile import cni
 from ctr_remote.profile.cni import CniError, cni_network
 from ctr_remote.profile.workload import CniConfig
 from tests.cni.conftest import PLUGIN_DIR, CniPlayground
@@ -36,6 +37,9 @@ if command == "ADD" and conf.get("gate"):
         s.connect(conf["gate"])
         s.sendall(b"started")
         s.recv(16)
+if conf.get("hang") == command:
+    import time
+    time.sleep(3600)
 fail = conf.get("fail", {{}}).get(command)
 if fail:
     sys.stdout.write(fail.get("stdout", ""))
@@ -96,6 +100,33 @@ def test_plugin_error_is_one_line_naming_the_plugin(
     pg.assert_clean()
 
 
+def test_a_huge_message_is_cut_to_one_reasonable_line(playground: CniPlayground) -> None:
+    pg = playground
+    config = _chain(pg, fail={"ADD": {"stderr": "panic: boom\n" + "goroutine 1 [running]:\n" * 1000}})
+    with pytest.raises(CniError) as e, cni_network(config, "ctrt-huge", netns_dir=pg.netns_dir):
+        pytest.fail("the block must not run")
+    message = str(e.value)
+    assert message.startswith(
+        f'CNI plugin "scripted" failed ADD on network "{pg.tag}": panic: boom goroutine'
+    )
+    assert message.endswith("…")
+    assert len(message) < 600
+    pg.assert_clean()
+
+
+def test_a_hanging_plugin_is_killed_and_torn_down(
+    playground: CniPlayground, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pg = playground
+    monkeypatch.setattr(cni, "PLUGIN_TIMEOUT_SECONDS", 1.0)
+    config = _chain(pg, hang="ADD")
+    with pytest.raises(CniError) as e, cni_network(config, "ctrt-hang", netns_dir=pg.netns_dir):
+        pytest.fail("the block must not run")
+    assert str(e.value) == f'CNI plugin "scripted" did not finish ADD on network "{pg.tag}" within 1 s'
+    assert _plugin_log(pg) == ["ADD ctrt-hang eth0", "DEL ctrt-hang eth0", "DEL done"]
+    pg.assert_clean()
+
+
 def test_non_json_result_is_an_error(playground: CniPlayground) -> None:
     pg = playground
     config = _chain(pg, fail={"ADD": {"stdout": "I am not JSON", "rc": 0}})
@@ -130,7 +161,9 @@ DRIVER = """
 import sys
 from pathlib import Path
 from ctr_remote.profile.cni import cni_network
+from ctr_remote.log import configure
 from ctr_remote.profile.workload import CniConfig
+configure()  # as the CLI does: logs on stderr
 conf_dir, plugin_dir, netns_dir = map(Path, sys.argv[1:4])
 with cni_network(CniConfig(conf_dir, plugin_dir), "ctrt-int", netns_dir=netns_dir) as att:
     print(att.netns_path, flush=True)
