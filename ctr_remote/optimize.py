@@ -1,12 +1,295 @@
-"""The optimize pipeline: resolve SRC, profile, convert every layer, write DST."""
+"""The optimize pipeline: resolve SRC, profile the host platform's image, convert every layer,
+write DST. The only module that knows the image, profile and estargz packages together.
+
+Nothing is written to DST until every layer has converted: blobs first, then manifests, then the
+top-level index or manifest that makes the result visible under DST's tag.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import tarfile
+import tempfile
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import structlog
+
+from ctr_remote.compression import open_tar_stream
 from ctr_remote.errors import CtrRemoteError
+from ctr_remote.estargz import BuildOptions, EstargzError, build, open_estargz
+from ctr_remote.image import (
+    Descriptor,
+    ImageBlobs,
+    ImageStore,
+    Index,
+    Platform,
+    StoreOptions,
+    fetch_blobs,
+    host_platform,
+    media_types,
+    open_store,
+    parse_index,
+    parse_platforms,
+    parse_reference,
+    push_blobs,
+    read_image,
+    select_manifests,
+)
+from ctr_remote.image.digest import encoded
 from ctr_remote.options import OptimizeOptions
-from ctr_remote.profile.workload import Workload
+from ctr_remote.prefetch_list import PrefetchList, attribute_top_down, normalize
+from ctr_remote.profile import Workload, profile, record_lines
+
+log = structlog.get_logger()
+
+TOC_DIGEST_ANNOTATION = "containerd.io/snapshot/stargz/toc.digest"
+UNCOMPRESSED_SIZE_ANNOTATION = "io.containers.estargz.uncompressed-size"
+
+
+@dataclass(frozen=True)
+class _Converted:
+    path: Path
+    desc: Descriptor
+    diff_id: str
 
 
 def optimize(source: str, target: str, options: OptimizeOptions, workload: Workload) -> str:
-    """Convert `source` into `target`; returns the digest of what was written."""
-    raise CtrRemoteError("optimize: the conversion pipeline is not wired yet")
+    """Convert `source` into `target`; returns the digest of the top-level document written."""
+    src_ref = parse_reference(source, plain_http=options.plain_http)
+    dst_ref = parse_reference(target, plain_http=options.plain_http)
+    platforms = parse_platforms(options.platforms)
+    prefetch = PrefetchList.load(options.prefetch_list) if options.prefetch_list else None
+    with (
+        tempfile.TemporaryDirectory(prefix="ctr-remote-") as tmp,
+        open_store(src_ref) as src,
+        open_store(dst_ref, StoreOptions(mount_from=src_ref)) as dst,
+    ):
+        return _Pipeline(Path(tmp), src, dst, options, workload, prefetch).run(platforms)
+
+
+class _Pipeline:
+    def __init__(
+        self,
+        work: Path,
+        src: ImageStore,
+        dst: ImageStore,
+        options: OptimizeOptions,
+        workload: Workload,
+        prefetch: PrefetchList | None,
+    ) -> None:
+        self.work, self.src, self.dst = work, src, dst
+        self.options, self.workload, self.prefetch = options, workload, prefetch
+        (work / "in").mkdir()
+        (work / "out").mkdir()
+
+    def run(self, platforms: Sequence[Platform]) -> str:
+        top = self.src.resolve()
+        top_bytes = self.src.read_manifest(top)
+        index: Index | None = None
+        if media_types.is_index(top.media_type):
+            index = parse_index(top_bytes, top.media_type, what=f"index {top.digest}")
+            chosen = select_manifests(index.manifests, platforms, all_platforms=self.options.all_platforms)
+            images = [read_image(self.src, d) for d in chosen]
+        else:
+            log.info("index not found; treating as a thin image with ignoring the platform option")
+            images = [read_image(self.src, top)]
+
+        self._fetch_layers(images)
+        host = self._host_image(images)
+        accessed = self._accessed(host) if host is not None else None
+
+        jobs = [(img, self._lists(img, accessed if img is host else None)) for img in images]
+        converted = self._convert_all(jobs)
+        outputs: list[tuple[ImageBlobs, Descriptor, bytes, _Converted, list[_Converted]]] = []
+        for img, lists in jobs:
+            layers = [
+                converted[(d.digest, tuple(files))]
+                for d, files in zip(img.manifest.layers, lists, strict=True)
+            ]
+            manifest_desc, manifest_bytes, config = self._rewrite(img, layers)
+            outputs.append((img, manifest_desc, manifest_bytes, config, layers))
+
+        blobs: dict[str, tuple[Path, Descriptor]] = {}
+        for _, _, _, config, layers in outputs:
+            for c in [config, *layers]:
+                blobs.setdefault(c.desc.digest, (c.path, c.desc))
+        push_blobs(self.dst, list(blobs.values()))
+        if index is None:
+            _, desc, data, _, _ = outputs[0]
+            self.dst.push_manifest(data, desc, top=True)
+            return desc.digest
+        for _, desc, data, _, _ in outputs:
+            self.dst.push_manifest(data, desc)
+        new_index = Index(
+            media_type=media_types.OCI_INDEX if self.options.oci else index.media_type,
+            manifests=[replace(desc, platform=img.manifest_desc.platform) for img, desc, *_ in outputs],
+            annotations=index.annotations,
+            extra=index.extra,
+        )
+        data = new_index.to_bytes()
+        desc = Descriptor.of(data, new_index.media_type)
+        self.dst.push_manifest(data, desc, top=True)
+        return desc.digest
+
+    # -- inputs -------------------------------------------------------------------------------
+
+    def _layer_file(self, desc: Descriptor) -> Path:
+        return self.work / "in" / encoded(desc.digest)
+
+    def _fetch_layers(self, images: Sequence[ImageBlobs]) -> None:
+        wanted: dict[str, Descriptor] = {}
+        for img in images:
+            for layer in img.manifest.layers:
+                wanted.setdefault(layer.digest, layer)
+        fetch_blobs(self.src, [(d, self._layer_file(d)) for d in wanted.values()])
+        log.debug("fetched layers", count=len(wanted))
+
+    def _host_image(self, images: Sequence[ImageBlobs]) -> ImageBlobs | None:
+        """The image to profile: the one for this machine's platform, when optimizing at all."""
+        if not self.options.optimize:
+            return None
+        host = host_platform()
+        for img in images:
+            plat = img.manifest_desc.platform or img.config.platform
+            if not plat.os or plat.matches(host):
+                return img
+        log.info(
+            "the host platform is not among the converted ones; converting without optimization",
+            host=str(host),
+        )
+        return None
+
+    def _accessed(self, img: ImageBlobs) -> list[list[str]]:
+        layers = [self._layer_file(d) for d in img.manifest.layers]
+        if self.prefetch is not None:
+            return attribute_top_down(self.prefetch.select(_layer_names(p)) for p in layers)
+        result = profile(layers, img.config.raw, self.workload, workdir=self.work)
+        if self.options.record_out is not None:
+            self._write_record(record_lines(result, img.manifest_desc.digest))
+        return result.accessed
+
+    def _write_record(self, lines: object) -> None:
+        out = self.options.record_out
+        assert out is not None
+        try:
+            with open(out, "w") as f:
+                for line in lines:  # type: ignore[attr-defined]
+                    f.write(json.dumps(line, separators=(",", ":")) + "\n")
+        except OSError as e:
+            raise CtrRemoteError(f"failed output record file {out}: {e.strerror}") from None
+
+    # -- conversion -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _lists(img: ImageBlobs, accessed: list[list[str]] | None) -> list[list[str]]:
+        layers = img.manifest.layers
+        if accessed is None:
+            return [[] for _ in layers]
+        if len(accessed) != len(layers):
+            raise CtrRemoteError(f"internal error: {len(accessed)} access lists for {len(layers)} layers")
+        return accessed
+
+    def _convert_all(
+        self, jobs: Sequence[tuple[ImageBlobs, list[list[str]]]]
+    ) -> dict[tuple[str, tuple[str, ...]], _Converted]:
+        """Convert every distinct (layer, prioritized list) once, layers in parallel."""
+        unique: dict[tuple[str, tuple[str, ...]], tuple[Descriptor, list[str], str | None]] = {}
+        for img, lists in jobs:
+            diff_ids = img.config.diff_ids
+            for i, (d, files) in enumerate(zip(img.manifest.layers, lists, strict=True)):
+                unique.setdefault(
+                    (d.digest, tuple(files)), (d, files, diff_ids[i] if i < len(diff_ids) else None)
+                )
+        if not unique:
+            return {}
+        with ThreadPoolExecutor(max_workers=min(len(unique), os.cpu_count() or 1)) as pool:
+            futures = {key: pool.submit(self._convert_layer, *job) for key, job in unique.items()}
+            return {key: f.result() for key, f in futures.items()}
+
+    def _layer_media_type(self, src: Descriptor) -> str:
+        docker = media_types.is_docker(src.media_type) and not self.options.oci
+        return media_types.DOCKER_LAYER_GZIP if docker else media_types.OCI_LAYER_GZIP
+
+    def _convert_layer(self, desc: Descriptor, files: list[str], diff_id: str | None) -> _Converted:
+        path = self._layer_file(desc)
+        annotations = dict(desc.annotations or {})
+        if self.options.reuse and not files and diff_id and self._reusable(path, desc):
+            log.info("no access occur; copying without conversion", digest=desc.digest)
+            media = self._layer_media_type(desc)
+            return _Converted(path, replace(desc, media_type=media), diff_id)
+        fd, name = tempfile.mkstemp(prefix="layer-", dir=self.work / "out")
+        os.close(fd)
+        out = Path(name)
+        opts = BuildOptions(
+            chunk_size=self.options.chunk_size,
+            compression_level=self.options.compression_level,
+            prioritized_files=files or None,
+        )
+        with open(path, "rb") as fin, open(out, "wb") as fout:
+            res = build(fin, fout, opts)
+        if res.missing_prioritized:
+            log.debug(
+                "prioritized files not found in layer",
+                digest=desc.digest,
+                missing=list(res.missing_prioritized),
+            )
+        annotations.pop(TOC_DIGEST_ANNOTATION, None)
+        annotations[TOC_DIGEST_ANNOTATION] = res.toc_digest
+        annotations[UNCOMPRESSED_SIZE_ANNOTATION] = str(res.uncompressed_size)
+        new = Descriptor(
+            media_type=self._layer_media_type(desc),
+            digest=res.digest,
+            size=res.size,
+            annotations=annotations,
+        )
+        log.info("converted", digest=res.digest, source=desc.digest, prioritized=len(files))
+        return _Converted(out, new, res.diff_id)
+
+    def _reusable(self, path: Path, desc: Descriptor) -> bool:
+        """Upstream's test: annotated with a TOC digest that the blob verifies against."""
+        toc = (desc.annotations or {}).get(TOC_DIGEST_ANNOTATION)
+        if not toc:
+            return False
+        try:
+            with open(path, "rb") as f:
+                open_estargz(f).verify(toc)
+        except EstargzError as e:
+            log.info("not reusable: converting", digest=desc.digest, reason=str(e))
+            return False
+        return True
+
+    def _rewrite(self, img: ImageBlobs, layers: list[_Converted]) -> tuple[Descriptor, bytes, _Converted]:
+        """The converted image's config and manifest (history and unknown fields kept)."""
+        config = img.config
+        config.diff_ids = [c.diff_id for c in layers]
+        config_bytes = config.to_bytes()
+        config_media = img.manifest.config.media_type
+        if self.options.oci and media_types.is_docker(config_media):
+            config_media = media_types.OCI_CONFIG
+        config_desc = Descriptor.of(config_bytes, config_media)
+        config_path = self.work / "out" / f"config-{encoded(config_desc.digest)}"
+        config_path.write_bytes(config_bytes)
+
+        manifest = img.manifest
+        manifest.config = config_desc
+        manifest.layers = [c.desc for c in layers]
+        if self.options.oci:
+            manifest.media_type = media_types.OCI_MANIFEST
+        data = manifest.to_bytes()
+        desc = Descriptor.of(data, manifest.media_type)
+        return desc, data, _Converted(config_path, config_desc, "")
+
+
+def _layer_names(path: Path) -> list[str]:
+    """Entry names of a layer blob, in order (for matching a prefetch list)."""
+    with open(path, "rb") as raw:
+        stream, _ = open_tar_stream(raw, what=f"layer {path.name}")
+        try:
+            with tarfile.open(fileobj=stream, mode="r|", errors="surrogateescape") as tf:
+                return [normalize(m.name) for m in tf]
+        except tarfile.TarError as e:
+            raise CtrRemoteError(f"layer {path.name}: not a tar archive: {e}") from None
