@@ -180,6 +180,17 @@ def _start_driver(pg: CniPlayground, config: CniConfig) -> subprocess.Popen[str]
     )  # fmt: skip
 
 
+def _stop(driver: subprocess.Popen[str]) -> None:
+    """After a failed assertion the driver may still hold a namespace: let it clean up before killing it."""
+    if driver.poll() is None:
+        os.killpg(driver.pid, signal.SIGINT)
+        try:
+            driver.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            driver.kill()
+            driver.wait()
+
+
 def test_ctrl_c_in_the_block_tears_down(playground: CniPlayground) -> None:
     pg = playground
     config = _chain(pg)
@@ -192,8 +203,7 @@ def test_ctrl_c_in_the_block_tears_down(playground: CniPlayground) -> None:
         os.killpg(driver.pid, signal.SIGINT)
         rest, _ = driver.communicate(timeout=60)
     finally:
-        driver.kill()
-        driver.wait()
+        _stop(driver)
     assert driver.returncode == -signal.SIGINT  # KeyboardInterrupt went through, after the cleanup
     assert rest == ""
     assert _plugin_log(pg)[-2:] == ["DEL ctrt-int eth0", "DEL done"]
@@ -219,8 +229,7 @@ def test_ctrl_c_during_add_lets_the_plugin_finish_then_tears_down(playground: Cn
                 conn.sendall(b"go")
             out, _ = driver.communicate(timeout=60)
         finally:
-            driver.kill()
-            driver.wait()
+            _stop(driver)
     assert driver.returncode == -signal.SIGINT
     assert out == ""  # the block never ran
     assert _plugin_log(pg) == ["ADD ctrt-int eth0", "ADD done", "DEL ctrt-int eth0", "DEL done"]
