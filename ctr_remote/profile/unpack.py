@@ -132,8 +132,12 @@ def _set_metadata(parent: int, base: str, member: tarfile.TarInfo, xattrs: dict[
         # After chown, which clears setuid/setgid bits. We created this non-symlink ourselves.
         os.chmod(base, member.mode & 0o7777, dir_fd=parent)
     proc_path = f"/proc/self/fd/{parent}/{base}"
-    for name, value in xattrs.items():
-        os.setxattr(proc_path, name, value, follow_symlinks=False)
+    for name, value in list(xattrs.items()):
+        try:
+            os.setxattr(proc_path, name, value, follow_symlinks=False)
+        except OSError as e:  # e.g. a malformed security.capability the kernel rejects
+            log.warning("dropped an extended attribute", entry=member.name, xattr=name, reason=e.strerror)
+            del xattrs[name]
     mtime_ns = int(member.mtime * 1_000_000_000)
     os.utime(base, ns=(mtime_ns, mtime_ns), dir_fd=parent, follow_symlinks=False)
 

@@ -1,0 +1,95 @@
+"""Fixtures for the profiling runner's tests: a busybox base layer, a work dir per test, and a check,
+after every test, that nothing was left behind (mounts, processes, files)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ctr_remote.profile import ProfileResult, Workload, profile
+from tests.helpers.images import LayerBuilder
+
+ROOT = Path(__file__).resolve().parents[2]
+SENTINEL = "987654"  # tests that must be interrupted sleep this long; no such process may survive
+
+
+@pytest.fixture(scope="session")
+def busybox_layer(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Bottom layer: busybox-static, /etc/passwd, /etc/group, /tmp."""
+    return LayerBuilder().busybox().write(tmp_path_factory.mktemp("base") / "busybox.tar.gz")
+
+
+def _processes_mentioning(needles: Sequence[str]) -> list[str]:
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if any(n in cmdline for n in needles):
+            found.append(f"{pid}: {cmdline}")
+    return found
+
+
+def assert_no_leftovers(tmp_path: Path, work: Path) -> None:
+    mounts = [line for line in Path("/proc/mounts").read_text().splitlines() if str(tmp_path) in line]
+    assert not mounts, f"mounts left behind: {mounts}"
+    procs = _processes_mentioning([str(tmp_path), f"sleep {SENTINEL}"])
+    assert not procs, f"processes left behind: {procs}"
+    assert list(work.iterdir()) == [], f"files left in the work dir: {list(work.iterdir())}"
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> Iterator[Path]:
+    """The `workdir` for profile(); after the test it must be empty, with no mounts or processes left."""
+    path = tmp_path / "work"
+    path.mkdir()
+    yield path
+    assert_no_leftovers(tmp_path, path)
+
+
+@pytest.fixture
+def run(work: Path, busybox_layer: Path):
+    """run(script, *upper_layers, **workload fields) -> ProfileResult: `sh -c script` on busybox + layers."""
+
+    def _run(script: str | None, *layers: Path, config: dict | None = None, **fields: Any) -> ProfileResult:
+        from tests.helpers.images import image_config
+
+        cfg = config or image_config(cmd=["/bin/sh", "-c", script or "true"])
+        fields.setdefault("period", 30)
+        return profile([busybox_layer, *layers], cfg, Workload(**fields), workdir=work)
+
+    return _run
+
+
+def start_driver(
+    tmp_path: Path, work: Path, layers: Sequence[Path], config: dict, workload: dict[str, Any], **popen: Any
+) -> tuple[subprocess.Popen, Path]:
+    """Run profile() in a separate process (tests.profile.driver); returns (process, result file)."""
+    spec = tmp_path / "driver.json"
+    result = tmp_path / "result.json"
+    spec.write_text(
+        json.dumps(
+            {
+                "layers": [str(p) for p in layers],
+                "config": config,
+                "workload": workload,
+                "workdir": str(work),
+                "result": str(result),
+            }
+        )
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.profile.driver", str(spec)], cwd=ROOT, env=env, **popen
+    )
+    return proc, result
