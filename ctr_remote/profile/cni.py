@@ -123,8 +123,12 @@ def parse_network_file(path: Path) -> NetworkConfigList:
         kind = plugin.get("type")
         if not isinstance(kind, str) or not kind:
             raise _bad_conf(path, f'plugin {i} has no "type"')
-        if "/" in kind or kind in (".", ".."):
-            raise _bad_conf(path, f"plugin type {kind!r} is not a plain name")
+        ipam = plugin.get("ipam")
+        ipam_kind = ipam.get("type") if isinstance(ipam, dict) else None
+        # Plugin names are looked up in the plugin dir; a path would run something from elsewhere.
+        for k in (kind, ipam_kind):
+            if isinstance(k, str) and ("/" in k or k in (".", "..")):
+                raise _bad_conf(path, f"plugin type {k!r} is not a plain name")
     return NetworkConfigList(name, version, tuple(plugins), path, disable_check)
 
 

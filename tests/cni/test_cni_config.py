@@ -84,6 +84,11 @@ def test_conflist_keeps_the_chain_in_order(tmp_path: Path) -> None:
             "plugin 0 is not a JSON",
         ),
         ("10-x.conf", {"cniVersion": "1.0.0", "name": "x", "type": "../../bin/sh"}, "is not a plain name"),
+        (
+            "10-x.conf",
+            {**BRIDGE, "cniVersion": "1.0.0", "name": "x", "ipam": {"type": "/bin/sh"}},
+            "'/bin/sh' is",
+        ),
     ],
 )
 def test_broken_configuration_is_a_one_line_error(
