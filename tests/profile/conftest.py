@@ -71,10 +71,10 @@ def run(work: Path, busybox_layer: Path):
     return _run
 
 
-def start_driver(
-    tmp_path: Path, work: Path, layers: Sequence[Path], config: dict, workload: dict[str, Any], **popen: Any
-) -> tuple[subprocess.Popen, Path]:
-    """Run profile() in a separate process (tests.profile.driver); returns (process, result file)."""
+def driver_command(
+    tmp_path: Path, work: Path, layers: Sequence[Path], config: dict, workload: dict[str, Any]
+) -> tuple[list[str], Path]:
+    """The command that runs profile() in its own process (tests.profile.driver), and its result file."""
     spec = tmp_path / "driver.json"
     result = tmp_path / "result.json"
     spec.write_text(
@@ -88,8 +88,15 @@ def start_driver(
             }
         )
     )
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.profile.driver", str(spec)], cwd=ROOT, env=env, **popen
-    )
-    return proc, result
+    return [sys.executable, "-m", "tests.profile.driver", str(spec)], result
+
+
+DRIVER_ENV = dict(os.environ, PYTHONPATH=str(ROOT))
+
+
+def start_driver(
+    tmp_path: Path, work: Path, layers: Sequence[Path], config: dict, workload: dict[str, Any], **popen: Any
+) -> tuple[subprocess.Popen, Path]:
+    """Start profile() in a separate process; returns (process, result file)."""
+    cmd, result = driver_command(tmp_path, work, layers, config, workload)
+    return subprocess.Popen(cmd, cwd=ROOT, env=DRIVER_ENV, **popen), result
