@@ -16,11 +16,11 @@ $(ORACLE): $(VENV)/.installed
 	scripts/setup.sh oracle build
 
 test: install
-	$(VENV)/bin/ruff check ctr_remote tests bench
+	$(VENV)/bin/ruff check ctr_remote tests bench scripts
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check ctr_remote tests bench
+	$(VENV)/bin/ruff check ctr_remote tests bench scripts
 	$(VENV)/bin/ruff format --check ctr_remote tests bench
 
 bench: install

@@ -81,10 +81,10 @@ def main() -> int:
             )
             for p in files:
                 say(f"       prioritized: {p}")
-        say(
-            "\nAt start-up the stargz snapshotter prefetches each layer's first `prefetch` bytes in one request;"
-        )
-        say("the workload then runs without fetching anything else. Registry and temp files are removed now.")
+        say()
+        say("At start-up the stargz snapshotter prefetches each layer's first `prefetch` bytes in one")
+        say("request; the workload then runs without fetching anything else. Registry and temp files are")
+        say("removed now.")
         return 0 if check.returncode == 0 else 1
 
 
