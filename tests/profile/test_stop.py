@@ -1,0 +1,144 @@
+"""Stop conditions (period, early exit, --wait-on-line, --wait-on-signal, StopSignal) and cleanup when
+the profiler itself is interrupted (SIGINT, SIGTERM) in the middle of a workload."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.images import LayerBuilder, image_config
+from tests.profile.conftest import SENTINEL, start_driver
+
+LINE_TIMEOUT = 60.0
+_LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[")
+
+
+def workload_output(out: str) -> list[str]:
+    """Captured stdout without the profiler's own log lines."""
+    return [line for line in out.splitlines() if not _LOG_LINE.match(line)]
+
+
+def _wait_for_line(proc: subprocess.Popen, text: str) -> list[str]:
+    """Read the driver's stdout until a line contains `text` (the workload's readiness marker)."""
+    assert proc.stdout is not None
+    seen = []
+    deadline = time.monotonic() + LINE_TIMEOUT
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline().decode(errors="replace")
+        if not line:
+            raise AssertionError(f"driver ended before printing {text!r}: {seen}")
+        seen.append(line)
+        if text in line:
+            return seen
+    raise AssertionError(f"no {text!r} within {LINE_TIMEOUT}s: {seen}")
+
+
+def test_period_ends_a_running_workload(run) -> None:
+    started = time.monotonic()
+    result = run(f"cat /etc/group; sleep {SENTINEL}", period=1)
+    assert result.exit_code is None
+    assert time.monotonic() - started < 1 + 5 + 10  # the period, plus start-up and kill allowances
+    assert "bin/busybox" in result.accessed[0]
+
+
+def test_workload_exiting_early_ends_the_run(run) -> None:
+    started = time.monotonic()
+    result = run("exit 0", period=600)
+    assert result.exit_code == 0
+    assert time.monotonic() - started < 60
+
+
+def test_wait_on_line_stops_at_the_first_matching_stdout_line(run, capfd) -> None:
+    started = time.monotonic()
+    script = f"echo starting; cat /etc/group >/dev/null; echo server READY now; sleep {SENTINEL}"
+    result = run(script, wait_on_line="READY", period=600)
+    assert result.exit_code is None
+    assert time.monotonic() - started < 60
+    assert workload_output(capfd.readouterr().out) == ["starting", "server READY now"]  # still shown
+    assert result.accessed[0] == ["etc/passwd", "etc/group", "bin/busybox"]
+
+
+def test_image_stop_signal_is_sent_first(run, capfd) -> None:
+    config = image_config(
+        cmd=["/bin/sh", "-c", f"trap 'echo GOT-TERM; exit 0' TERM; echo up; sleep {SENTINEL} & wait"],
+        stop_signal="SIGTERM",
+    )
+    result = run(None, config=config, wait_on_line="up")
+    assert result.exit_code is None
+    assert workload_output(capfd.readouterr().out) == ["up", "GOT-TERM"]
+
+
+@pytest.fixture
+def data_layer(tmp_path: Path) -> Path:
+    return (
+        LayerBuilder()
+        .file("data/before.txt", b"b")
+        .file("data/after.txt", b"a")
+        .write(tmp_path / "data.tar.gz")
+    )
+
+
+def test_wait_on_signal_ignores_the_period_and_stops_on_sigint(
+    tmp_path: Path, work: Path, busybox_layer: Path, data_layer: Path
+) -> None:
+    # The workload outlives its 1 s period (it prints LATER after 2 s), then waits to be stopped.
+    script = "cat /data/before.txt; echo; echo READY; sleep 2; echo LATER; cat /data/after.txt; echo; "
+    script += f"sleep {SENTINEL}"
+    proc, result_file = start_driver(
+        tmp_path,
+        work,
+        [busybox_layer, data_layer],
+        image_config(cmd=["/bin/sh", "-c", script]),
+        {"wait_on_signal": True, "period": 1},
+        stdout=subprocess.PIPE,
+    )
+    try:
+        _wait_for_line(proc, "LATER")
+        _wait_for_line(proc, "a")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        assert proc.stdout is not None
+        proc.stdout.close()
+    result = json.loads(result_file.read_text())
+    assert result["exit_code"] is None
+    assert result["accessed"][1] == ["data/before.txt", "data/after.txt"]
+
+
+@pytest.mark.parametrize(("sig", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupting_the_profiler_mid_workload_cleans_up(
+    tmp_path: Path, work: Path, busybox_layer: Path, data_layer: Path, sig: signal.Signals, status: int
+) -> None:
+    """The `work` fixture then checks: no mounts, no processes (FUSE, runc, the workload), no files."""
+    script = f"cat /data/before.txt; echo; echo READY; sleep {SENTINEL}"
+    proc, result_file = start_driver(
+        tmp_path,
+        work,
+        [busybox_layer, data_layer],
+        image_config(cmd=["/bin/sh", "-c", script]),
+        {"period": 600},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        _wait_for_line(proc, "READY")
+        assert any(str(work) in line for line in Path("/proc/mounts").read_text().splitlines())
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == status, err
+    if sig is signal.SIGTERM:
+        assert err.decode().splitlines()[-1] == "ctr-remote: interrupted by SIGTERM"
+    assert not result_file.exists()
