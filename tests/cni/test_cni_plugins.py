@@ -138,6 +138,19 @@ def test_non_json_result_is_an_error(playground: CniPlayground) -> None:
     pg.assert_clean()
 
 
+def test_malformed_result_is_an_error_and_is_torn_down(playground: CniPlayground) -> None:
+    pg = playground
+    bad = json.dumps({"cniVersion": "1.0.0", "ips": [{"address": "not-an-address"}]})
+    config = _chain(pg, fail={"ADD": {"stdout": bad, "rc": 0}})
+    with (
+        pytest.raises(CniError, match=rf'^malformed CNI result from network "{pg.tag}": .*not-an-address'),
+        cni_network(config, "ctrt-malformed", netns_dir=pg.netns_dir),
+    ):
+        pytest.fail("the block must not run")
+    assert _plugin_log(pg)[-2:] == ["DEL ctrt-malformed eth0", "DEL done"]
+    pg.assert_clean()
+
+
 def test_failing_del_still_runs_the_other_dels_and_removes_the_namespace(playground: CniPlayground) -> None:
     pg = playground
     config = _chain(pg, fail={"DEL": {"stderr": "cannot let go"}})
