@@ -43,6 +43,7 @@ from ctr_remote.image.digest import encoded
 from ctr_remote.options import OptimizeOptions
 from ctr_remote.prefetch_list import PrefetchList, attribute_top_down, normalize
 from ctr_remote.profile import Workload, profile, record_lines
+from ctr_remote.progress import Progress, current
 
 log = structlog.get_logger()
 
@@ -117,7 +118,7 @@ class _Pipeline:
         for _, _, _, config, layers in outputs:
             for c in [config, *layers]:
                 blobs.setdefault(c.desc.digest, (c.path, c.desc))
-        push_blobs(self.dst, list(blobs.values()))
+        push_blobs(_Reporting(self.dst, current()), list(blobs.values()))
         if index is None:
             _, desc, data, _, _ = outputs[0]
             self.dst.push_manifest(data, desc, top=True)
@@ -145,8 +146,7 @@ class _Pipeline:
         for img in images:
             for layer in img.manifest.layers:
                 wanted.setdefault(layer.digest, layer)
-        fetch_blobs(self.src, [(d, self._layer_file(d)) for d in wanted.values()])
-        log.debug("fetched layers", count=len(wanted))
+        fetch_blobs(_Reporting(self.src, current()), [(d, self._layer_file(d)) for d in wanted.values()])
 
     def _host_image(self, images: Sequence[ImageBlobs]) -> ImageBlobs | None:
         """The image to profile: the one for this machine's platform, when optimizing at all."""
@@ -229,8 +229,11 @@ class _Pipeline:
             compression_level=self.options.compression_level,
             prioritized_files=files or None,
         )
+        current().step(desc.digest, "convert")
         with open(path, "rb") as fin, open(out, "wb") as fout:
             res = build(fin, fout, opts)
+        current().done(desc.digest, "convert", size=res.size)
+        current().alias(res.digest, desc.digest)
         if res.missing_prioritized:
             log.debug(
                 "prioritized files not found in layer",
@@ -282,6 +285,26 @@ class _Pipeline:
         data = manifest.to_bytes()
         desc = Descriptor.of(data, manifest.media_type)
         return desc, data, _Converted(config_path, config_desc, "")
+
+
+class _Reporting:
+    """A store whose blob transfers are reported as progress steps (layers only, not configs)."""
+
+    def __init__(self, store: ImageStore, progress: Progress) -> None:
+        self._store, self._progress = store, progress
+
+    def fetch_blob(self, desc: Descriptor, dest: Path) -> None:
+        self._progress.step(desc.digest, "pull")
+        self._store.fetch_blob(desc, dest)
+        self._progress.done(desc.digest, "pull", size=desc.size)
+
+    def push_blob(self, src: Path, desc: Descriptor) -> None:
+        if not media_types.is_layer(desc.media_type):
+            self._store.push_blob(src, desc)
+            return
+        self._progress.step(desc.digest, "push")
+        self._store.push_blob(src, desc)
+        self._progress.done(desc.digest, "push", size=desc.size)
 
 
 def _layer_names(path: Path) -> list[str]:

@@ -10,6 +10,7 @@ import click
 from ctr_remote import __version__
 from ctr_remote.errors import CtrRemoteError
 from ctr_remote.log import LogFormat, configure
+from ctr_remote.progress import Progress, install
 
 
 class _AliasedGroup(click.Group):
@@ -39,7 +40,13 @@ class _AliasedGroup(click.Group):
 )
 def cli(debug: bool, log_format: str) -> None:
     """A command line client for containerd's stargz snapshotter: image optimization."""
-    configure(debug=debug, fmt=LogFormat(log_format))
+    fmt = LogFormat(log_format)
+    if fmt is LogFormat.TEXT and sys.stderr.isatty() and not debug:
+        live = Progress(live=True)
+        install(live)
+        configure(debug=debug, fmt=fmt, stream=live)  # type: ignore[arg-type]
+    else:
+        configure(debug=debug, fmt=fmt)
 
 
 @cli.group()

@@ -50,7 +50,7 @@ class Cli:
         if check:
             assert p.returncode == 0, f"ctr-remote {' '.join(args)} failed: {p.stderr}"
         assert not list(self.tmpdir.iterdir()), f"temp files left behind: {list(self.tmpdir.iterdir())}"
-        mounts = [m for m in Path("/proc/mounts").read_text().splitlines() if "ctr-remote-profile" in m]
+        mounts = [m for m in Path("/proc/mounts").read_text().splitlines() if str(self.tmpdir) in m]
         assert not mounts, f"mounts left behind: {mounts}"
         return run
 

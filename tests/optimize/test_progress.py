@@ -1,0 +1,56 @@
+"""Progress: one log line per layer step in CI; live per-layer lines on a terminal."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import subprocess
+import sys
+from pathlib import Path
+
+from ctr_remote.image import open_store, parse_reference
+from tests.helpers.sample import app_layers, publish, runnable_image
+from tests.optimize.conftest import Cli
+
+
+def _source(workdir: Path) -> Path:
+    src = workdir / "src"
+    with open_store(parse_reference(f"local://{src}")) as store:
+        publish(store, runnable_image(app_layers()), workdir / "push")
+    return src
+
+
+def test_ci_gets_one_log_line_per_layer_step(cli: Cli, workdir: Path) -> None:
+    src = _source(workdir)
+    run = cli.optimize("--no-optimize", f"local://{src}", f"local://{workdir / 'dst'}")
+    events = [json.loads(line) for line in run.stderr.splitlines() if line.startswith("{")]
+    for step in ("pull", "convert", "push"):
+        assert len([e for e in events if e["event"] == step]) == 3, (step, events)
+
+
+def test_terminal_gets_live_layer_lines(workdir: Path) -> None:
+    src = _source(workdir)
+    primary, secondary = pty.openpty()
+    p = subprocess.Popen(
+        [sys.executable, "-m", "ctr_remote", "image", "optimize", "--no-optimize", f"local://{src}",
+         f"local://{workdir / 'dst'}"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=secondary,
+    )  # fmt: skip
+    os.close(secondary)
+    chunks = []
+    while True:
+        try:
+            data = os.read(primary, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    out, _ = p.communicate(timeout=120)
+    os.close(primary)
+    screen = b"".join(chunks).decode()
+    assert p.returncode == 0, screen
+    assert out.decode().startswith("sha256:")  # the digest alone on stdout
+    assert "\x1b[" in screen  # lines redrawn in place
+    assert screen.count("push done") >= 3
