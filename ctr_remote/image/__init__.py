@@ -52,7 +52,14 @@ from ctr_remote.image.platform import (
 )
 from ctr_remote.image.reference import Kind, Reference, parse_reference
 from ctr_remote.image.store import ImageStore, StoreOptions, open_store
-from ctr_remote.image.transfer import ImageBlobs, copy_image, fetch_blobs, push_blobs, read_image
+from ctr_remote.image.transfer import (
+    ImageBlobs,
+    copy_image,
+    fetch_blobs,
+    push_blobs,
+    read_image,
+    write_image,
+)
 
 __all__ = [
     "ANNOTATION_REF_NAME",
@@ -101,4 +108,5 @@ __all__ = [
     "push_blobs",
     "read_image",
     "select_manifests",
+    "write_image",
 ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import platform as _host
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from ctr_remote.image.errors import PlatformError
 
@@ -108,9 +108,17 @@ def parse_platforms(specs: Iterable[str]) -> list[Platform]:
     return [parse_platform(s) for s in specs]
 
 
+class _HasPlatform(Protocol):
+    @property
+    def platform(self) -> Platform | None: ...
+
+
+_Entry = TypeVar("_Entry", bound=_HasPlatform)
+
+
 def select_manifests(
-    manifests: Sequence[Any], platforms: Sequence[Platform] | None = None, *, all_platforms: bool = False
-) -> list[Any]:
+    manifests: Sequence[_Entry], platforms: Sequence[Platform] | None = None, *, all_platforms: bool = False
+) -> list[_Entry]:
     """The descriptors of `manifests` (in index order) for the requested platforms.
 
     `all_platforms` keeps every entry; otherwise an entry is kept when its platform matches one of

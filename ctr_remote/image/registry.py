@@ -30,6 +30,7 @@ from ctr_remote.image.errors import (
     NotFoundError,
     RegistryError,
     RetriesExhaustedError,
+    UnsupportedMediaTypeError,
 )
 from ctr_remote.image.files import CHUNK, copy_verified
 from ctr_remote.image.manifest import Descriptor, sniff_media_type
@@ -123,7 +124,7 @@ class _Client:
     def url(self, path: str) -> str:
         return f"{self.ref.base_url}/v2/{self.ref.repository}/{path}"
 
-    def _backoff(self, attempt: int, resp: httpx.Response | None) -> None:
+    def backoff(self, attempt: int, resp: httpx.Response | None) -> None:
         delay = min(self.options.backoff * (2 ** (attempt - 1)), self.options.backoff_max)
         if resp is not None and (after := _retry_after(resp)) is not None:
             delay = min(after, self.options.backoff_max)
@@ -170,7 +171,7 @@ class _Client:
                         f"{method} {path} on {self.ref.api_host}: giving up after {failures} attempts "
                         f"(last: {type(e).__name__}: {e})"
                     ) from None
-                self._backoff(failures, None)
+                self.backoff(failures, None)
                 continue
             status = resp.status_code
             log.debug("registry request", method=method, path=path, status=status)
@@ -182,7 +183,6 @@ class _Client:
                 continue
             if status == 429 or status >= 500:
                 failures += 1
-                resp.read() if not stream else None
                 resp.close()
                 log.warning("registry busy or failing", method=method, path=path, status=status)
                 if failures > self.options.retries:
@@ -190,7 +190,7 @@ class _Client:
                         f"{method} {path} on {self.ref.api_host}: giving up after {failures} attempts "
                         f"(last: HTTP {status})"
                     )
-                self._backoff(failures, resp)
+                self.backoff(failures, resp)
                 continue
             return resp
 
@@ -260,8 +260,6 @@ class RegistryStore:
         data, ctype, header_digest = self._get_manifest(ident)
         media = ctype if (mt.is_index(ctype) or mt.is_manifest(ctype)) else sniff_media_type(data)
         if media in mt.SCHEMA1_TYPES:
-            from ctr_remote.image.errors import UnsupportedMediaTypeError
-
             raise UnsupportedMediaTypeError(f"{ref}: Docker schema 1 manifests are not supported")
         if ref.digest:
             verify_bytes(f"{ref.name}: manifest", data, ref.digest, len(data))
@@ -309,7 +307,7 @@ class RegistryStore:
                         f"download of blob {desc.digest} from {self.reference.name}: giving up after "
                         f"{failures} attempts (last: {type(e).__name__})"
                     ) from None
-                self._c._backoff(failures, None)
+                self._c.backoff(failures, None)
             finally:
                 resp.close()
 

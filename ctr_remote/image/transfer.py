@@ -74,6 +74,24 @@ def push_blobs(
     _run_parallel([lambda p=p, d=d: store.push_blob(p, d) for p, d in items], workers)
 
 
+def write_image(
+    dst: ImageStore,
+    blobs: Sequence[tuple[Path, Descriptor]],
+    manifests: Sequence[tuple[bytes, Descriptor]],
+    top: tuple[bytes, Descriptor],
+    *,
+    workers: int = DEFAULT_WORKERS,
+) -> Descriptor:
+    """Write an image in the only safe order: blobs (layers and configs, in parallel), then the
+    child manifests, then the top-level index or manifest, which alone moves the tag. Returns the
+    top descriptor. If anything fails, the tag still names what it named before."""
+    push_blobs(dst, blobs, workers=workers)
+    for data, desc in manifests:
+        dst.push_manifest(data, desc)
+    dst.push_manifest(top[0], top[1], top=True)
+    return top[1]
+
+
 def copy_image(
     src: ImageStore,
     dst: ImageStore,
@@ -110,8 +128,9 @@ def copy_image(
     workdir.mkdir(parents=True, exist_ok=True)
     files = {dg: workdir / encoded(dg) for dg in blobs}
     fetch_blobs(src, [(d, files[dg]) for dg, d in blobs.items()], workers=workers)
-    push_blobs(dst, [(files[dg], d) for dg, d in blobs.items()], workers=workers)
-    for img in images if mt.is_index(top.media_type) else []:
-        dst.push_manifest(img.manifest_bytes, img.manifest_desc)
-    dst.push_manifest(data, top, top=True)
-    return top
+    children = (
+        [(img.manifest_bytes, img.manifest_desc) for img in images] if mt.is_index(top.media_type) else []
+    )
+    return write_image(
+        dst, [(files[dg], d) for dg, d in blobs.items()], children, (data, top), workers=workers
+    )

@@ -11,7 +11,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ctr_remote.image import Descriptor, ImageStore, Platform, digest_bytes, parse_platform
+from ctr_remote.image import Descriptor, ImageStore, Platform, digest_bytes, parse_platform, write_image
 from ctr_remote.image import mediatypes as mt
 
 
@@ -98,18 +98,16 @@ def build_index(images: list[BuiltImage], *, docker: bool = False) -> BuiltIndex
 
 
 def push(store: ImageStore, image: BuiltImage | BuiltIndex, workdir: Path) -> Descriptor:
-    """Write `image` to `store` in push order (blobs, manifests, top-level last, tagged)."""
+    """Write `image` to `store` through `write_image` (blobs, manifests, top-level last, tagged)."""
     images = image.images if isinstance(image, BuiltIndex) else (image,)
     workdir.mkdir(parents=True, exist_ok=True)
+    blobs = []
     for img in images:
         for b in img.blobs:
             path = workdir / b.desc.digest.replace(":", "-")
             path.write_bytes(b.data)
-            store.push_blob(path, b.desc)
+            blobs.append((path, b.desc))
     if isinstance(image, BuiltIndex):
-        for img in images:
-            store.push_manifest(img.manifest.data, img.manifest.desc)
-        store.push_manifest(image.index.data, image.index.desc, top=True)
-        return image.index.desc
-    store.push_manifest(image.manifest.data, image.manifest.desc, top=True)
-    return image.manifest.desc
+        children = [(img.manifest.data, img.manifest.desc) for img in images]
+        return write_image(store, blobs, children, (image.index.data, image.index.desc))
+    return write_image(store, blobs, [], (image.manifest.data, image.manifest.desc))
