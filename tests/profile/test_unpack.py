@@ -184,3 +184,26 @@ def test_hostile_layer_cannot_escape(tmp_path: Path) -> None:
     assert stat.S_ISBLK((out / "disk").lstat().st_mode)
     assert os.listxattr(out / "redirect") == ["user.ok"]
     assert (out / "badcap").read_bytes() == b"x" and "badcap" not in layer.xattrs
+
+
+def test_hostile_layer_under_runc_cannot_touch_the_host(run, tmp_path: Path, capfd) -> None:
+    """The same corpus as the image of a real run, with a workload that tries to use what it planted."""
+    host = tmp_path / "host"
+    host.mkdir()
+    (host / "victim.txt").write_bytes(b"original")
+    before_etc = {p: hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in ("/etc/passwd", "/etc/shadow")}
+    blob = hostile_layer(host).write(tmp_path / "hostile.tar.gz")
+    script = (
+        "echo pwned > /hostdir/victim.txt; echo pwned > /rel/victim.txt; echo pwned > /etc/passwd-pwned; "
+        "echo pwned >> /hl-abs; head -c1 /disk >/dev/null 2>&1 && echo DISK-OPEN || echo DISK-DENIED"
+    )
+    result = run(script, blob)
+    assert result.exit_code == 0
+    assert capfd.readouterr().out.splitlines()[-1] == "DISK-DENIED"
+    assert (host / "victim.txt").read_bytes() == b"original"
+    assert sorted(p.name for p in host.iterdir()) == ["victim.txt"]
+    assert {p: hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in before_etc} == before_etc
+    assert not Path("/passwd-pwned").exists() and not Path("/etc/passwd-pwned").exists()
+    # Inside the container the symlinks lead to the neutralised copy; writing copies it up, which reads
+    # the layer's file (recorded), then the append through the hardlink name does the same.
+    assert result.accessed[1] == [str(host / "victim.txt").lstrip("/"), "hl-abs"]

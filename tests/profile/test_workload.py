@@ -153,6 +153,12 @@ def test_missing_workload_binary_is_a_one_line_error(run) -> None:
     assert "\n" not in str(e.value)
 
 
+def test_runtime_failure_to_start_is_a_one_line_error(run) -> None:
+    with pytest.raises(ProfileError, match=r"runc could not start the workload: .*no such device") as e:
+        run("true", mounts=(Mount("no-such-fstype", "none", "/x"),))
+    assert "\n" not in str(e.value)
+
+
 def test_no_command_is_a_one_line_error(run) -> None:
     with pytest.raises(ProfileError, match="no command to run"):
         run(None, config=image_config())
