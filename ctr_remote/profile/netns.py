@@ -81,7 +81,7 @@ def create_netns(path: Path) -> None:
     thread.start()
     thread.join()
     if failure:
-        _remove_quietly(path)
+        _discard(path)
         e = failure[0]
         msg = e.args[1] if isinstance(e, OSError) and len(e.args) > 1 else str(e)
         raise NetnsError(f"cannot create network namespace {path}: {msg}") from e
@@ -104,9 +104,11 @@ def remove_netns(path: Path) -> None:
         raise NetnsError(f"cannot remove network namespace file {path}: {e.strerror}") from e
 
 
-def _remove_quietly(path: Path) -> None:
-    with contextlib.suppress(NetnsError):
-        remove_netns(path)
+def _discard(path: Path) -> None:
+    """Undo a half-made namespace: unmount if the bind mount happened, and unlink in any case."""
+    _libc.umount2(os.fsencode(path), _MNT_DETACH)
+    with contextlib.suppress(OSError):
+        path.unlink()
 
 
 def is_netns_mounted(path: Path) -> bool:

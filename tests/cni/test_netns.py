@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from ctr_remote.profile.netns import NetnsError, create_netns, is_netns_mounted, remove_netns
 from tests.cni.conftest import in_netns
+from tests.conftest import ROOT
 
 
 def test_create_gives_a_fresh_namespace_with_loopback_up(tmp_path: Path) -> None:
@@ -82,3 +86,30 @@ def test_removal_reaches_copies_in_other_mount_namespaces(tmp_path: Path) -> Non
         remove_netns(path)
         holder.kill()
         holder.wait()
+
+
+def test_an_unprivileged_caller_gets_a_one_line_error_and_no_leftover_file() -> None:
+    """Without CAP_SYS_ADMIN unshare fails: the placeholder file must not stay behind."""
+    shared = Path(tempfile.mkdtemp(prefix="ctrt-netns-"))
+    try:
+        shared.chmod(0o777)  # nobody must be able to create the placeholder file
+        code = (
+            "import sys; from pathlib import Path\n"
+            "from ctr_remote.profile.netns import NetnsError, create_netns\n"
+            "try:\n"
+            "    create_netns(Path(sys.argv[1]))\n"
+            "except NetnsError as e:\n"
+            "    print(e)\n"
+        )
+        p = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
+             sys.executable, "-c", code, str(shared / "ns")],
+            capture_output=True, text=True, timeout=60, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        )  # fmt: skip
+        expected = (
+            f"cannot create network namespace {shared / 'ns'}: unshare(CLONE_NEWNET): Operation not permitted"
+        )
+        assert p.stdout == expected + "\n", p.stderr
+        assert list(shared.iterdir()) == []
+    finally:
+        shutil.rmtree(shared)
