@@ -64,8 +64,8 @@ def create_netns(path: Path) -> None:
 
     On failure nothing is left behind: no file, no mount.
     """
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o444))
     except OSError as e:
         raise NetnsError(f"cannot create network namespace file {path}: {e.strerror}") from e
@@ -92,10 +92,10 @@ def remove_netns(path: Path) -> None:
 
     The namespace itself goes away once nothing else (a container, a plugin) still holds it.
     """
-    rc = _libc.umount2(os.fsencode(path), _MNT_DETACH)
-    if rc != 0 and ctypes.get_errno() not in (errno.EINVAL, errno.ENOENT):
+    if _libc.umount2(os.fsencode(path), _MNT_DETACH) != 0:
         err = ctypes.get_errno()
-        raise NetnsError(f"cannot unmount network namespace {path}: {os.strerror(err)}")
+        if err not in (errno.EINVAL, errno.ENOENT):  # not mounted, or not there at all
+            raise NetnsError(f"cannot unmount network namespace {path}: {os.strerror(err)}")
     try:
         path.unlink()
     except FileNotFoundError:
