@@ -11,7 +11,7 @@ import io
 from typing import BinaryIO
 
 import zstandard
-from zlib_ng import gzip_ng_threaded
+from zlib_ng import gzip_ng_threaded, zlib_ng
 
 from ctr_remote.errors import CtrRemoteError
 
@@ -110,7 +110,7 @@ class _Checked(io.RawIOBase):
     def readinto(self, b) -> int:  # type: ignore[no-untyped-def]
         try:
             data = self._inner.read(len(b))
-        except (OSError, EOFError, zstandard.ZstdError) as e:
+        except (OSError, EOFError, zlib_ng.error, zstandard.ZstdError) as e:
             raise CorruptLayerError(f"{self._what}: corrupt {self._kind.value} stream: {e}") from None
         b[: len(data)] = data
         return len(data)
