@@ -5,7 +5,8 @@ its parent directories and, for a hardlink, by its target; a path already placed
 occurrence wins); then `.prefetch.landmark`, or `.no.prefetch.landmark` when the list is empty; then
 the remaining entries in input order. One deliberate difference: a listed file whose parent
 directories have no entries (layers built by umoci) is still prioritized, preceded by directories
-we add as readers and unpackers assume them; upstream aborts there.
+we add as readers and unpackers assume them; upstream aborts there. Another: when no listed path
+is in the layer, the landmark is `.no.prefetch.landmark`, as for an empty list.
 """
 
 from __future__ import annotations
@@ -74,7 +75,9 @@ def order_entries(
             place(key)
         else:
             missing.append(path)
-    landmark = PREFETCH_LANDMARK if prioritized else NO_PREFETCH_LANDMARK
+    # Upstream writes `.prefetch.landmark` for a non-empty list even when none of it was found;
+    # a prefetch landmark with nothing before it is a contradiction readers warn about.
+    landmark = PREFETCH_LANDMARK if front else NO_PREFETCH_LANDMARK
     front.append(Generated(landmark, REG, 0, LANDMARK_CONTENTS))
     front.extend(e for e in entries if e.key not in placed)
     return front, tuple(missing)

@@ -57,10 +57,10 @@ def scan(tar: BinaryIO, spool: IO[bytes], chunk_size: int) -> list[Scanned]:
     entries: list[Scanned | None] = []
     latest: dict[str, int] = {}
     while True:
-        start = r.pos
         raw = read_header(r)
         if raw is None:
             break
+        start = r.pos - len(raw.raw)
         h = raw.header
         size = h.payload_size
         digest, chunks = _copy_payload(r, size, chunk_size, h.name) if h.typeflag == REG else ("", ())

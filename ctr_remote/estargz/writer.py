@@ -60,7 +60,8 @@ def build(src: BinaryIO, dst: BinaryIO, options: BuildOptions = BuildOptions()) 
     is spooled to an unlinked temp file."""
     try:
         tar, _ = open_tar_stream(src, "layer")
-        with tempfile.TemporaryFile(prefix="ctr-remote-estargz-") as spool:
+        # Closing the tar stream stops its decompression thread (`src` itself stays open).
+        with tar, tempfile.TemporaryFile(prefix="ctr-remote-estargz-") as spool:
             entries = scan(tar, spool, options.chunk_size)
             items, missing = order_entries(entries, options.prioritized_files)
             result = _Writer(spool, dst, options).write(items)

@@ -1,0 +1,131 @@
+"""eStargz conversion of a realistic layer: ours vs the upstream Go builder, side by side.
+
+The layer is a tar of real files from /usr/lib (cached under build/bench/). Both convert it at
+gzip level 9 with 4 MiB chunks: ours through `ctr_remote.estargz.build`, upstream through
+`estargz-check-gen oci-image TAR DIR estargz` (upstream's `estargz.Build`, which also re-reads its
+output once for the uncompressed size and writes a small OCI layout around it).
+
+Environment: BENCH_ESTARGZ_MIB (layer size, default 160), BENCH_ESTARGZ_RSS_GIB (also convert a
+layer of this many GiB in a subprocess and report its peak RSS; default off).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+from ctr_remote.estargz import BuildOptions, build
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = ROOT / "build" / "bench"
+GEN = ROOT / "build" / "estargz-check-gen"
+SOURCES = ("/usr/lib/python3", "/usr/lib/python3.11", "/usr/lib/x86_64-linux-gnu")
+
+
+def layer_tar(mib: int) -> Path:
+    """A tar of about `mib` MiB of /usr/lib (Python's library, then shared libraries: directories,
+    symlinks, many small files and some large ones, like a distribution layer), built once."""
+    path = CACHE / f"usrlib-{mib}m.tar"
+    if path.exists():
+        return path
+    CACHE.mkdir(parents=True, exist_ok=True)
+    budget = mib << 20
+    tmp = path.with_suffix(".part")
+    with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+        tar.add("/usr", arcname="usr", recursive=False)
+        tar.add("/usr/lib", arcname="usr/lib", recursive=False)
+        for top in SOURCES:
+            for dirpath, dirnames, filenames in os.walk(top):
+                dirnames.sort()
+                tar.add(dirpath, arcname=dirpath.lstrip("/"), recursive=False)
+                for name in sorted(filenames):
+                    p = os.path.join(dirpath, name)
+                    if budget > 0 and (os.path.islink(p) or os.path.isfile(p)):
+                        tar.add(p, arcname=p.lstrip("/"), recursive=False)
+                        budget -= os.lstat(p).st_size
+                if budget <= 0:
+                    break
+            if budget <= 0:
+                break
+    tmp.rename(path)
+    return path
+
+
+def run_ours(tar: Path, out: Path, workers: int | None = None) -> tuple[float, int]:
+    t0 = time.perf_counter()
+    with tar.open("rb") as src, out.open("wb") as dst:
+        result = build(src, dst, BuildOptions(compression_level=9, workers=workers))
+    return time.perf_counter() - t0, result.size
+
+
+def run_upstream(tar: Path, outdir: Path) -> tuple[float, int]:
+    t0 = time.perf_counter()
+    subprocess.run([str(GEN), "oci-image", str(tar), str(outdir), "estargz"], check=True, capture_output=True)
+    elapsed = time.perf_counter() - t0
+    index = json.loads((outdir / "index.json").read_text())
+    manifest_digest = index["manifests"][0]["digest"].split(":")[1]
+    manifest = json.loads((outdir / "blobs" / "sha256" / manifest_digest).read_text())
+    return elapsed, manifest["layers"][0]["size"]
+
+
+def peak_rss_of_conversion(gib: float) -> tuple[float, float]:
+    """Convert a synthetic layer of `gib` GiB (streamed from a generator, never stored) in a child
+    process; return (seconds, peak RSS in MiB) of the converting process (not its generator)."""
+    code = f"""
+import io, os, sys, tarfile, time
+from ctr_remote.estargz import BuildOptions, build
+
+class Layer(io.RawIOBase):
+    # A tar of files of 1..16 MiB, half random half text-like, generated while it is read.
+    def __init__(self, total):
+        r, w = os.pipe()
+        self._r = os.fdopen(r, "rb")
+        if os.fork() == 0:
+            self._r.close()
+            with os.fdopen(w, "wb") as out, tarfile.open(fileobj=out, mode="w|") as t:
+                left, i = total, 0
+                while left > 0:
+                    n = min(left, (1 + i % 16) << 20)
+                    data = os.urandom(n // 2) + (b"line %d of text\\n" % i) * (n // 2 // 16)
+                    ti = tarfile.TarInfo(f"data/{{i // 100}}/f{{i}}")
+                    ti.size = len(data)
+                    t.addfile(ti, io.BytesIO(data))
+                    left -= n
+                    i += 1
+            os._exit(0)
+        os.close(w)
+    def readable(self): return True
+    def readinto(self, b): return self._r.readinto(b)
+
+t0 = time.perf_counter()
+with open(os.devnull, "wb") as dst:
+    r = build(io.BufferedReader(Layer(int({gib} * (1 << 30)))), dst, BuildOptions())
+import resource
+print(time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+    p = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    seconds, peak_kib = p.stdout.split()
+    return float(seconds), int(peak_kib) / 1024
+
+
+def main() -> None:
+    mib = int(os.environ.get("BENCH_ESTARGZ_MIB", "160"))
+    tar = layer_tar(mib)
+    tar_mib = tar.stat().st_size / (1 << 20)
+    print(f"layer: {tar} ({tar_mib:.0f} MiB tar, real files from /usr/lib), gzip level 9, 4 MiB chunks")
+    with tempfile.TemporaryDirectory(prefix="bench-estargz-") as tmp:
+        ours_s, ours_size = run_ours(tar, Path(tmp) / "ours.esgz")
+        up_s, up_size = run_upstream(tar, Path(tmp) / "upstream")
+    print(f"ours     : {ours_s:7.2f} s  {ours_size / (1 << 20):8.2f} MiB  ({tar_mib / ours_s:6.1f} MiB/s)")
+    print(f"upstream : {up_s:7.2f} s  {up_size / (1 << 20):8.2f} MiB  ({tar_mib / up_s:6.1f} MiB/s)")
+    print(f"speed-up : {up_s / ours_s:.2f}x   size ours/upstream: {ours_size / up_size:.4f}")
+    gib = float(os.environ.get("BENCH_ESTARGZ_RSS_GIB", "0"))
+    if gib > 0:
+        seconds, rss = peak_rss_of_conversion(gib)
+        print(f"{gib:g} GiB synthetic layer: {seconds:.1f} s, peak RSS {rss:.0f} MiB")

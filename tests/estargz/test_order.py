@@ -1,0 +1,96 @@
+"""Prioritized files: the same entry order as upstream's estargz.Build for the same layer and list."""
+
+from __future__ import annotations
+
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from ctr_remote.estargz import open_estargz
+from tests.estargz.layers import (
+    SMALL_CHUNK,
+    Entry,
+    convert,
+    d,
+    edge_case_entries,
+    f,
+    make_tar,
+    pattern,
+    toc_names,
+    upstream_layer,
+)
+
+LONG = "deep/" + "d" * 60 + "/" + "e" * 60 + "/" + "f" * 120
+
+CASES = {
+    "files-links-devices": (
+        edge_case_entries(),
+        ["etc/passwd", "./usr/bin/hard", "/dev/fifo", "usr/bin/link", "dev/char", "nope", "etc/passwd", LONG,
+         "xattr", "dev/block", "etc/hardone", "opaque/.wh..wh..opq"],
+    ),
+    "directory-and-root": (edge_case_entries(), ["sticky", "/", "owned/b", "./usr/bin/many"]),
+    "duplicates-and-old-landmarks": (
+        [d("a/"), f("a/x", b"old"), f(".prefetch.landmark", b"\x0f"), d("b/"), f("b/y", b"y"),
+         f("./a/x", pattern(9000)), f(".no.prefetch.landmark", b"\x0f"), d("a")],
+        ["b/y", "a/x", "b/y"],
+    ),
+    "absolute-names": ([d("/"), d("/srv/"), f("/srv/one", b"1"), f("/srv/two", b"2"),
+                        Entry("/srv/three", tarfile.LNKTYPE, linkname="/srv/one")],
+                       ["srv/three", "/srv/two"]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_prioritized_order_matches_upstream(oracle, oracle_gen: Path, tmp_path: Path, case: str) -> None:
+    entries, prioritized = CASES[case]
+    layer = make_tar(entries)
+    ours, result = convert(tmp_path, layer, chunk_size=SMALL_CHUNK, prioritized_files=prioritized)
+    report = oracle.check_blob(ours, result.toc_digest)
+    assert report["landmark"] == "prefetch"
+    theirs, _ = upstream_layer(oracle_gen, tmp_path, layer, prioritized)
+    assert toc_names(ours) == toc_names(theirs)
+
+
+def test_no_list_puts_the_no_prefetch_landmark_first(oracle_gen: Path, tmp_path: Path) -> None:
+    layer = make_tar(edge_case_entries())
+    ours, _ = convert(tmp_path, layer, prioritized_files=[])
+    assert toc_names(ours) == toc_names(upstream_layer(oracle_gen, tmp_path, layer, None)[0])
+    assert toc_names(ours)[0] == ".no.prefetch.landmark"
+
+
+def test_missing_paths_are_reported(oracle, tmp_path: Path) -> None:
+    layer = make_tar(
+        [d("etc/"), f("etc/passwd", b"root"), Entry("etc/dangling", tarfile.LNKTYPE, linkname="gone")]
+    )
+    listed = ["nope", "/etc/passwd", "etc/dangling", "etc/passwd/", "etc/nope/deeper"]
+    path, result = convert(tmp_path, layer, prioritized_files=listed)
+    assert result.missing_prioritized == ("nope", "etc/dangling", "etc/nope/deeper")
+    assert toc_names(path)[:3] == ["etc/", "etc/passwd", ".prefetch.landmark"]
+
+
+def test_a_list_with_nothing_found_means_no_prefetch(oracle, tmp_path: Path) -> None:
+    """Upstream writes a `.prefetch.landmark` with nothing before it here (the oracle warns)."""
+    path, result = convert(tmp_path, make_tar([d("a/"), f("a/x", b"x")]), prioritized_files=["not/there"])
+    assert oracle.check_blob(path, result.toc_digest)["landmark"] == "no-prefetch"
+    assert result.missing_prioritized == ("not/there",)
+    assert toc_names(path) == [".no.prefetch.landmark", "a/", "a/x"]
+
+
+def test_missing_parent_directories_are_added_for_prioritized_files(oracle, tmp_path: Path) -> None:
+    """umoci-built layers list no parent directories; upstream then refuses to prioritize the file."""
+    layer = make_tar([f("usr/lib/libx.so", pattern(5000), mode=0o755), f("usr/bin/tool", b"#!", mode=0o755),
+                      d("opt/"), f("opt/app/run", b"run")])  # fmt: skip
+    path, result = convert(
+        tmp_path, layer, prioritized_files=["usr/bin/tool", "opt/app/run", "usr/lib/libx.so"]
+    )
+    report = oracle.check_blob(path, result.toc_digest)
+    assert result.missing_prioritized == ()
+    assert toc_names(path) == [
+        "usr/", "usr/bin/", "usr/bin/tool", "opt/", "opt/app/", "opt/app/run", "usr/lib/", "usr/lib/libx.so",
+        ".prefetch.landmark",
+    ]  # fmt: skip
+    assert report["prioritized"][-1] == "usr/lib/libx.so"
+    with path.open("rb") as fh:
+        added = {e.name: e for e in open_estargz(fh).entries if e.type == "dir"}
+    assert (added["usr/bin/"].mode, added["usr/bin/"].uid, added["usr/bin/"].gid) == (0o755, 0, 0)
