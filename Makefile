@@ -2,10 +2,11 @@
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 ORACLE  := build/estargz-check
+STARGZ_GRPC := build/stargz-grpc
 
 .PHONY: install test lint bench demo clean
 
-install: $(VENV)/.installed $(ORACLE)
+install: $(VENV)/.installed $(ORACLE) $(STARGZ_GRPC)
 
 $(VENV)/.installed: pyproject.toml scripts/setup.sh
 	scripts/setup.sh system
@@ -14,6 +15,9 @@ $(VENV)/.installed: pyproject.toml scripts/setup.sh
 
 $(ORACLE): $(VENV)/.installed
 	scripts/setup.sh oracle build
+
+$(STARGZ_GRPC): $(VENV)/.installed
+	scripts/setup.sh stargz-grpc build
 
 test: install
 	$(VENV)/bin/ruff check ctr_remote tests bench scripts

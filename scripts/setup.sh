@@ -3,6 +3,7 @@
 #   setup.sh system        apt packages (root)
 #   setup.sh venv DIR      Python virtualenv with the project and its test extras
 #   setup.sh oracle DIR    build the upstream Go eStargz reader (estargz-check) and generator into DIR
+#   setup.sh stargz-grpc DIR  build the real lazy-pulling stargz snapshotter (tests/lazypull, bench) into DIR
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 
@@ -34,6 +35,11 @@ case "${1:-}" in
     mkdir -p "$dir"
     BUILD_GEN=1 sh "$here/../shared/tools/estargz-check/build.sh" "$dir/estargz-check"
     ;;
+  stargz-grpc)
+    dir=${2:?stargz-grpc DIR}
+    mkdir -p "$dir"
+    sh "$here/../shared/tools/stargz-grpc/build.sh" "$dir/stargz-grpc"
+    ;;
   *)
-    echo "usage: setup.sh system | venv DIR | oracle DIR" >&2; exit 2 ;;
+    echo "usage: setup.sh system | venv DIR | oracle DIR | stargz-grpc DIR" >&2; exit 2 ;;
 esac
