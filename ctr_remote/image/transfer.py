@@ -10,6 +10,7 @@ from pathlib import Path
 from ctr_remote.image import mediatypes as mt
 from ctr_remote.image.digest import encoded
 from ctr_remote.image.errors import UnsupportedMediaTypeError
+from ctr_remote.image.files import write_atomic
 from ctr_remote.image.manifest import (
     Descriptor,
     ImageConfig,
@@ -127,7 +128,10 @@ def copy_image(
             blobs.setdefault(d.digest, d)
     workdir.mkdir(parents=True, exist_ok=True)
     files = {dg: workdir / encoded(dg) for dg in blobs}
-    fetch_blobs(src, [(d, files[dg]) for dg, d in blobs.items()], workers=workers)
+    for img in images:  # configs were read (and verified) already
+        write_atomic(files[img.manifest.config.digest], img.config_bytes)
+    configs = {img.manifest.config.digest for img in images}
+    fetch_blobs(src, [(d, files[dg]) for dg, d in blobs.items() if dg not in configs], workers=workers)
     children = (
         [(img.manifest_bytes, img.manifest_desc) for img in images] if mt.is_index(top.media_type) else []
     )

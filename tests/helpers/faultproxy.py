@@ -1,6 +1,7 @@
 """An HTTP proxy in front of a test registry that injects faults on matching requests, over a real
-socket: answer 500/429 without forwarding, drop the connection, cut a response body short, or flip a
-byte of a response body.
+socket: answer 500/429 without forwarding, drop the connection, cut a response body short, flip a
+byte of a response body, or hold requests at a barrier until `parties` of them are in flight at once
+(proves a client transfers in parallel; a barrier that times out answers 504).
 
     with FaultProxy(reg.host) as proxy:
         proxy.add(Fault("status", path=r"/blobs/sha256:", times=2, status=500))
@@ -31,13 +32,27 @@ HOP_BY_HOP = {
 
 @dataclass
 class Fault:
-    kind: Literal["status", "drop", "truncate", "corrupt"]
+    kind: Literal["status", "drop", "truncate", "corrupt", "barrier"]
     path: str = ""  # regex searched in the request path (with query)
     method: str | None = None
     times: int = 1  # matching requests affected; -1: all of them
     status: int = 500
     retry_after: str | None = None
+    parties: int = 2  # for "barrier"
+    timeout: float = 20.0  # for "barrier"
     hits: int = 0
+    passed: bool = False  # a barrier that released its parties
+    _barrier: threading.Barrier | None = None
+
+    def wait(self) -> bool:
+        """Barrier faults: block until `parties` requests wait here; False if that never happened."""
+        assert self._barrier is not None
+        try:
+            self._barrier.wait()
+        except threading.BrokenBarrierError:
+            return False
+        self.passed = True
+        return True
 
     def matches(self, method: str, path: str) -> bool:
         if self.times != -1 and self.hits >= self.times:
@@ -81,6 +96,8 @@ class FaultProxy:
             for f in self.faults:
                 if f.matches(method, path):
                     f.hits += 1
+                    if f.kind == "barrier" and f._barrier is None:
+                        f._barrier = threading.Barrier(f.parties, timeout=f.timeout)
                     return f
         return None
 
@@ -129,6 +146,8 @@ class FaultProxy:
                     proxy._record(Hit(method, path, 0, "drop"))
                     self._drop()
                     return
+                if fault and fault.kind == "barrier" and not fault.wait():
+                    fault = Fault("status", status=504)
                 if fault and fault.kind == "status":
                     proxy._record(Hit(method, path, fault.status, "status"))
                     data = b'{"errors":[{"code":"UNAVAILABLE","message":"injected fault"}]}'

@@ -20,7 +20,7 @@ from ctr_remote.image import (
     read_image,
 )
 from ctr_remote.image import mediatypes as mt
-from tests.helpers.faultproxy import FaultProxy
+from tests.helpers.faultproxy import Fault, FaultProxy
 from tests.helpers.oci import BuiltImage, BuiltIndex, build_image, build_index, push
 from tests.helpers.registry import RegistryServer
 
@@ -182,3 +182,25 @@ def test_layout_index_json_replaces_same_name_and_keeps_others(workdir: Path) ->
 
 def _image(tag: str) -> BuiltImage:
     return build_image(_layers(tag))
+
+
+def test_blobs_of_different_layers_transfer_in_parallel(
+    registry: RegistryServer, fault_proxy: FaultProxy, workdir: Path
+) -> None:
+    img = build_image([{f"p{i}": f"parallel {i}".encode() * 1000} for i in range(4)])
+    # three layer uploads must be in flight together to get past the barrier (else 504s, then failure)
+    up = fault_proxy.add(
+        Fault("barrier", path="/blobs/uploads/", method="PUT", parties=3, times=3, timeout=10)
+    )
+    ref = parse_reference(_proxied(fault_proxy, "par:v1"), plain_http=True)
+    with open_store(ref, registry.options(retries=0)) as dst:
+        push(dst, img, workdir / "build")
+    assert up.passed
+    layers = "|".join(b.desc.digest for b in img.layers)  # not the config: it is read on its own first
+    down = fault_proxy.add(Fault("barrier", path=layers, method="GET", parties=3, times=3, timeout=10))
+    with (
+        open_store(ref, registry.options(retries=0)) as src,
+        open_store(parse_reference(f"local://{workdir}/par")) as dst,
+    ):
+        copy_image(src, dst, workdir / "cache", workers=4)
+    assert down.passed
