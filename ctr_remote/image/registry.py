@@ -22,7 +22,7 @@ import structlog
 from ctr_remote import __version__
 from ctr_remote.image import mediatypes as mt
 from ctr_remote.image.auth import Authenticator, pull_scope, push_scope
-from ctr_remote.image.digest import check, digest_bytes, hasher, verify_bytes
+from ctr_remote.image.digest import digest_bytes, verify_bytes
 from ctr_remote.image.errors import (
     AuthError,
     DigestMismatchError,
@@ -201,6 +201,10 @@ class _Client:
                 resp.read()
         resp.close()
         msg = _registry_message(resp)
+        if resp.status_code == 400 and msg.startswith(("DIGEST_INVALID", "SIZE_INVALID")):
+            return DigestMismatchError(
+                f"{what}: the registry {self.ref.api_host} found the content does not match ({msg})"
+            )
         if resp.status_code == 404:
             return NotFoundError(f"{what}: not found in {self.where} ({msg})")
         if resp.status_code in (401, 403):
@@ -396,7 +400,9 @@ class RegistryStore:
             raise self._c.fail(resp, f"upload of blob {desc.digest}")
 
     def push_blob(self, src: Path, desc: Descriptor) -> None:
-        _check_file(src, desc)
+        """Skip if present, mount if the source repository is on this registry, else upload. The
+        registry checks digest and size when the upload completes (no extra hashing pass here); a
+        mismatch is a DigestMismatchError naming the blob."""
         for attempt in (1, 2):
             if self._blob_exists(desc):
                 return
@@ -430,14 +436,3 @@ class RegistryStore:
         said = resp.headers.get("docker-content-digest")
         if said and said != desc.digest:
             raise DigestMismatchError(f"{ref.name}: registry stored manifest {desc.digest} as {said}")
-
-
-def _check_file(src: Path, desc: Descriptor) -> None:
-    """Refuse to upload a file that does not match its descriptor (nothing built on it is pushed)."""
-    h = hasher(desc.digest)
-    n = 0
-    with src.open("rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-            n += len(chunk)
-    check(f"blob {src}", desc.digest, desc.size, f"{h.name}:{h.hexdigest()}", n)

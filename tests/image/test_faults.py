@@ -196,3 +196,20 @@ def test_failed_push_leaves_the_tag_on_the_old_image(
     assert not [h for h in fault_proxy.hits if "/manifests/" in h.path]
     with open_store(registry.reference("app:stable"), registry.options()) as s:
         assert s.resolve().digest == old.manifest.desc.digest
+
+
+def test_pushing_content_that_does_not_match_its_descriptor(registry: RegistryServer, workdir: Path) -> None:
+    img = _img("mismatch", 1)
+    layer = img.layers[0]
+    wrong = workdir / "wrong"
+    wrong.write_bytes(bytes(b ^ 1 for b in layer.data))  # same size, other content
+    with open_store(registry.reference("mismatch:v1"), registry.options()) as s:
+        with pytest.raises(DigestMismatchError) as e:
+            s.push_blob(wrong, layer.desc)
+        assert layer.desc.digest in str(e.value) and "\n" not in str(e.value)
+        with pytest.raises(NotFoundError):
+            s.fetch_blob(layer.desc, workdir / "never")
+    layout = parse_reference(f"local://{workdir}/lay")
+    with open_store(layout) as s, pytest.raises(DigestMismatchError, match=layer.desc.digest):
+        s.push_blob(wrong, layer.desc)
+    assert not list((workdir / "lay/blobs/sha256").iterdir())
