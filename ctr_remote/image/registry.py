@@ -69,6 +69,11 @@ def _is_tls_failure(e: Exception) -> bool:
     return "SSL" in str(e) or "CERTIFICATE" in str(e)
 
 
+def _line(e: Exception) -> str:
+    """An exception's text on one line (some transport errors span several)."""
+    return " ".join(str(e).split())[:300]
+
+
 def _registry_message(resp: httpx.Response) -> str:
     """`CODE: message` from a distribution error body, else the HTTP status."""
     with contextlib.suppress(Exception):
@@ -161,7 +166,7 @@ class _Client:
             except httpx.TransportError as e:
                 if _is_tls_failure(e):
                     raise RegistryError(
-                        f"TLS connection to {self.ref.api_host} failed: {e} "
+                        f"TLS connection to {self.ref.api_host} failed: {_line(e)} "
                         "(plain HTTP registries need http://HOST/... and --plain-http)"
                     ) from None
                 failures += 1
@@ -169,7 +174,7 @@ class _Client:
                 if failures > self.options.retries:
                     raise RetriesExhaustedError(
                         f"{method} {path} on {self.ref.api_host}: giving up after {failures} attempts "
-                        f"(last: {type(e).__name__}: {e})"
+                        f"(last: {type(e).__name__}: {_line(e)})"
                     ) from None
                 self.backoff(failures, None)
                 continue

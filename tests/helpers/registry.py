@@ -127,6 +127,8 @@ def _wait_ready(reg: RegistryServer, log: Path) -> None:
     deadline = time.monotonic() + READY_TIMEOUT
     while True:
         if reg.process.poll() is not None:
+            if "address already in use" in log.read_text():
+                raise _PortTaken(reg.host)
             raise RuntimeError(
                 f"docker-registry exited ({reg.process.returncode}): {log.read_text()[-2000:]}"
             )
@@ -142,28 +144,42 @@ def _wait_ready(reg: RegistryServer, log: Path) -> None:
         time.sleep(0.02)  # readiness probe interval
 
 
-def _config(mode: str, port: int, root: Path, workdir: Path, extra: dict[str, Any]) -> dict[str, Any]:
-    cfg: dict[str, Any] = {
-        "version": 0.1,
-        "log": {"level": "warn", "accesslog": {"disabled": True}},
-        "storage": {"filesystem": {"rootdirectory": str(root)}, "delete": {"enabled": True}},
-        "http": {"addr": f"127.0.0.1:{port}", "secret": "ctr-remote-tests"},
-    }
-    cfg.update(extra)
-    return cfg
-
-
 @contextlib.contextmanager
 def start_registry(
     workdir: Path, mode: str = "plain", *, ca: CertKey | None = None
 ) -> Iterator[RegistryServer]:
-    """Run a registry in `mode` under `workdir` (storage, config, certs); stopped and removed on exit."""
+    """Run a registry in `mode` under `workdir` (storage, config, certs); stopped on exit (the caller
+    owns `workdir`). A port taken between our probe and the registry's bind is retried with another."""
     if mode not in MODES:
         raise ValueError(f"unknown registry mode {mode!r}")
+    for attempt in range(3):
+        reg = _launch(workdir / f"run{attempt}", mode, ca)
+        try:
+            _wait_ready(reg, reg.workdir / "registry.log")
+        except _PortTaken:
+            reg.stop()
+            continue
+        except BaseException:
+            reg.stop()
+            raise
+        try:
+            yield reg
+        finally:
+            reg.stop()
+        return
+    raise RuntimeError("docker-registry: no free port after 3 attempts")
+
+
+class _PortTaken(RuntimeError):
+    pass
+
+
+def _launch(workdir: Path, mode: str, ca: CertKey | None) -> RegistryServer:
     workdir.mkdir(parents=True, exist_ok=True)
     root = workdir / "storage"
     root.mkdir(exist_ok=True)
-    extra: dict[str, Any] = {}
+    auth: dict[str, Any] = {}
+    http: dict[str, Any] = {}
     token_server = None
     docker_config = None
     certs_dir = None
@@ -175,10 +191,10 @@ def start_registry(
             ["htpasswd", "-Bbn", USER, PASSWORD], check=True, capture_output=True, text=True, timeout=60
         ).stdout.strip()
         htpasswd.write_text(line + "\n")
-        extra["auth"] = {"htpasswd": {"realm": "ctr-remote-tests", "path": str(htpasswd)}}
+        auth = {"htpasswd": {"realm": "ctr-remote-tests", "path": str(htpasswd)}}
     elif mode == "token":
         token_server = start_token_server(workdir / "token-signer", {USER: PASSWORD})
-        extra["auth"] = {
+        auth = {
             "token": {
                 "realm": token_server.url,
                 "service": SERVICE,
@@ -189,30 +205,29 @@ def start_registry(
     elif mode == "tls":
         ca = ca or make_ca(workdir / "ca")
         server = issue_server_cert(ca, workdir / "server-cert")
-        extra["http"] = {"tls": {"certificate": str(server.cert), "key": str(server.key)}}
+        http = {"tls": {"certificate": str(server.cert), "key": str(server.key)}}
         certs_dir = workdir / "certs.d"
         (certs_dir / host).mkdir(parents=True)
         shutil.copy(ca.cert, certs_dir / host / "ca.crt")
     if mode in ("htpasswd", "token"):
         docker_config = write_docker_config(workdir / "docker-config", basic_auths(host, USER, PASSWORD))
-    cfg = _config(mode, port, root, workdir, {k: v for k, v in extra.items() if k != "http"})
-    cfg["http"].update(extra.get("http", {}))
+    cfg: dict[str, Any] = {
+        "version": 0.1,
+        "log": {"level": "warn", "accesslog": {"disabled": True}},
+        "storage": {"filesystem": {"rootdirectory": str(root)}, "delete": {"enabled": True}},
+        "http": {"addr": host, "secret": "ctr-remote-tests", **http},
+        **({"auth": auth} if auth else {}),
+    }
     config_path = workdir / "config.yml"
     config_path.write_text(yaml.safe_dump(cfg))
-    log = workdir / "registry.log"
-    with log.open("wb") as logf:
+    with (workdir / "registry.log").open("wb") as logf:
         proc = subprocess.Popen(
             [REGISTRY_BIN, "serve", str(config_path)],
             stdout=logf,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
-    reg = RegistryServer(
+    return RegistryServer(
         mode=mode, host=host, root=root, workdir=workdir, process=proc, ca=ca, certs_dir=certs_dir,
         docker_config=docker_config, token_server=token_server,
     )  # fmt: skip
-    try:
-        _wait_ready(reg, log)
-        yield reg
-    finally:
-        reg.stop()
