@@ -1,0 +1,152 @@
+"""Recording overhead: the same workload under plain `runc` on an extracted rootfs vs under the
+profiler (per-layer recording FUSE mounts + overlayfs + runc).
+
+The image is busybox-static plus a data layer of a few thousand small files and an upper layer that
+overrides some of them. Workloads:
+- find:  `find /data -type f | xargs cat` (open-heavy: every file opened and read once);
+- paths: `cat` of 300 files named explicitly (lookups + opens, like an interpreter starting up).
+Times are medians of REPS runs; "runc run" is the container's own wall time, "profile()" the whole
+call (unpack, mounts, run, unmount, cleanup).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import tarfile
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+from ctr_remote.profile import Workload, profile
+from ctr_remote.profile import recorder as recorder_mod
+from ctr_remote.profile import runtime as runtime_mod
+from ctr_remote.profile.rootfs import User
+from ctr_remote.profile.spec import build_spec, command_of, hosts_text, resolv_conf_text
+from tests.helpers.images import LayerBuilder, image_config
+
+REPS = 5
+FILES = 3000
+DIRS = 30
+WORKLOADS = {
+    "find": "find /data -type f | xargs cat > /dev/null",
+    "paths": "cat "
+    + " ".join(f"/data/d{i % DIRS}/f{i}.txt" for i in range(0, FILES, FILES // 300))
+    + " > /dev/null",
+}
+
+
+def _image(tmp: Path) -> list[Path]:
+    base = LayerBuilder().busybox().write(tmp / "base.tar.gz")
+    data = LayerBuilder()
+    for i in range(FILES):
+        data.file(f"data/d{i % DIRS}/f{i}.txt", (f"file {i}\n" * (1 + i % 200)).encode())
+    upper = LayerBuilder()
+    for i in range(0, FILES, 10):
+        upper.file(f"data/d{i % DIRS}/f{i}.txt", b"overridden\n")
+    return [base, data.write(tmp / "data.tar.gz"), upper.write(tmp / "upper.tar.gz")]
+
+
+def _extract(layers: list[Path], rootfs: Path) -> None:
+    """The plain baseline: layers applied in order into one directory (trusted bench input, no whiteouts)."""
+    rootfs.mkdir()
+    for blob in layers:
+        with tarfile.open(blob) as tf:
+            tf.extractall(rootfs, filter="fully_trusted")
+
+
+_RUN_NUMBERS = itertools.count()
+
+
+def _plain_run(tmp: Path, rootfs: Path, script: str) -> float:
+    n = next(_RUN_NUMBERS)
+    workload = Workload(period=600)
+    command = command_of(image_config(cmd=["/bin/sh", "-c", script]), workload)
+    (tmp / "hosts").write_text(hosts_text(workload))
+    (tmp / "resolv.conf").write_text(resolv_conf_text(workload))
+    bundle = tmp / f"bundle-{n}"
+    bundle.mkdir()
+    spec = build_spec(
+        command,
+        User(0, 0),
+        workload,
+        rootfs=rootfs,
+        hosts=tmp / "hosts",
+        resolv_conf=tmp / "resolv.conf",
+        hostname="bench",
+    )
+    (bundle / "config.json").write_text(json.dumps(spec))
+    root = tmp / f"runc-{n}"
+    started = time.perf_counter()
+    subprocess.run(
+        ["runc", "--root", str(root), "run", "--bundle", str(bundle), f"bench-plain-{os.getpid()}-{n}"],
+        stdin=subprocess.DEVNULL,
+        check=True,
+    )
+    return time.perf_counter() - started
+
+
+def _profiled_run(tmp: Path, layers: list[Path], script: str) -> tuple[float, float, int, Counter[str]]:
+    """(runc run seconds, whole profile() seconds, recorded paths, FUSE requests served in Python)."""
+    timings: list[float] = []
+    requests: Counter[str] = Counter()
+    original = runtime_mod.Container.run
+    original_stop = recorder_mod.RecordingMount.stop
+
+    def stop_and_count(self):  # type: ignore[no-untyped-def]
+        original_stop(self)
+        with contextlib.suppress(FileNotFoundError):
+            requests.update(json.loads(Path(str(self.log) + ".stats").read_text()))
+
+    def timed(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        started = time.perf_counter()
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            timings.append(time.perf_counter() - started)
+
+    runtime_mod.Container.run = timed  # type: ignore[method-assign]
+    recorder_mod.RecordingMount.stop = stop_and_count  # type: ignore[method-assign]
+    try:
+        started = time.perf_counter()
+        result = profile(
+            layers, image_config(cmd=["/bin/sh", "-c", script]), Workload(period=600), workdir=tmp
+        )
+        whole = time.perf_counter() - started
+    finally:
+        runtime_mod.Container.run = original  # type: ignore[method-assign]
+        recorder_mod.RecordingMount.stop = original_stop  # type: ignore[method-assign]
+    assert result.exit_code == 0, result.exit_code
+    return timings[0], whole, sum(len(p) for p in result.accessed), requests
+
+
+def main() -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-record-"))
+    try:
+        layers = _image(tmp)
+        rootfs = tmp / "rootfs"
+        _extract(layers, rootfs)
+        for name, script in WORKLOADS.items():
+            plain = [_plain_run(tmp, rootfs, script) for _ in range(REPS)]
+            runs = [_profiled_run(tmp, layers, script) for _ in range(REPS)]
+            p = statistics.median(plain)
+            r = statistics.median(x[0] for x in runs)
+            w = statistics.median(x[1] for x in runs)
+            print(
+                f"{name:6s} plain runc {p:.3f}s | recorder: runc run {r:.3f}s ({r / p:.2f}x), "
+                f"profile() {w:.3f}s ({w / p:.2f}x) | {runs[0][2]} paths recorded | "
+                f"FUSE requests in Python: {dict(runs[0][3])}",
+                flush=True,
+            )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
