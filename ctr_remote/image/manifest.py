@@ -189,7 +189,7 @@ def parse_manifest(data: bytes, media_type: str | None = None, what: str = "mani
     if not mt.is_manifest(media):
         raise UnsupportedMediaTypeError(f"{what}: unsupported manifest media type {media!r}")
     if not isinstance(obj.get("layers"), list):
-        raise ImageError(f"{what}: missing layers")
+        raise ImageError(f"{what}: no layers list")
     return Manifest(
         media_type=media,
         config=Descriptor.from_json(obj.get("config"), f"{what} config"),
