@@ -9,6 +9,7 @@ import contextlib
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,21 +25,21 @@ def workdir() -> Iterator[Path]:
 
 
 @pytest.fixture
-def registry_factory(workdir: Path) -> Iterator[Callable[[str], RegistryServer]]:
+def registry_factory(workdir: Path) -> Iterator[Callable[..., RegistryServer]]:
     """`registry_factory(mode)` starts a registry (plain/htpasswd/tls/token); all stopped after the test."""
     with contextlib.ExitStack() as stack:
         count = 0
 
-        def start(mode: str = "plain") -> RegistryServer:
+        def start(mode: str = "plain", **kw: Any) -> RegistryServer:
             nonlocal count
             count += 1
-            return stack.enter_context(start_registry(workdir / f"registry-{count}-{mode}", mode))
+            return stack.enter_context(start_registry(workdir / f"registry-{count}-{mode}", mode, **kw))
 
         yield start
 
 
 @pytest.fixture
-def registry(registry_factory: Callable[[str], RegistryServer]) -> RegistryServer:
+def registry(registry_factory: Callable[..., RegistryServer]) -> RegistryServer:
     """A plain-HTTP registry with no auth."""
     return registry_factory("plain")
 

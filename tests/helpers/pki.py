@@ -30,15 +30,17 @@ def make_ca(directory: Path, name: str = "ctr-remote test CA") -> CertKey:
     return ca
 
 
-def issue_server_cert(ca: CertKey, directory: Path, name: str = "server") -> CertKey:
-    """A server certificate for 127.0.0.1 and localhost, signed by `ca`."""
+def issue_server_cert(
+    ca: CertKey, directory: Path, name: str = "server", usage: str = "serverAuth"
+) -> CertKey:
+    """A certificate for 127.0.0.1 and localhost signed by `ca`; `usage="clientAuth"` for a client."""
     directory.mkdir(parents=True, exist_ok=True)
     out = CertKey(directory / f"{name}.crt", directory / f"{name}.key")
     csr = directory / f"{name}.csr"
     ext = directory / f"{name}.ext"
     ext.write_text(
         "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
-        "extendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
+        f"extendedKeyUsage={usage}\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
     )
     _openssl(
         "req",

@@ -124,6 +124,9 @@ class RegistryServer:
 def _wait_ready(reg: RegistryServer, log: Path) -> None:
     """Poll `GET /v2/` until the registry answers (any HTTP status), or fail with its log."""
     ctx = ssl.create_default_context(cafile=str(reg.ca.cert)) if reg.ca else None
+    client = reg.certs_dir / reg.host / "client.cert" if reg.certs_dir else None
+    if ctx and client and client.exists():
+        ctx.load_cert_chain(str(client), str(client.with_suffix(".key")))
     deadline = time.monotonic() + READY_TIMEOUT
     while True:
         if reg.process.poll() is not None:
@@ -146,14 +149,16 @@ def _wait_ready(reg: RegistryServer, log: Path) -> None:
 
 @contextlib.contextmanager
 def start_registry(
-    workdir: Path, mode: str = "plain", *, ca: CertKey | None = None
+    workdir: Path, mode: str = "plain", *, ca: CertKey | None = None, client_auth: bool = False
 ) -> Iterator[RegistryServer]:
     """Run a registry in `mode` under `workdir` (storage, config, certs); stopped on exit (the caller
-    owns `workdir`). A port taken between our probe and the registry's bind is retried with another."""
+    owns `workdir`). A port taken between our probe and the registry's bind is retried with another.
+    `client_auth` (tls mode): the registry demands a client certificate from the CA; one is put in
+    `certs_dir/HOST/client.{cert,key}` where Docker looks for it."""
     if mode not in MODES:
         raise ValueError(f"unknown registry mode {mode!r}")
     for attempt in range(3):
-        reg = _launch(workdir / f"run{attempt}", mode, ca)
+        reg = _launch(workdir / f"run{attempt}", mode, ca, client_auth)
         try:
             _wait_ready(reg, reg.workdir / "registry.log")
         except _PortTaken:
@@ -174,7 +179,7 @@ class _PortTaken(RuntimeError):
     pass
 
 
-def _launch(workdir: Path, mode: str, ca: CertKey | None) -> RegistryServer:
+def _launch(workdir: Path, mode: str, ca: CertKey | None, client_auth: bool) -> RegistryServer:
     workdir.mkdir(parents=True, exist_ok=True)
     root = workdir / "storage"
     root.mkdir(exist_ok=True)
@@ -209,6 +214,11 @@ def _launch(workdir: Path, mode: str, ca: CertKey | None) -> RegistryServer:
         certs_dir = workdir / "certs.d"
         (certs_dir / host).mkdir(parents=True)
         shutil.copy(ca.cert, certs_dir / host / "ca.crt")
+        if client_auth:
+            http["tls"]["clientcas"] = [str(ca.cert)]
+            client = issue_server_cert(ca, workdir / "client-cert", "client", usage="clientAuth")
+            shutil.copy(client.cert, certs_dir / host / "client.cert")
+            shutil.copy(client.key, certs_dir / host / "client.key")
     if mode in ("htpasswd", "token"):
         docker_config = write_docker_config(workdir / "docker-config", basic_auths(host, USER, PASSWORD))
     cfg: dict[str, Any] = {

@@ -201,3 +201,21 @@ def test_credentials_never_logged(registry_factory, workdir: Path) -> None:
     ):
         assert secret not in text
     assert json.dumps(PASSWORD) not in text
+
+
+def test_tls_client_certificate_from_certs_d(registry_factory, workdir: Path) -> None:
+    reg: RegistryServer = registry_factory("tls", client_auth=True)
+    img = _img("mtls")
+    with open_store(reg.reference("mtls/app:v1"), reg.options()) as s:
+        push(s, img, workdir / "build")
+        assert s.resolve().digest == img.manifest.desc.digest
+    # the same CA but no client pair: the registry refuses the handshake
+    bare = workdir / "ca-only"
+    (bare / reg.host).mkdir(parents=True)
+    (bare / reg.host / "ca.crt").write_bytes((reg.certs_dir / reg.host / "ca.crt").read_bytes())
+    with (
+        open_store(reg.reference("mtls/app:v1"), reg.options(certs_dir=bare)) as s,
+        pytest.raises(ImageError) as e,
+    ):
+        s.resolve()
+    _one_line(e.value, reg.host)
