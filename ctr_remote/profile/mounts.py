@@ -7,6 +7,8 @@ import errno
 import os
 from pathlib import Path
 
+MS_NOSUID = 2
+MS_NODEV = 4
 MNT_DETACH = 2
 UMOUNT_NOFOLLOW = 8
 

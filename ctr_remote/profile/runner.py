@@ -23,6 +23,7 @@ from pathlib import Path
 
 import structlog
 
+from ctr_remote.compression import Compression, detect
 from ctr_remote.profile import mounts
 from ctr_remote.profile.errors import ProfileError, ProfileInterrupted
 from ctr_remote.profile.recorder import READY_TIMEOUT, RecordingMount, check_fuse
@@ -95,6 +96,7 @@ def _run(
     stop: threading.Event,
     stop_signal: signal.Signals,
 ) -> tuple[list[RecordingMount], int | None, list[str]]:
+    _use_memory_if_it_fits(work, layers)
     os.chmod(work, 0o700)  # device nodes and setuid files of the image live below
     for name in ("l", "m", "s", "upper", "ovl", "rootfs", "etc", "bundle", "runc"):
         (work / name).mkdir()
@@ -153,6 +155,39 @@ def _run(
     exit_code = container.run(workload, stop, stop_signal)
     excluded = [clean_name(m["destination"]) for m in spec["mounts"]]
     return recorders, exit_code, excluded
+
+
+# Assumed ratio of a compressed layer's tar to its blob, to guess whether the image fits in memory.
+_COMPRESSION_RATIO = 5
+
+
+def _use_memory_if_it_fits(work: Path, layers: list[Path]) -> None:
+    """Put the whole work dir on a tmpfs when the unpacked image fits comfortably in memory.
+
+    Creating thousands of files on a busy disk costs ~0.3 ms each (measured here: 1.3 s for a
+    3,000-file layer vs 30 ms on tmpfs), and the FUSE daemons serve from these files while the
+    workload runs. nosuid,nodev: nothing of the image is usable from the host side.
+    """
+    need = 0
+    for blob in layers:
+        with open(blob, "rb") as f:
+            compressed = detect(f.read(4)) is not Compression.NONE
+        need += blob.stat().st_size * (_COMPRESSION_RATIO if compressed else 1)
+    available = _mem_available()
+    if need > available // 4:
+        log.info("unpacking on disk: the image may not fit in memory", estimated_bytes=need)
+        return
+    mounts.mount(
+        "tmpfs", work, "tmpfs", f"mode=0700,size={available // 2}", mounts.MS_NOSUID | mounts.MS_NODEV
+    )
+
+
+def _mem_available() -> int:
+    with open("/proc/meminfo", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 0
 
 
 def _attribute(per_layer: list[list[str]], excluded: list[str]) -> list[list[str]]:
