@@ -298,25 +298,44 @@ class RegistryStore:
         return data
 
     def fetch_blob(self, desc: Descriptor, dest: Path) -> None:
+        copy_verified(self._blob_chunks(desc), dest, desc, f"{self.reference.name}: blob")
+
+    def _blob_chunks(self, desc: Descriptor) -> Iterator[bytes]:
+        """The blob's bytes. A body that breaks off mid-way is resumed with a Range request from
+        where it stopped (or re-read and the known part skipped, if the registry ignores Range);
+        interruptions count against the retry bound."""
         url = self._c.url(f"blobs/{desc.digest}")
-        failures = 0
+        received = failures = 0
         while True:
-            resp = self._c.request("GET", url, scopes=self._read, stream=True)
+            headers = {"Range": f"bytes={received}-"} if received else None
+            resp = self._c.request("GET", url, scopes=self._read, headers=headers, stream=True)
             try:
-                if resp.status_code != 200:
+                if resp.status_code == 206 and received:
+                    skip = 0
+                elif resp.status_code == 200:
+                    skip = received
+                else:
                     raise self._c.fail(resp, f"blob {desc.digest}")
-                copy_verified(resp.iter_bytes(CHUNK), dest, desc, f"{self.reference.name}: blob")
-                return
-            except httpx.TransportError as e:
-                # The body broke off mid-way: start the download again (bounded like any retry).
-                failures += 1
-                log.warning("blob download interrupted", digest=desc.digest, error=type(e).__name__)
-                if failures > self.options.retries:
-                    raise RetriesExhaustedError(
-                        f"download of blob {desc.digest} from {self.reference.name}: giving up after "
-                        f"{failures} attempts (last: {type(e).__name__})"
-                    ) from None
-                self._c.backoff(failures, None)
+                try:
+                    for chunk in resp.iter_bytes():
+                        if skip:
+                            cut = min(skip, len(chunk))
+                            chunk, skip = chunk[cut:], skip - cut
+                        received += len(chunk)
+                        if chunk:
+                            yield chunk
+                    return
+                except httpx.TransportError as e:
+                    failures += 1
+                    log.warning(
+                        "blob download interrupted", digest=desc.digest, at=received, error=type(e).__name__
+                    )
+                    if failures > self.options.retries:
+                        raise RetriesExhaustedError(
+                            f"download of blob {desc.digest} from {self.reference.name}: giving up after "
+                            f"{failures} interruptions (last: {type(e).__name__})"
+                        ) from None
+                    self._c.backoff(failures, None)
             finally:
                 resp.close()
 

@@ -73,6 +73,7 @@ class FaultProxy:
     upstream: str  # host:port of the registry (plain HTTP)
     faults: list[Fault] = field(default_factory=list)
     hits: list[Hit] = field(default_factory=list)
+    ignore_range: bool = False  # forward without Range headers: a server that always sends it all
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _server: ThreadingHTTPServer | None = None
 
@@ -161,7 +162,8 @@ class FaultProxy:
                     return
                 conn = http.client.HTTPConnection(host, int(port), timeout=60)
                 try:
-                    headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
+                    dropped = HOP_BY_HOP | ({"range"} if proxy.ignore_range else set())
+                    headers = {k: v for k, v in self.headers.items() if k.lower() not in dropped}
                     send = body if body or method in ("PUT", "POST", "PATCH") else None
                     conn.request(method, path, body=send, headers=headers)
                     resp = conn.getresponse()

@@ -48,7 +48,7 @@ def _statuses(proxy: FaultProxy, method: str, path_part: str) -> list[int]:
         ),
         (Fault("status", path="/blobs/", method="GET", times=1, status=503), [503, 200]),
         (Fault("drop", path="/blobs/", method="GET", times=2), [0, 0, 200]),
-        (Fault("truncate", path="/blobs/", method="GET", times=1), [200, 200]),
+        (Fault("truncate", path="/blobs/", method="GET", times=2), [200, 206, 206]),  # resumed by Range
     ],
     ids=["500", "429", "503", "drop", "truncate"],
 )
@@ -65,6 +65,20 @@ def test_blob_download_retries(
     assert (workdir / "out").read_bytes() == layer.data
     assert _statuses(fault_proxy, "GET", layer.desc.digest) == expected
     assert not [p for p in workdir.iterdir() if p.name.startswith(".out.")]  # no temp left behind
+
+
+def test_resume_from_a_registry_that_ignores_range(
+    registry: RegistryServer, fault_proxy: FaultProxy, workdir: Path
+) -> None:
+    img = _img("norange", 1)
+    _seed(registry, workdir, "norange:v1", img)
+    layer = img.layers[0]
+    fault_proxy.ignore_range = True
+    fault_proxy.add(Fault("truncate", path=f"/blobs/{layer.desc.digest}", method="GET", times=2))
+    with open_store(_via(fault_proxy, "norange:v1"), registry.options()) as s:
+        s.fetch_blob(layer.desc, workdir / "out")
+    assert (workdir / "out").read_bytes() == layer.data  # the part already received was skipped
+    assert _statuses(fault_proxy, "GET", layer.desc.digest) == [200, 200, 200]
 
 
 def test_manifest_and_push_requests_retry(
