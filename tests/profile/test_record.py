@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tarfile
 from pathlib import Path
 
 from ctr_remote.profile import Mount, ProfileResult, Workload, profile, record_lines
@@ -113,3 +114,13 @@ def test_image_without_proc_dev_sys(work: Path, busybox_layer: Path, tmp_path: P
     )
     assert result.exit_code == 0
     assert result.accessed == [["true"]]
+
+
+def test_non_utf8_names_are_recorded_as_the_tar_spells_them(run, tmp_path: Path) -> None:
+    name = b"data/caf\xe9.txt".decode("utf-8", "surrogateescape")
+    layer = LayerBuilder().file(name, b"latin-1 name").write(tmp_path / "l.tar")
+    with tarfile.open(tmp_path / "l.tar") as tf:
+        assert name in tf.getnames()
+    result = run("cat /data/caf*.txt", layer)
+    assert result.exit_code == 0
+    assert result.accessed[1] == [name]
