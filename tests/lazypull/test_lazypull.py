@@ -58,8 +58,15 @@ def test_lazy_pull_of_our_image(stack: StargzStack, workdir: Path, oracle: Oracl
     assert expected[base] > 0 and expected[app] > 0 and expected[lib] == 0, expected
 
     # Lazy pull: the snapshotter prefetches exactly the range before each landmark.
+    pulling = stack.mark()
     stack.ctr("image", "rpull", "--plain-http", stack.ref("app:esgz"))
     assert stack.wait_prefetched(set(expected)) == expected
+    pulled = stack.mark()
+    fetched = {
+        layer: sum(f.size for f in stack.blob_fetches("app", layer, pulling, pulled)) for layer in expected
+    }
+    assert fetched[base] >= expected[base] and fetched[app] >= expected[app], (fetched, expected)
+    assert fetched[app] < len(COLD), "the unread file was downloaded with the layer"
     content = stack.ctr("content", "ls", "-q")
     assert not [d for d in expected if d in content], "a layer was downloaded: the pull was not lazy"
     assert len(stack.fuse_mounts()) >= len(expected), stack.fuse_mounts()
