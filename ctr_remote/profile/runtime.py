@@ -49,9 +49,12 @@ def stop_signal_of(config: dict) -> signal.Signals:
         raise ProfileError(f"image config has an unknown StopSignal {raw!r}") from None
 
 
+_prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before fork: the child only calls it
+
+
 def _die_with_parent() -> None:
     # If the profiler itself is killed outright, take runc down with it rather than leave it running.
-    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    _prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
 
 
 @dataclass
