@@ -31,8 +31,10 @@ class Scanned:
     raw_start: int  # spool offset of its first header block
     data_start: int  # spool offset of its payload
     size: int  # payload bytes
-    digest: str  # sha256 of the payload, for regular files
-    chunk_digests: tuple[str, ...]  # sha256 of each chunk, for files of more than one chunk
+    # Raw sha256 digests (not hex strings: a layer may have 100k+ entries): of the payload of a
+    # regular file, and of each chunk of a file of more than one chunk.
+    digest: bytes
+    chunk_digests: tuple[bytes, ...]
 
 
 class _Spooling:
@@ -63,7 +65,7 @@ def scan(tar: BinaryIO, spool: IO[bytes], chunk_size: int) -> list[Scanned]:
         start = r.pos - len(raw.raw)
         h = raw.header
         size = h.payload_size
-        digest, chunks = _copy_payload(r, size, chunk_size, h.name) if h.typeflag == REG else ("", ())
+        digest, chunks = _copy_payload(r, size, chunk_size, h.name) if h.typeflag == REG else (b"", ())
         if padding(size) and len(r.read(padding(size))) != padding(size):
             raise EstargzError(f"truncated tar: stream ended inside the padding of {h.name!r}")
         key = clean_name(h.name)
@@ -80,11 +82,11 @@ def scan(tar: BinaryIO, spool: IO[bytes], chunk_size: int) -> list[Scanned]:
     return [e for e in entries if e is not None]
 
 
-def _copy_payload(r: _Spooling, size: int, chunk_size: int, name: str) -> tuple[str, tuple[str, ...]]:
+def _copy_payload(r: _Spooling, size: int, chunk_size: int, name: str) -> tuple[bytes, tuple[bytes, ...]]:
     file_hash = hashlib.sha256()
     multi = size > chunk_size
     chunk_hash = hashlib.sha256() if multi else None
-    chunk_digests: list[str] = []
+    chunk_digests: list[bytes] = []
     remaining, chunk_left = size, min(size, chunk_size)
     while remaining:
         data = r.read(min(_PIECE, chunk_left))
@@ -96,7 +98,7 @@ def _copy_payload(r: _Spooling, size: int, chunk_size: int, name: str) -> tuple[
         if chunk_hash is not None:
             chunk_hash.update(data)
             if chunk_left == 0:
-                chunk_digests.append("sha256:" + chunk_hash.hexdigest())
+                chunk_digests.append(chunk_hash.digest())
                 chunk_hash = hashlib.sha256()
                 chunk_left = min(remaining, chunk_size)
-    return "sha256:" + file_hash.hexdigest(), tuple(chunk_digests)
+    return file_hash.digest(), tuple(chunk_digests)

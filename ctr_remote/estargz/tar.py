@@ -108,9 +108,12 @@ def _checksum_ok(block: bytes) -> bool:
         stored = int(block[148:156].strip(b" \x00") or b"-", 8)
     except ValueError:
         return False
-    unsigned = sum(block[:148]) + 8 * 32 + sum(block[156:])
-    signed = sum((c - 256 if c > 127 else c) for c in block[:148] + block[156:]) + 8 * 32
-    return stored in (unsigned, signed)
+    unsigned = sum(block) - sum(block[148:156]) + 8 * 32  # the field itself counts as spaces
+    if stored == unsigned:
+        return True
+    # Some old writers summed signed chars.
+    high = sum(1 for c in block[:148] + block[156:] if c > 127)
+    return stored == unsigned - 256 * high
 
 
 def _parse_pax(data: bytes) -> dict[str, bytes]:

@@ -52,6 +52,9 @@ from ctr_remote.estargz.toc import (
 
 _GZIP_WBITS = 31  # deflate with a gzip header and trailer: one complete member
 _JOB_BYTES = 1 << 20  # small members are batched into jobs of about this size
+# Members smaller than this are compressed on the planning thread: handing them to a worker costs
+# more (GIL hand-offs) than compressing them.
+_INLINE_BYTES = 16 << 10
 
 
 def build(src: BinaryIO, dst: BinaryIO, options: BuildOptions = BuildOptions()) -> BuildResult:  # noqa: B008
@@ -77,8 +80,8 @@ def build(src: BinaryIO, dst: BinaryIO, options: BuildOptions = BuildOptions()) 
     )
 
 
-def _compress(members: list[list[bytes]], level: int) -> list[bytes]:
-    return [zlib_ng.compress(b"".join(m), level, _GZIP_WBITS) for m in members]
+def _compress(member: list[bytes], level: int) -> bytes:
+    return zlib_ng.compress(b"".join(member), level, _GZIP_WBITS)
 
 
 @dataclass
@@ -99,41 +102,52 @@ class _Writer:
         self._chunk_size = options.chunk_size
         self._workers = options.workers or os.cpu_count() or 1
         self._job = _Job()
-        self._inflight: collections.deque[tuple[_Job, Future[list[bytes]]]] = collections.deque()
+        self._inflight: collections.deque[tuple[_Job, list[bytes | Future[bytes]]]] = collections.deque()
         self._diff_hash = hashlib.sha256()
         self._usize = 0
         self._blob_hash = hashlib.sha256()
         self._pos = 0
-        self._toc_json: list[str] = []
         self._unames: dict[int, str] = {}
         self._gnames: dict[int, str] = {}
 
     def write(self, items: list[Item]) -> BuildResult:
-        with ThreadPoolExecutor(self._workers, thread_name_prefix="estargz-gzip") as pool:
-            try:
-                for item in items:
-                    self._add(item, pool)
-                self._submit(pool)
-                while self._inflight:
-                    self._collect()
-            except BaseException:
-                for _, fut in self._inflight:
-                    fut.cancel()
-                raise
-        toc = (toc_json_head().decode() + ",\n".join(self._toc_json) + toc_json_tail().decode()).encode()
-        toc_offset = self._pos
-        member = encode_header(TOC_NAME, REG, len(toc)) + toc + bytes(padding(len(toc)) + 2 * BLOCK)
-        self._diff_hash.update(member)
-        self._usize += len(member)
-        self._emit(zlib_ng.compress(member, self._level, _GZIP_WBITS))
+        # The TOC goes to a temp file as entries are finished, so its size never counts in memory.
+        with tempfile.TemporaryFile(prefix="ctr-remote-estargz-toc-") as toc_file:
+            self._toc = _TocSpool(toc_file)
+            with ThreadPoolExecutor(self._workers, thread_name_prefix="estargz-gzip") as pool:
+                try:
+                    for item in items:
+                        self._add(item, pool)
+                    self._submit(pool)
+                    while self._inflight:
+                        self._collect()
+                except BaseException:
+                    for _, results in self._inflight:
+                        for r in results:
+                            if isinstance(r, Future):
+                                r.cancel()
+                    raise
+            toc_offset = self._pos
+            self._write_toc_member()
         self._emit(encode_footer(toc_offset))
         return BuildResult(
             digest="sha256:" + self._blob_hash.hexdigest(),
             size=self._pos,
-            toc_digest="sha256:" + hashlib.sha256(toc).hexdigest(),
+            toc_digest="sha256:" + self._toc.hash.hexdigest(),
             diff_id="sha256:" + self._diff_hash.hexdigest(),
             uncompressed_size=self._usize,
         )
+
+    def _write_toc_member(self) -> None:
+        """The TOC's tar entry and the end-of-archive blocks, as one gzip member."""
+        size = self._toc.finish()
+        gz = zlib_ng.compressobj(self._level, zlib_ng.DEFLATED, _GZIP_WBITS)
+        pieces = [encode_header(TOC_NAME, REG, size), *self._toc.pieces(), bytes(padding(size) + 2 * BLOCK)]
+        for piece in pieces:
+            self._diff_hash.update(piece)
+            self._usize += len(piece)
+            self._emit(gz.compress(piece))
+        self._emit(gz.flush())
 
     # -- planning, in output order
 
@@ -142,20 +156,19 @@ class _Writer:
             header = encode_header(item.name, item.typeflag, len(item.payload), item.mode)
             entry = TOCEntry(name=item.name, type=TOC_TYPES[item.typeflag], mode=item.mode)
             size = len(item.payload)
-            digest = "sha256:" + hashlib.sha256(item.payload).hexdigest()
-            chunk_digests: tuple[str, ...] = ()
+            digest = hashlib.sha256(item.payload).digest()
+            chunk_digests: tuple[bytes, ...] = ()
             payload: Iterator[bytes] = iter([item.payload])
         else:
-            header = os.pread(self._fd, item.data_start - item.raw_start, item.raw_start)
+            header, payload = self._read(item)
             entry = self._entry(item, header)
             size, digest, chunk_digests = item.size, item.digest, item.chunk_digests
-            payload = self._read_chunks(item)
         self._append(header)
         if entry.type != "reg":
             self._job.toc.append((entry, None))
             return
         entry.size = size
-        entry.digest = digest
+        entry.digest = "sha256:" + digest.hex()
         if size == 0:
             self._job.toc.append((entry, None))
             return
@@ -166,7 +179,7 @@ class _Writer:
             # The spec's rule: every chunk but the last records chunkSize. (Upstream also records it on
             # a last chunk that happens to be full, which the spec forbids and the oracle flags.)
             entry.chunk_size = self._chunk_size if size - chunk_offset > self._chunk_size else 0
-            entry.chunk_digest = chunk_digests[i] if chunk_digests else digest
+            entry.chunk_digest = "sha256:" + chunk_digests[i].hex() if chunk_digests else entry.digest
             self._job.toc.append((entry, len(self._job.members) - 1))
             self._append(next(payload))
         self._append(bytes(padding(size)))
@@ -190,6 +203,14 @@ class _Writer:
             entry.dev_major, entry.dev_minor = h.devmajor, h.devminor
         return entry
 
+    def _read(self, item: Scanned) -> tuple[bytes, Iterator[bytes]]:
+        """The entry's header bytes, and its payload chunk by chunk."""
+        header_size = item.data_start - item.raw_start
+        if item.size <= self._chunk_size:  # most entries: one read for header and payload
+            data = _pread_exact(self._fd, header_size + item.size, item.raw_start)
+            return data[:header_size], iter([data[header_size:]])
+        return _pread_exact(self._fd, header_size, item.raw_start), self._read_chunks(item)
+
     def _read_chunks(self, item: Scanned) -> Iterator[bytes]:
         for off in range(0, item.size, self._chunk_size):
             n = min(self._chunk_size, item.size - off)
@@ -211,26 +232,59 @@ class _Writer:
     # -- compression and output, in order
 
     def _submit(self, pool: ThreadPoolExecutor) -> None:
-        job, self._job = self._job, _Job()
-        self._inflight.append((job, pool.submit(_compress, job.members, self._level)))
+        job, self._job, level = self._job, _Job(), self._level
+        results: list[bytes | Future[bytes]] = [
+            _compress(m, level) if sum(map(len, m)) < _INLINE_BYTES else pool.submit(_compress, m, level)
+            for m in job.members
+        ]
+        self._inflight.append((job, results))
         while len(self._inflight) > 2 * self._workers:
             self._collect()
 
     def _collect(self) -> None:
-        job, fut = self._inflight.popleft()
+        job, results = self._inflight.popleft()
         offsets = []
-        for data in fut.result():
+        for r in results:
             offsets.append(self._pos)
-            self._emit(data)
+            self._emit(r.result() if isinstance(r, Future) else r)
         for entry, member in job.toc:
             if member is not None:
                 entry.offset = offsets[member]
-            self._toc_json.append(entry.to_json())
+            self._toc.add(entry)
 
     def _emit(self, data: bytes) -> None:
         self._dst.write(data)
         self._blob_hash.update(data)
         self._pos += len(data)
+
+
+class _TocSpool:
+    """The TOC JSON, written to a file entry by entry and hashed on the way."""
+
+    def __init__(self, file: IO[bytes]) -> None:
+        self._file = file
+        self.hash = hashlib.sha256()
+        self._size = 0
+        self._sep = toc_json_head()
+
+    def add(self, entry: TOCEntry) -> None:
+        self._write(self._sep + entry.to_json().encode())
+        self._sep = b",\n"
+
+    def finish(self) -> int:
+        self._write(toc_json_tail())
+        self._file.flush()
+        return self._size
+
+    def pieces(self) -> Iterator[bytes]:
+        self._file.seek(0)
+        while piece := self._file.read(1 << 20):
+            yield piece
+
+    def _write(self, data: bytes) -> None:
+        self._file.write(data)
+        self.hash.update(data)
+        self._size += len(data)
 
 
 def _name_if_changed(names: dict[int, str], ident: int, name: str) -> str:
