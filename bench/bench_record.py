@@ -97,10 +97,10 @@ def _profiled_run(tmp: Path, layers: list[Path], script: str) -> tuple[float, fl
     timings: list[float] = []
     requests: Counter[str] = Counter()
     original = runtime_mod.Container.run
-    original_stop = recorder_mod.RecordingMount.stop
+    original_reap = recorder_mod.RecordingMount.reap
 
-    def stop_and_count(self):  # type: ignore[no-untyped-def]
-        original_stop(self)
+    def reap_and_count(self):  # type: ignore[no-untyped-def]
+        original_reap(self)
         with contextlib.suppress(FileNotFoundError):
             requests.update(json.loads(Path(str(self.log) + ".stats").read_text()))
 
@@ -112,7 +112,7 @@ def _profiled_run(tmp: Path, layers: list[Path], script: str) -> tuple[float, fl
             timings.append(time.perf_counter() - started)
 
     runtime_mod.Container.run = timed  # type: ignore[method-assign]
-    recorder_mod.RecordingMount.stop = stop_and_count  # type: ignore[method-assign]
+    recorder_mod.RecordingMount.reap = reap_and_count  # type: ignore[method-assign]
     try:
         started = time.perf_counter()
         result = profile(
@@ -121,7 +121,7 @@ def _profiled_run(tmp: Path, layers: list[Path], script: str) -> tuple[float, fl
         whole = time.perf_counter() - started
     finally:
         runtime_mod.Container.run = original  # type: ignore[method-assign]
-        recorder_mod.RecordingMount.stop = original_stop  # type: ignore[method-assign]
+        recorder_mod.RecordingMount.reap = original_reap  # type: ignore[method-assign]
     assert result.exit_code == 0, result.exit_code
     return timings[0], whole, sum(len(p) for p in result.accessed), requests
 

@@ -103,12 +103,15 @@ class RecordingMount:
         lines = [ln for ln in text.splitlines() if "max threads" not in ln]
         return lines[-1] if lines else f"exit status {self.process.returncode}"
 
-    def stop(self) -> None:
-        """Unmount and reap the daemon; kill it if it does not exit on its own."""
+    def unmount(self) -> None:
+        """Unmount; the daemon then finishes its log and exits."""
         try:
             mounts.umount(self.mountpoint)
         except OSError:
             mounts.umount(self.mountpoint, lazy=True)
+
+    def reap(self) -> None:
+        """Wait for the daemon to exit (kill it if it does not)."""
         try:
             self.process.wait(timeout=EXIT_TIMEOUT)
         except subprocess.TimeoutExpired:
@@ -124,3 +127,11 @@ class RecordingMount:
         except FileNotFoundError:
             return []
         return [p.decode("utf-8", "surrogateescape") for p in data.split(b"\0") if p]
+
+
+def stop_all(recorders: list[RecordingMount]) -> None:
+    """Unmount every layer first, then reap the daemons: they shut down in parallel."""
+    for recorder in recorders:
+        recorder.unmount()
+    for recorder in recorders:
+        recorder.reap()

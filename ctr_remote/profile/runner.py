@@ -26,7 +26,7 @@ import structlog
 from ctr_remote.compression import Compression, detect
 from ctr_remote.profile import mounts
 from ctr_remote.profile.errors import ProfileError, ProfileInterrupted
-from ctr_remote.profile.recorder import READY_TIMEOUT, RecordingMount, check_fuse
+from ctr_remote.profile.recorder import READY_TIMEOUT, RecordingMount, check_fuse, stop_all
 from ctr_remote.profile.result import ProfileResult
 from ctr_remote.profile.rootfs import check_executable, resolve_user
 from ctr_remote.profile.runtime import Container, find_runtime, stop_signal_of
@@ -100,15 +100,12 @@ def _run(
     os.chmod(work, 0o700)  # device nodes and setuid files of the image live below
     for name in ("l", "m", "s", "upper", "ovl", "rootfs", "etc", "bundle", "runc"):
         (work / name).mkdir()
-    unpacked = [
-        unpack_layer(blob, work / "l" / str(i), what=f"layer {i} ({blob.name})")
-        for i, blob in enumerate(layers)
-    ]
     recorders: list[RecordingMount] = []
-    for i, layer in enumerate(unpacked):
-        recorder = RecordingMount.start(i, layer, work / "m" / str(i), work / "s")
-        stack.callback(recorder.stop)
-        recorders.append(recorder)
+    stack.callback(stop_all, recorders)
+    for i, blob in enumerate(layers):
+        layer = unpack_layer(blob, work / "l" / str(i), what=f"layer {i} ({blob.name})")
+        # Started right away: the daemon's start-up overlaps with unpacking the next layer.
+        recorders.append(RecordingMount.start(i, layer, work / "m" / str(i), work / "s"))
     deadline = time.monotonic() + READY_TIMEOUT
     for recorder in recorders:
         recorder.wait_ready(deadline)
