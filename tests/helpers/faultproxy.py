@@ -1,6 +1,7 @@
 """An HTTP proxy in front of a test registry that injects faults on matching requests, over a real
 socket: answer 500/429 without forwarding, drop the connection, cut a response body short, flip a
-byte of a response body, or hold requests at a barrier until `parties` of them are in flight at once
+byte of a response body, forward a request but lose its answer ("lost": the registry acted, the
+client cannot know), or hold requests at a barrier until `parties` of them are in flight at once
 (proves a client transfers in parallel; a barrier that times out answers 504).
 
     with FaultProxy(reg.host) as proxy:
@@ -32,7 +33,7 @@ HOP_BY_HOP = {
 
 @dataclass
 class Fault:
-    kind: Literal["status", "drop", "truncate", "corrupt", "barrier"]
+    kind: Literal["status", "drop", "lost", "truncate", "corrupt", "barrier"]
     path: str = ""  # regex searched in the request path (with query)
     method: str | None = None
     times: int = 1  # matching requests affected; -1: all of them
@@ -172,6 +173,10 @@ class FaultProxy:
                 finally:
                     conn.close()
                 length = resp.getheader("Content-Length") if method == "HEAD" else str(len(data))
+                if fault and fault.kind == "lost":
+                    proxy._record(Hit(method, path, 0, "lost"))
+                    self._drop()
+                    return
                 if fault and fault.kind == "corrupt" and data:
                     data = data[:-1] + bytes([data[-1] ^ 0xFF])
                 proxy._record(Hit(method, path, status, fault.kind if fault else None))

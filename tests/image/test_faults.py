@@ -119,6 +119,25 @@ def test_chunked_upload_survives_a_failed_chunk_and_a_lost_session(
     assert (workdir / "check").read_bytes() == img2.layers[0].data
 
 
+def test_requests_whose_answer_was_lost(
+    registry: RegistryServer, fault_proxy: FaultProxy, workdir: Path
+) -> None:
+    """The registry acted but the client never heard: a completed upload (then found by HEAD), an
+    accepted chunk (then the session is restarted), a stored manifest (PUT again)."""
+    fault_proxy.add(Fault("lost", path="/blobs/uploads/.*digest=", method="PUT", times=1))
+    fault_proxy.add(Fault("lost", path="/blobs/uploads/", method="PATCH", times=1))
+    fault_proxy.add(Fault("lost", path="/manifests/", method="PUT", times=1))
+    img = build_image([{"small": b"s" * 1000}, {"big": bytes(range(256)) * 9000}], compress=False)
+    with open_store(_via(fault_proxy, "lost:v1"), registry.options(chunk_size=1 << 20)) as s:
+        push(s, img, workdir / "build")
+    assert all(f.hits == 1 for f in fault_proxy.faults)
+    with open_store(registry.reference("lost:v1"), registry.options()) as s:
+        assert s.resolve().digest == img.manifest.desc.digest
+        for b in img.layers:
+            s.fetch_blob(b.desc, workdir / "check")
+            assert (workdir / "check").read_bytes() == b.data
+
+
 def test_retries_exhausted_is_a_clear_error(
     registry: RegistryServer, fault_proxy: FaultProxy, workdir: Path
 ) -> None:
