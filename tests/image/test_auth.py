@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ctr_remote.errors import CtrRemoteError
-from ctr_remote.image import AuthError, ImageError, open_store
+from ctr_remote.image import AuthError, ImageError, copy_image, open_store
 from ctr_remote.log import configure
 from tests.helpers.oci import BuiltImage, build_image, push
 from tests.helpers.registry import PASSWORD, USER, RegistryServer, basic_auths, write_docker_config
@@ -219,3 +219,21 @@ def test_tls_client_certificate_from_certs_d(registry_factory, workdir: Path) ->
     ):
         s.resolve()
     _one_line(e.value, reg.host)
+
+
+def test_cross_repository_mount_with_token_auth(registry_factory, workdir: Path) -> None:
+    reg: RegistryServer = registry_factory("token")
+    img = _img("mount")
+    with open_store(reg.reference("team/base:v1"), reg.options()) as s:
+        push(s, img, workdir / "build")
+    src_ref = reg.reference("team/base:v1")
+    with (
+        open_store(src_ref, reg.options()) as src,
+        open_store(reg.reference("team/derived:v1"), reg.options(mount_from=src_ref)) as dst,
+    ):
+        copy_image(src, dst, workdir / "cache")
+        assert dst.resolve().digest == img.manifest.desc.digest
+    # the mount asked for push on the target and pull on the source, in one token
+    assert ["repository:team/derived:pull,push", "repository:team/base:pull"] in [
+        r.scopes for r in reg.token_server.requests
+    ]
