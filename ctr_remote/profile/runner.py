@@ -53,6 +53,9 @@ def profile(
     Raises ProfileError on anything that prevents the run; a workload that exits non-zero is not an
     error (its exit code is in the result).
     """
+    for blob in layers:
+        if not os.access(blob, os.R_OK) or not Path(blob).is_file():
+            raise ProfileError(f"layer blob {blob} does not exist or is not a readable file")
     runtime = find_runtime(workload.runtime)
     check_fuse()
     command = command_of(config, workload)
@@ -64,7 +67,10 @@ def profile(
         )
     stop = threading.Event()
     with _signal_handling(workload, stop):
-        work = Path(tempfile.mkdtemp(prefix="ctr-remote-profile-", dir=base))
+        try:
+            work = Path(tempfile.mkdtemp(prefix="ctr-remote-profile-", dir=base))
+        except OSError as e:
+            raise ProfileError(f"cannot create a work directory in {base}: {e.strerror}") from None
         try:
             with contextlib.ExitStack() as stack:
                 try:

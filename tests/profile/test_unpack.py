@@ -207,3 +207,26 @@ def test_hostile_layer_under_runc_cannot_touch_the_host(run, tmp_path: Path, cap
     # Inside the container the symlinks lead to the neutralised copy; writing copies it up, which reads
     # the layer's file (recorded), then the append through the hardlink name does the same.
     assert result.accessed[1] == [str(host / "victim.txt").lstrip("/"), "hl-abs"]
+
+
+def test_later_entries_replace_earlier_ones(tmp_path: Path) -> None:
+    layer = (
+        LayerBuilder()
+        .file("a/x", b"first")
+        .file("a/x", b"second")  # same name twice: the last one wins, as with tar
+        .file("b", b"a file")
+        .dir("b")  # a directory replaces the file
+        .file("b/inside", b"i")
+        .dir("c")
+        .file("c/old", b"o")
+        .file("c", b"file replaces dir")  # a file replaces the whole directory
+        .symlink("d", "/nowhere")
+        .file("d", b"file replaces symlink")
+        .write(tmp_path / "dup.tar", compression=None)
+    )
+    unpack_layer(layer, tmp_path / "out")
+    out = tmp_path / "out"
+    assert (out / "a/x").read_bytes() == b"second"
+    assert (out / "b").is_dir() and (out / "b/inside").read_bytes() == b"i"
+    assert (out / "c").read_bytes() == b"file replaces dir"
+    assert not (out / "d").is_symlink() and (out / "d").read_bytes() == b"file replaces symlink"

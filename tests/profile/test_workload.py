@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import stat
 import subprocess
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from ctr_remote.profile import DnsConfig, Mount, NetworkMode, ProfileError, Workload, profile
+from ctr_remote.profile.runtime import stop_signal_of
 from tests.helpers.images import image_config
 from tests.profile.conftest import DRIVER_ENV, ROOT, driver_command, start_driver
 
@@ -279,3 +281,25 @@ def test_workload_dataclass_defaults_match_upstream() -> None:
     w = Workload()
     assert w.period == 10 and w.network is NetworkMode.NONE and w.dns.nameservers == ("8.8.8.8",)
     assert profile.__doc__
+
+
+def test_missing_layer_blob_and_work_dir_are_one_line_errors(
+    run, tmp_path: Path, busybox_layer: Path
+) -> None:
+    with pytest.raises(ProfileError, match=r"layer blob .*missing\.tar does not exist"):
+        run("true", tmp_path / "missing.tar")
+    with pytest.raises(ProfileError, match=r"cannot create a work directory in .*/nowhere"):
+        profile([busybox_layer], image_config(cmd=["true"]), Workload(), workdir=tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(None, signal.SIGKILL), ("SIGTERM", signal.SIGTERM), ("TERM", signal.SIGTERM), ("15", signal.SIGTERM)],
+)
+def test_stop_signal_forms(value: str | None, expected: signal.Signals) -> None:
+    assert stop_signal_of(image_config(stop_signal=value)) is expected
+
+
+def test_unknown_stop_signal_is_a_one_line_error() -> None:
+    with pytest.raises(ProfileError, match="unknown StopSignal 'SIGNOPE'"):
+        stop_signal_of(image_config(stop_signal="SIGNOPE"))
