@@ -75,41 +75,12 @@ def run_upstream(tar: Path, outdir: Path) -> tuple[float, int]:
 
 
 def peak_rss_of_conversion(gib: float) -> tuple[float, float]:
-    """Convert a synthetic layer of `gib` GiB (streamed from a generator, never stored) in a child
-    process; return (seconds, peak RSS in MiB) of the converting process (not its generator)."""
-    code = f"""
-import io, os, sys, tarfile, time
-from ctr_remote.estargz import BuildOptions, build
-
-class Layer(io.RawIOBase):
-    # A tar of files of 1..16 MiB, half random half text-like, generated while it is read.
-    def __init__(self, total):
-        r, w = os.pipe()
-        self._r = os.fdopen(r, "rb")
-        if os.fork() == 0:
-            self._r.close()
-            with os.fdopen(w, "wb") as out, tarfile.open(fileobj=out, mode="w|") as t:
-                left, i = total, 0
-                while left > 0:
-                    n = min(left, (1 + i % 16) << 20)
-                    data = os.urandom(n // 2) + (b"line %d of text\\n" % i) * (n // 2 // 16)
-                    ti = tarfile.TarInfo(f"data/{{i // 100}}/f{{i}}")
-                    ti.size = len(data)
-                    t.addfile(ti, io.BytesIO(data))
-                    left -= n
-                    i += 1
-            os._exit(0)
-        os.close(w)
-    def readable(self): return True
-    def readinto(self, b): return self._r.readinto(b)
-
-t0 = time.perf_counter()
-with open(os.devnull, "wb") as dst:
-    r = build(io.BufferedReader(Layer(int({gib} * (1 << 30)))), dst, BuildOptions())
-import resource
-print(time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-"""
-    p = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    """Convert a synthetic layer of `gib` GiB at level 9, generated while it is read, in a child
+    process (tests/estargz/rss_probe.py); return its (seconds, peak RSS in MiB)."""
+    p = subprocess.run(
+        [sys.executable, "-m", "tests.estargz.rss_probe", str(int(gib * 1024)), "9"],
+        cwd=ROOT, check=True, capture_output=True, text=True,
+    )  # fmt: skip
     seconds, peak_kib = p.stdout.split()
     return float(seconds), int(peak_kib) / 1024
 
