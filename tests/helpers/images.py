@@ -12,7 +12,9 @@ before their first child) unless already present.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
+import json
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,3 +175,81 @@ def image_config(
         "config": config,
         "rootfs": {"type": "layers", "diff_ids": []},
     }
+
+
+_LAYER_MEDIA_TYPES = {
+    "gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
+    "zstd": "application/vnd.oci.image.layer.v1.tar+zstd",
+    None: "application/vnd.oci.image.layer.v1.tar",
+}
+
+
+def _sniff(blob: bytes) -> str | None:
+    if blob.startswith(b"\x1f\x8b"):
+        return "gzip"
+    if blob.startswith(b"\x28\xb5\x2f\xfd"):
+        return "zstd"
+    return None
+
+
+def _uncompressed(blob: bytes) -> bytes:
+    kind = _sniff(blob)
+    if kind == "gzip":
+        return gzip.decompress(blob)
+    if kind == "zstd":
+        return zstandard.ZstdDecompressor().decompressobj().decompress(blob)
+    return blob
+
+
+def write_oci_layout(directory: Path, layers: list[Path], config: dict[str, Any], tag: str = "latest") -> str:
+    """An OCI image layout (oci-layout, index.json, blobs/sha256/*) holding one image made of `layers`
+    (bottom first) and `config` (its rootfs.diff_ids are filled in). Returns the manifest digest.
+    Written independently of ctr_remote.image, so tests can use it as an outside reference."""
+    blobs = directory / "blobs" / "sha256"
+    blobs.mkdir(parents=True, exist_ok=True)
+
+    def put(data: bytes) -> str:
+        digest = hashlib.sha256(data).hexdigest()
+        (blobs / digest).write_bytes(data)
+        return f"sha256:{digest}"
+
+    descriptors, diff_ids = [], []
+    for layer in layers:
+        data = layer.read_bytes()
+        diff_ids.append("sha256:" + hashlib.sha256(_uncompressed(data)).hexdigest())
+        descriptors.append(
+            {"mediaType": _LAYER_MEDIA_TYPES[_sniff(data)], "digest": put(data), "size": len(data)}
+        )
+    config = {**config, "rootfs": {"type": "layers", "diff_ids": diff_ids}}
+    config_bytes = json.dumps(config).encode()
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": put(config_bytes),
+            "size": len(config_bytes),
+        },
+        "layers": descriptors,
+    }
+    manifest_bytes = json.dumps(manifest).encode()
+    manifest_digest = put(manifest_bytes)
+    index = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": manifest_digest,
+                "size": len(manifest_bytes),
+                "platform": {
+                    "architecture": config.get("architecture", "amd64"),
+                    "os": config.get("os", "linux"),
+                },
+                "annotations": {"org.opencontainers.image.ref.name": tag},
+            }
+        ],
+    }
+    (directory / "index.json").write_text(json.dumps(index))
+    (directory / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
+    return manifest_digest
