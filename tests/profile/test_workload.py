@@ -303,3 +303,14 @@ def test_stop_signal_forms(value: str | None, expected: signal.Signals) -> None:
 def test_unknown_stop_signal_is_a_one_line_error() -> None:
     with pytest.raises(ProfileError, match="unknown StopSignal 'SIGNOPE'"):
         stop_signal_of(image_config(stop_signal="SIGNOPE"))
+
+
+def test_work_dir_with_a_space(tmp_path: Path, busybox_layer: Path) -> None:
+    work = tmp_path / "with space"
+    work.mkdir()
+    result = profile(
+        [busybox_layer], image_config(cmd=["/bin/sh", "-c", "cat /etc/group"]), Workload(), workdir=work
+    )
+    assert result.accessed == [["etc/passwd", "etc/group", "bin/busybox"]]
+    assert list(work.iterdir()) == []
+    assert str(tmp_path) not in Path("/proc/self/mountinfo").read_text().replace("\\040", " ")
