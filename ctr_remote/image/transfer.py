@@ -56,9 +56,9 @@ def _run_parallel(jobs: Sequence[Callable[[], None]], workers: int) -> None:
         _, pending = wait(futures, return_when=FIRST_EXCEPTION)
         for f in pending:
             f.cancel()
-        for f in futures:
-            if f.done() and not f.cancelled() and f.exception() is not None:
-                raise f.exception()  # type: ignore[misc]
+        errors = [e for f in futures if f.done() and not f.cancelled() and (e := f.exception()) is not None]
+        if errors:
+            raise errors[0]
 
 
 def fetch_blobs(
