@@ -6,16 +6,14 @@ fetched on demand."""
 from __future__ import annotations
 
 import hashlib
-import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 from ctr_remote.image import StoreOptions, open_store, parse_reference
 from tests.conftest import Oracle
 from tests.helpers.sample import app_layers, publish, runnable_image
 from tests.lazypull.stack import StargzStack
+from tests.optimize.conftest import Cli
 
 # Incompressible and far bigger than what the snapshotter reads with a layer's footer and TOC, so
 # that reading it later needs the registry.
@@ -23,23 +21,9 @@ COLD = random.Random(5).randbytes(4 << 20)
 COLD_PATH = "app/cold.bin"
 
 
-def our_optimize(src: str, dst: str, workdir: Path) -> str:
-    tmp = workdir / "tmpdir"
-    tmp.mkdir()
-    p = subprocess.run(
-        [sys.executable, "-m", "ctr_remote", "image", "optimize", "--plain-http", "--period", "20", src, dst],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        stdin=subprocess.DEVNULL,
-        env={**os.environ, "TMPDIR": str(tmp), "DOCKER_CONFIG": str(workdir / "docker-config")},
-    )
-    assert p.returncode == 0, f"ctr-remote image optimize failed: {p.stderr}"
-    assert "workload-done" in p.stdout + p.stderr  # the profiling run did run the workload
-    return p.stdout.split()[-1]
-
-
 def test_lazy_pull_of_our_image(stack: StargzStack, workdir: Path, oracle: Oracle) -> None:
+    (workdir / "tmpdir").mkdir()
+    (workdir / "docker-config").mkdir()
     layers = app_layers()
     layers[2].file(COLD_PATH, COLD)
     with open_store(
@@ -47,7 +31,11 @@ def test_lazy_pull_of_our_image(stack: StargzStack, workdir: Path, oracle: Oracl
         StoreOptions(docker_config=workdir / "docker-config"),
     ) as store:
         publish(store, runnable_image(layers), workdir / "push")
-    digest = our_optimize(f"http://{stack.ref('app:src')}", f"http://{stack.ref('app:esgz')}", workdir)
+    run = Cli(workdir / "tmpdir", workdir / "docker-config").optimize(
+        f"http://{stack.ref('app:src')}", f"http://{stack.ref('app:esgz')}"
+    )
+    assert "workload-done" in run.stdout + run.stderr  # the profiling run did run the workload
+    digest = run.digest
 
     report = oracle.check_image(stack.ref("app:esgz"))
     assert report["manifests"][0]["digest"] == digest
