@@ -13,7 +13,7 @@ from ctr_remote.estargz.errors import EstargzError
 from ctr_remote.estargz.tar import REG, read_header
 from ctr_remote.estargz.toc import FOOTER_SIZE, TOC_NAME, TOCEntry, parse_footer
 
-_MAX_TOC_BYTES = 1 << 30  # refuse absurd TOCs instead of exhausting memory on a hostile blob
+_MAX_TOC_BYTES = 512 << 20  # refuse absurd TOCs instead of exhausting memory on a hostile blob
 
 
 def is_estargz(f: BinaryIO) -> bool:
@@ -157,9 +157,11 @@ def _footer_offset(f: BinaryIO) -> int | None:
 def _gunzip_member(data: bytes, what: str) -> bytes:
     d = zlib.decompressobj(31)
     try:
-        out = d.decompress(data)
+        out = d.decompress(data, _MAX_TOC_BYTES)
     except zlib.error as e:
         raise EstargzError(f"invalid eStargz blob: corrupt gzip in {what}: {e}") from None
+    if d.unconsumed_tail:
+        raise EstargzError(f"invalid eStargz blob: {what} is larger than {_MAX_TOC_BYTES} bytes")
     if not d.eof:
         raise EstargzError(f"invalid eStargz blob: {what} is truncated")
     if d.unused_data:

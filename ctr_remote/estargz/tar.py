@@ -31,6 +31,7 @@ _UNSUPPORTED = {
 #: Types whose header carries no payload even when its size field says otherwise (Go's rule).
 _HEADER_ONLY = {HARDLINK, SYMLINK, CHAR, BLOCKDEV, DIR, FIFO}
 PAX_XATTR = "SCHILY.xattr."
+MAX_EXTENSION_SIZE = 1 << 20  # PAX and GNU long-name headers: Go's archive/tar refuses larger ones
 
 
 class Reader(Protocol):
@@ -200,6 +201,8 @@ def read_header(r: Reader) -> RawEntry | None:
         flag = chr(block[156])
         size = _num(block[124:136], "size")
         if flag in ("x", "g", "L", "K"):
+            if size > MAX_EXTENSION_SIZE:
+                raise EstargzError(f"invalid tar: extension header of {size} bytes (Go's limit is 1 MiB)")
             data = _read_ext_data(r, size)
             if flag == "g":
                 records = _parse_pax(data)

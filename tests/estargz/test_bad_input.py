@@ -12,6 +12,7 @@ import pytest
 
 from ctr_remote.errors import CtrRemoteError
 from ctr_remote.estargz import BuildOptions, EstargzError, build
+from ctr_remote.estargz.tar import encode_header
 from tests.estargz.layers import f, make_tar, pattern
 
 
@@ -53,6 +54,7 @@ BAD = {
         make_tar([f("caf\udce9", b"x")], tarfile.GNU_FORMAT),
         "tar entry name b'caf\\xe9' is not UTF-8; an eStargz TOC cannot represent it",
     ),
+    "huge-extension-header": (encode_header("PaxHeader", "x", 2 << 20), "extension header of 2097152 bytes"),
     "global-header-with-path": (
         _pax_global({"path": "x"}),
         "unsupported PAX global header with records ['path']",

@@ -270,3 +270,18 @@ def test_hardlink_with_a_size_field_has_no_payload(oracle, tmp_path: Path) -> No
     layer[hdr + 148 : hdr + 156] = b"%06o\x00 " % sum(layer[hdr : hdr + 512])
     path, result = convert(tmp_path, bytes(layer))
     check(oracle, path, result)
+
+
+def test_pre_posix_type_flags(oracle, tmp_path: Path) -> None:
+    """Type flag NUL: a directory if the name ends in a slash, else a regular file (as Go reads it)."""
+    layer = bytearray(make_tar([d("olddir/"), f("olddir/oldfile", b"old")], tarfile.USTAR_FORMAT))
+    for name in (b"olddir/\x00", b"olddir/oldfile\x00"):
+        at = layer.index(name) // 512 * 512
+        layer[at + 156] = 0
+        layer[at + 148 : at + 156] = b" " * 8
+        layer[at + 148 : at + 156] = b"%06o\x00 " % sum(layer[at : at + 512])
+    path, result = convert(tmp_path, bytes(layer))
+    check(oracle, path, result)
+    with path.open("rb") as fh:
+        types = {e.name: e.type for e in open_estargz(fh).entries}
+    assert (types["olddir/"], types["olddir/oldfile"]) == ("dir", "reg")
