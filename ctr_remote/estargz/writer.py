@@ -14,6 +14,7 @@ jobs are in flight at a time, so memory stays flat however large the layer is.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
 import os
 import tempfile
@@ -64,20 +65,17 @@ def build(src: BinaryIO, dst: BinaryIO, options: BuildOptions = BuildOptions()) 
     try:
         tar, _ = open_tar_stream(src, "layer")
         # Closing the tar stream stops its decompression thread (`src` itself stays open).
-        with tar, tempfile.TemporaryFile(prefix="ctr-remote-estargz-") as spool:
+        with (
+            tar,
+            tempfile.TemporaryFile(prefix="ctr-remote-estargz-") as spool,
+            tempfile.TemporaryFile(prefix="ctr-remote-estargz-toc-") as toc_file,
+        ):
             entries = scan(tar, spool, options.chunk_size)
             items, missing = order_entries(entries, options.prioritized_files)
-            result = _Writer(spool, dst, options).write(items)
+            result = _Writer(spool, toc_file, dst, options).write(items)
     except CorruptLayerError as e:
         raise EstargzError(str(e)) from None
-    return BuildResult(
-        digest=result.digest,
-        size=result.size,
-        toc_digest=result.toc_digest,
-        diff_id=result.diff_id,
-        uncompressed_size=result.uncompressed_size,
-        missing_prioritized=missing,
-    )
+    return dataclasses.replace(result, missing_prioritized=missing)
 
 
 def _compress(member: list[bytes], level: int) -> bytes:
@@ -95,8 +93,10 @@ class _Job:
 
 
 class _Writer:
-    def __init__(self, spool: IO[bytes], dst: BinaryIO, options: BuildOptions) -> None:
+    def __init__(self, spool: IO[bytes], toc_file: IO[bytes], dst: BinaryIO, options: BuildOptions) -> None:
         self._fd = spool.fileno()
+        # The TOC goes to a temp file as entries are finished, so its size never counts in memory.
+        self._toc = _TocSpool(toc_file)
         self._dst = dst
         self._level = options.compression_level
         self._chunk_size = options.chunk_size
@@ -111,24 +111,21 @@ class _Writer:
         self._gnames: dict[int, str] = {}
 
     def write(self, items: list[Item]) -> BuildResult:
-        # The TOC goes to a temp file as entries are finished, so its size never counts in memory.
-        with tempfile.TemporaryFile(prefix="ctr-remote-estargz-toc-") as toc_file:
-            self._toc = _TocSpool(toc_file)
-            with ThreadPoolExecutor(self._workers, thread_name_prefix="estargz-gzip") as pool:
-                try:
-                    for item in items:
-                        self._add(item, pool)
-                    self._submit(pool)
-                    while self._inflight:
-                        self._collect()
-                except BaseException:
-                    for _, results in self._inflight:
-                        for r in results:
-                            if isinstance(r, Future):
-                                r.cancel()
-                    raise
-            toc_offset = self._pos
-            self._write_toc_member()
+        with ThreadPoolExecutor(self._workers, thread_name_prefix="estargz-gzip") as pool:
+            try:
+                for item in items:
+                    self._add(item, pool)
+                self._submit(pool)
+                while self._inflight:
+                    self._collect()
+            except BaseException:
+                for _, results in self._inflight:
+                    for r in results:
+                        if isinstance(r, Future):
+                            r.cancel()
+                raise
+        toc_offset = self._pos
+        self._write_toc_member()
         self._emit(encode_footer(toc_offset))
         return BuildResult(
             digest="sha256:" + self._blob_hash.hexdigest(),
