@@ -6,6 +6,18 @@
 An eStargz blob is a tar.gz whose every regular-file payload (and every chunk of a large one)
 starts a new gzip member, followed by a member holding the TOC (`stargz.index.json`, listing each
 entry with the compressed offset of its payload) and a 51-byte footer pointing at the TOC.
+
+Where we differ from upstream's `estargz.Build`, on purpose:
+- input tar headers are copied byte for byte (upstream re-encodes them), so readers of the blob see
+  exactly the input's metadata; the TOC describes it the way Go's archive/tar reads it;
+- a last chunk records no chunkSize even when it is full (the spec's rule; upstream breaks it);
+- prioritized files whose parent directories have no entries get them added (upstream aborts);
+- a prioritized list of which nothing is found gives `.no.prefetch.landmark` (upstream writes a
+  `.prefetch.landmark` with nothing before it);
+- names, link targets, user/group names that are not UTF-8 are an error (a JSON TOC cannot hold
+  them; upstream writes U+FFFD and so a TOC that names files the tar does not have);
+- PAX global headers holding only a `comment` (git archive) are dropped (upstream fails on any);
+- the output does not depend on the number of threads (upstream's does, #2341).
 """
 
 from ctr_remote.estargz.errors import EstargzError
