@@ -1,4 +1,4 @@
-"""Bad input: one clear EstargzError line, and no temp files left behind."""
+"""Bad input: one clear EstargzError line, and no temp files or threads left behind."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import gzip
 import io
 import tarfile
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -68,8 +69,10 @@ def test_bad_layer_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.Monkey
     spool_dir = tmp_path / "tmp"
     spool_dir.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(spool_dir))
+    threads = threading.active_count()
     with pytest.raises(EstargzError) as err:
         build(io.BytesIO(blob), io.BytesIO(), BuildOptions(workers=2))
+    assert threading.active_count() == threads, "decompression or compression threads left running"
     assert message in str(err.value)
     assert "\n" not in str(err.value)
     assert isinstance(err.value, CtrRemoteError)
