@@ -122,7 +122,12 @@ class TOCEntry:
         return cls(**kwargs)
 
 
+_PLAIN = re.compile(r"[ !#-%'-;=?-\[\]-~]*")  # printable ASCII but for " \\ < > &: no escaping needed
+
+
 def _js(s: str) -> str:
+    if _PLAIN.fullmatch(s):  # the common case, and the hot path for layers of many small files
+        return f'"{s}"'
     # Go's encoder escapes these for HTML safety; matching it keeps our TOCs diffable with upstream's.
     return (
         json.dumps(s, ensure_ascii=False)
