@@ -124,6 +124,7 @@ def edge_case_entries(chunk: int = SMALL_CHUNK) -> list[Entry]:
         f(long_dir + "/" + "f" * 120, b"long name\n"),
         Entry("longlink", tarfile.SYMTYPE, linkname=long_dir + "/" + "f" * 120, mode=0o777),
         f("caf\u00e9/\u65e5\u672c.txt", b"unicode\n"),
+        f('esc"aped\\<name>&\u2028\t', b"JSON escapes in the TOC"),
         f("no-mtime", b"epoch", mtime=0),
         f("frac-mtime", b"frac", pax={"mtime": "1700000000.5"}),
     ]
