@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 import tarfile
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from ctr_remote.estargz import BuildOptions, build
@@ -57,21 +59,33 @@ def layer_tar(mib: int) -> Path:
     return path
 
 
-def run_ours(tar: Path, out: Path, workers: int | None = None) -> tuple[float, int]:
-    t0 = time.perf_counter()
+@dataclass
+class Run:
+    wall: float  # seconds
+    cpu: float  # user + system seconds, all threads: unlike wall time, not inflated by other load
+    size: int  # bytes of the eStargz blob
+
+
+def _cpu(who: int) -> float:
+    r = resource.getrusage(who)
+    return r.ru_utime + r.ru_stime
+
+
+def run_ours(tar: Path, out: Path) -> Run:
+    t0, c0 = time.perf_counter(), _cpu(resource.RUSAGE_SELF)
     with tar.open("rb") as src, out.open("wb") as dst:
-        result = build(src, dst, BuildOptions(compression_level=9, workers=workers))
-    return time.perf_counter() - t0, result.size
+        result = build(src, dst, BuildOptions(compression_level=9))
+    return Run(time.perf_counter() - t0, _cpu(resource.RUSAGE_SELF) - c0, result.size)
 
 
-def run_upstream(tar: Path, outdir: Path) -> tuple[float, int]:
-    t0 = time.perf_counter()
+def run_upstream(tar: Path, outdir: Path) -> Run:
+    t0, c0 = time.perf_counter(), _cpu(resource.RUSAGE_CHILDREN)
     subprocess.run([str(GEN), "oci-image", str(tar), str(outdir), "estargz"], check=True, capture_output=True)
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, _cpu(resource.RUSAGE_CHILDREN) - c0
     index = json.loads((outdir / "index.json").read_text())
     manifest_digest = index["manifests"][0]["digest"].split(":")[1]
     manifest = json.loads((outdir / "blobs" / "sha256" / manifest_digest).read_text())
-    return elapsed, manifest["layers"][0]["size"]
+    return Run(elapsed, cpu, manifest["layers"][0]["size"])
 
 
 def peak_rss_of_conversion(gib: float) -> tuple[float, float]:
@@ -91,11 +105,14 @@ def main() -> None:
     tar_mib = tar.stat().st_size / (1 << 20)
     print(f"layer: {tar} ({tar_mib:.0f} MiB tar, real files from /usr/lib), gzip level 9, 4 MiB chunks")
     with tempfile.TemporaryDirectory(prefix="bench-estargz-") as tmp:
-        ours_s, ours_size = run_ours(tar, Path(tmp) / "ours.esgz")
-        up_s, up_size = run_upstream(tar, Path(tmp) / "upstream")
-    print(f"ours     : {ours_s:7.2f} s  {ours_size / (1 << 20):8.2f} MiB  ({tar_mib / ours_s:6.1f} MiB/s)")
-    print(f"upstream : {up_s:7.2f} s  {up_size / (1 << 20):8.2f} MiB  ({tar_mib / up_s:6.1f} MiB/s)")
-    print(f"speed-up : {up_s / ours_s:.2f}x   size ours/upstream: {ours_size / up_size:.4f}")
+        ours = run_ours(tar, Path(tmp) / "ours.esgz")
+        upstream = run_upstream(tar, Path(tmp) / "upstream")
+    for name, r in (("ours", ours), ("upstream", upstream)):
+        print(f"{name:9}: {r.wall:7.2f} s wall  {r.cpu:7.2f} s cpu  {r.size / (1 << 20):8.2f} MiB"
+              f"  ({tar_mib / r.wall:5.1f} MiB/s)")  # fmt: skip
+    load = os.getloadavg()[0]
+    print(f"speed-up : {upstream.wall / ours.wall:.2f}x wall, {upstream.cpu / ours.cpu:.2f}x cpu"
+          f"   size ours/upstream: {ours.size / upstream.size:.4f}   (load average {load:.1f})")  # fmt: skip
     gib = float(os.environ.get("BENCH_ESTARGZ_RSS_GIB", "0"))
     if gib > 0:
         seconds, rss = peak_rss_of_conversion(gib)
