@@ -4,7 +4,9 @@ profiler (per-layer recording FUSE mounts + overlayfs + runc).
 The image is busybox-static plus a data layer of a few thousand small files and an upper layer that
 overrides some of them. Workloads:
 - find:  `find /data -type f | xargs cat` (open-heavy: every file opened and read once);
-- paths: `cat` of 300 files named explicitly (lookups + opens, like an interpreter starting up).
+- paths: `cat` of 300 files named explicitly (lookups + opens, like an interpreter starting up);
+- py:    FUSE-PROBE's Python start-up, `python3 -c "import json, http.server, email.parser"`, on a layer
+         made of the host's Debian python3.11 (binary, its libraries, the 1,400-file stdlib), when present.
 Times are medians of REPS interleaved runs (the machine is shared: watch the load); "runc run" is the
 container's own wall time, "profile()" the whole call (unpack, mounts, run, unmount, cleanup), and the
 daemons' CPU seconds are the steadier measure of the recorder's own cost.
@@ -41,6 +43,35 @@ WORKLOADS = {
     + " ".join(f"/data/d{i % DIRS}/f{i}.txt" for i in range(0, FILES, FILES // 300))
     + " > /dev/null",
 }
+PYTHON = Path("/usr/bin/python3.11")
+if PYTHON.exists():
+    WORKLOADS["py"] = "python3 -c 'import json, http.server, email.parser'"
+
+
+def _python_layer(tmp: Path) -> Path:
+    """The host's python3.11 with what it needs to start: ld.so, its libraries, the standard library."""
+    layer = LayerBuilder().symlink("lib64", "usr/lib64").symlink("lib", "usr/lib")
+    layer.file("usr/bin/python3.11", PYTHON.read_bytes(), mode=0o755).symlink("usr/bin/python3", "python3.11")
+    libs = ["libm.so.6", "libz.so.1", "libexpat.so.1", "libc.so.6"]
+    for lib in libs:
+        layer.file(
+            f"usr/lib/x86_64-linux-gnu/{lib}", Path("/usr/lib/x86_64-linux-gnu", lib).read_bytes(), mode=0o755
+        )
+    loader = Path("/usr/lib64/ld-linux-x86-64.so.2")
+    layer.file("usr/lib64/ld-linux-x86-64.so.2", loader.read_bytes(), mode=0o755)
+    stdlib = Path("/usr/lib/python3.11")
+    for dirpath, dirnames, filenames in os.walk(stdlib):
+        dirnames[:] = [d for d in dirnames if d not in ("test", "idlelib", "tkinter", "turtledemo")]
+        for name in filenames:
+            path = Path(dirpath, name)
+            rel = "usr/lib/python3.11/" + str(path.relative_to(stdlib))
+            if path.is_symlink():
+                layer.symlink(rel, os.readlink(path))
+            elif path.is_file():
+                # Real mtimes: .pyc files are only valid for sources with the mtime they recorded.
+                st = path.stat()
+                layer.file(rel, path.read_bytes(), mode=st.st_mode & 0o777, mtime=int(st.st_mtime))
+    return layer.write(tmp / "python.tar.gz")
 
 
 def _image(tmp: Path) -> list[Path]:
@@ -51,7 +82,8 @@ def _image(tmp: Path) -> list[Path]:
     upper = LayerBuilder()
     for i in range(0, FILES, 10):
         upper.file(f"data/d{i % DIRS}/f{i}.txt", b"overridden\n")
-    return [base, data.write(tmp / "data.tar.gz"), upper.write(tmp / "upper.tar.gz")]
+    middle = [_python_layer(tmp)] if PYTHON.exists() else []
+    return [base, *middle, data.write(tmp / "data.tar.gz"), upper.write(tmp / "upper.tar.gz")]
 
 
 def _extract(layers: list[Path], rootfs: Path) -> None:

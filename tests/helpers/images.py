@@ -42,18 +42,14 @@ class LayerBuilder:
 
     members: list[tuple[tarfile.TarInfo, bytes | None]] = field(default_factory=list)
     mtime: int = 1_600_000_000
-
-    def _names(self) -> set[str]:
-        return {m.name.rstrip("/") for m, _ in self.members}
+    _names: set[str] = field(default_factory=set, repr=False)
 
     def _parents(self, path: str) -> None:
         parts = path.strip("/").split("/")[:-1]
-        names = self._names()
         for i in range(1, len(parts) + 1):
             d = "/".join(parts[:i])
-            if d not in names:
+            if d not in self._names:
                 self.dir(d)
-                names.add(d)
 
     def add(self, info: tarfile.TarInfo, data: bytes | None = None, *, parents: bool = True) -> LayerBuilder:
         """Add a raw entry (the escape hatch for hostile names): no parents unless asked."""
@@ -63,6 +59,7 @@ class LayerBuilder:
         if data is not None:
             info.size = len(data)
         self.members.append((info, data))
+        self._names.add(info.name.rstrip("/"))
         return self
 
     def dir(self, path: str, mode: int = 0o755, uid: int = 0, gid: int = 0) -> LayerBuilder:
@@ -78,9 +75,11 @@ class LayerBuilder:
         uid: int = 0,
         gid: int = 0,
         xattrs: dict[str, bytes] | None = None,
+        mtime: int | None = None,
     ) -> LayerBuilder:
         info = tarfile.TarInfo(path)
         info.mode, info.uid, info.gid = mode, uid, gid
+        info.mtime = mtime or 0  # 0: the builder's default
         if xattrs:
             info.pax_headers = {
                 f"SCHILY.xattr.{k}": v.decode("utf-8", "surrogateescape") for k, v in xattrs.items()
