@@ -56,6 +56,8 @@ _JOB_BYTES = 1 << 20  # small members are batched into jobs of about this size
 # Members smaller than this are compressed on the planning thread: handing them to a worker costs
 # more (GIL hand-offs) than compressing them.
 _INLINE_BYTES = 16 << 10
+# Uncompressed bytes handed to workers and not yet written: bounds memory on many-core machines.
+_INFLIGHT_BYTES = 64 << 20
 
 
 def build(src: BinaryIO, dst: BinaryIO, options: BuildOptions = BuildOptions()) -> BuildResult:  # noqa: B008
@@ -103,6 +105,7 @@ class _Writer:
         self._workers = options.workers or os.cpu_count() or 1
         self._job = _Job()
         self._inflight: collections.deque[tuple[_Job, list[bytes | Future[bytes]]]] = collections.deque()
+        self._inflight_bytes = 0
         self._diff_hash = hashlib.sha256()
         self._usize = 0
         self._blob_hash = hashlib.sha256()
@@ -235,11 +238,13 @@ class _Writer:
             for m in job.members
         ]
         self._inflight.append((job, results))
-        while len(self._inflight) > 2 * self._workers:
+        self._inflight_bytes += job.size
+        while len(self._inflight) > 2 * self._workers or self._inflight_bytes > _INFLIGHT_BYTES:
             self._collect()
 
     def _collect(self) -> None:
         job, results = self._inflight.popleft()
+        self._inflight_bytes -= job.size
         offsets = []
         for r in results:
             offsets.append(self._pos)
