@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import zlib
@@ -32,7 +33,7 @@ def open_estargz(f: BinaryIO) -> EstargzReader:
         raise EstargzError(f"not an eStargz blob: footer points at {toc_offset}, outside the blob")
     f.seek(toc_offset)
     member = _gunzip_member(f.read(toc_end - toc_offset), "the TOC")
-    view = _Cursor(member)
+    view = io.BytesIO(member)
     header = read_header(view)
     if header is None or header.header.name != TOC_NAME or header.header.typeflag != REG:
         raise EstargzError(f"not an eStargz blob: the member at the footer's offset is not {TOC_NAME}")
@@ -133,17 +134,6 @@ class EstargzReader:
         if len(out) < c.inner_offset + want:
             raise EstargzError(f"chunk of {c.name!r} at offset {c.offset} is truncated")
         return bytes(out[c.inner_offset : c.inner_offset + want])
-
-
-class _Cursor:
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-        self._pos = 0
-
-    def read(self, n: int) -> bytes:
-        out = self._data[self._pos : self._pos + n]
-        self._pos += len(out)
-        return out
 
 
 def _footer_offset(f: BinaryIO) -> int | None:

@@ -8,6 +8,7 @@ rules: GNU long names, PAX records, the USTAR prefix, base-256 numbers, `\\0` ty
 
 from __future__ import annotations
 
+import io
 import posixpath
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -224,21 +225,9 @@ def read_header(r: Reader) -> RawEntry | None:
 
 def parse_headers(raw: bytes) -> TarHeader:
     """Parse the header blocks `read_header` returned earlier (the writer keeps only offsets)."""
-    view = _BytesReader(raw)
-    entry = read_header(view)
+    entry = read_header(io.BytesIO(raw))
     assert entry is not None
     return entry.header
-
-
-class _BytesReader:
-    def __init__(self, data: bytes) -> None:
-        self._data = memoryview(data)
-        self._pos = 0
-
-    def read(self, n: int) -> bytes:
-        out = bytes(self._data[self._pos : self._pos + n])
-        self._pos += len(out)
-        return out
 
 
 def _parse_main(
