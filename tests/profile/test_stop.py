@@ -132,6 +132,11 @@ def test_interrupting_the_profiler_mid_workload_cleans_up(
     try:
         _wait_for_line(proc, "READY")
         assert any(str(work) in line for line in Path("/proc/mounts").read_text().splitlines())
+        (state_root,) = work.glob("ctr-remote-profile-*/runc")
+        running = subprocess.run(
+            ["runc", "--root", str(state_root), "list", "-q"], capture_output=True, text=True
+        )
+        assert running.stdout.startswith("ctr-remote-profile-")
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
     finally:
@@ -139,6 +144,11 @@ def test_interrupting_the_profiler_mid_workload_cleans_up(
             proc.kill()
             proc.communicate()
     assert proc.returncode == status, err
+    assert not state_root.exists()
+    assert (
+        "ctr-remote-profile-"
+        not in subprocess.run(["runc", "list", "-q"], capture_output=True, text=True).stdout
+    )
     if sig is signal.SIGTERM:
         assert err.decode().splitlines()[-1] == "ctr-remote: interrupted by SIGTERM"
     assert not result_file.exists()
