@@ -37,6 +37,7 @@ _MAX_OPEN_FILES = 512
 _FUSE_READDIR_PLUS = 1  # readdir flag: the kernel asked for READDIRPLUS
 _FUSE_FILL_DIR_PLUS = 2  # filler flag: this entry carries valid attributes
 _FUSE_CAP_CACHE_SYMLINKS = 1 << 23  # libfuse 3's FUSE_CAP_CACHE_SYMLINKS
+_STAT_SIZE = ctypes.sizeof(mfusepy.c_stat)
 
 
 def _fill(st: mfusepy.c_stat, s: os.stat_result) -> None:
@@ -149,7 +150,9 @@ class FastFUSE(mfusepy.FUSE):
         self.rec.stats["getattr"] += 1
         if path is None:
             return -errno.ENOENT
-        _fill(buf.contents, os.lstat(self.rec.root + path))
+        s = os.lstat(self.rec.root + path)
+        ctypes.memset(buf, 0, _STAT_SIZE)
+        _fill(buf.contents, s)
         return 0
 
     def open(self, path: bytes, fip) -> int:  # type: ignore[no-untyped-def, override]
