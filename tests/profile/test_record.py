@@ -124,3 +124,17 @@ def test_non_utf8_names_are_recorded_as_the_tar_spells_them(run, tmp_path: Path)
     result = run("cat /data/caf*.txt", layer)
     assert result.exit_code == 0
     assert result.accessed[1] == [name]
+
+
+def test_permissions_are_enforced_and_denied_opens_are_not_recorded(run, tmp_path: Path, capfd) -> None:
+    """default_permissions: a non-root workload cannot read the image's root-only files."""
+    layer = (
+        LayerBuilder()
+        .file("secret", b"root only", mode=0o600)
+        .file("public", b"for everyone", mode=0o644)
+        .write(tmp_path / "l.tar")
+    )
+    result = run("cat /secret 2>/dev/null || echo DENIED; cat /public", layer, user="alice")
+    assert result.exit_code == 0
+    assert capfd.readouterr().out.splitlines()[-2:] == ["DENIED", "for everyone"]
+    assert result.accessed[1] == ["public"]
