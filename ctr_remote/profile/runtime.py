@@ -18,7 +18,7 @@ from typing import IO
 import structlog
 
 from ctr_remote.profile.errors import ProfileError
-from ctr_remote.profile.workload import Workload
+from ctr_remote.profile.workload import DEFAULT_PERIOD_SECONDS, Workload
 
 log = structlog.get_logger()
 
@@ -110,7 +110,8 @@ class Container:
             if workload.wait_on_signal:
                 stop.wait()
             else:
-                stop.wait(timeout=workload.period)
+                # As upstream: a period <= 0 means the default.
+                stop.wait(timeout=workload.period if workload.period > 0 else DEFAULT_PERIOD_SECONDS)
             if exited.is_set():
                 self._check_started(process.returncode)
                 return process.returncode
