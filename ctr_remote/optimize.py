@@ -304,7 +304,7 @@ class _Reporting:
             return
         self._progress.step(desc.digest, "push")
         self._store.push_blob(src, desc)
-        self._progress.done(desc.digest, "push", size=desc.size)
+        self._progress.done(desc.digest, "push", pushed=desc.digest, size=desc.size)
 
 
 def _layer_names(path: Path) -> list[str]:
