@@ -155,6 +155,8 @@ def _unpack_member(tree: _Tree, tf: tarfile.TarFile, member: tarfile.TarInfo, la
         return
     if base.startswith(WHITEOUT_PREFIX):
         name = base[len(WHITEOUT_PREFIX) :]
+        if name in ("", ".", ".."):
+            raise _Refused(f"{rel}: whiteout without a name")
         tree.clear(parent, name, keep_dir=False)
         os.mknod(name, stat.S_IFCHR | 0o000, os.makedev(0, 0), dir_fd=parent)
         return
@@ -224,10 +226,12 @@ def unpack_layer(blob: Path, dest: Path, what: str = "layer") -> UnpackedLayer:
                 for member in tf:
                     try:
                         _unpack_member(tree, tf, member, layer)
-                    except _Refused as e:
+                    except (_Refused, ValueError, OverflowError) as e:  # the latter: absurd device numbers
                         layer.refused.append(str(e))
                         log.warning("refused layer entry", layer=what, entry=member.name, reason=str(e))
                         continue
+                    except OSError as e:
+                        raise ProfileError(f"{what}: cannot unpack {member.name!r}: {e.strerror}") from None
                     if member.isdir() and clean_name(member.name):
                         dir_times.append((clean_name(member.name), int(member.mtime * 1_000_000_000)))
         # Directory mtimes last: creating their children changed them.

@@ -6,6 +6,7 @@ import hashlib
 import os
 import stat
 import struct
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -148,6 +149,7 @@ def hostile_layer(host: Path) -> LayerBuilder:
     b.device("disk", 8, 0, block=True)
     b.file("redirect", b"x", xattrs={"trusted.overlay.redirect": b"/etc", "user.ok": b"1"})
     b.file("badcap", b"x", xattrs={"security.capability": b"\x01\x02"})
+    b.file("dir/.wh.", b"")  # a whiteout without a name
     return b
 
 
@@ -230,3 +232,16 @@ def test_later_entries_replace_earlier_ones(tmp_path: Path) -> None:
     assert (out / "b").is_dir() and (out / "b/inside").read_bytes() == b"i"
     assert (out / "c").read_bytes() == b"file replaces dir"
     assert not (out / "d").is_symlink() and (out / "d").read_bytes() == b"file replaces symlink"
+
+
+def test_out_of_space_is_a_one_line_error(tmp_path: Path) -> None:
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)], check=True)
+    try:
+        blob = LayerBuilder().file("big", b"x" * (1 << 20)).write(tmp_path / "big.tar.gz")
+        with pytest.raises(ProfileError, match=r"cannot unpack 'big': No space left on device") as e:
+            unpack_layer(blob, small / "out", what="layer 0")
+        assert "\n" not in str(e.value)
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
