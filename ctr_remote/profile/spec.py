@@ -183,6 +183,12 @@ def build_spec(
             "source": "sysfs",
             "options": ["nosuid", "noexec", "nodev", "ro"],
         },
+        {
+            "destination": "/sys/fs/cgroup",
+            "type": "cgroup",
+            "source": "cgroup",
+            "options": ["nosuid", "noexec", "nodev", "relatime", "ro"],
+        },
     ]
     namespaces: list[dict[str, str]] = [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}]
     if workload.network is NetworkMode.HOST:

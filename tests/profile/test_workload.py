@@ -314,3 +314,11 @@ def test_work_dir_with_a_space(tmp_path: Path, busybox_layer: Path) -> None:
     assert result.accessed == [["etc/passwd", "etc/group", "bin/busybox"]]
     assert list(work.iterdir()) == []
     assert str(tmp_path) not in Path("/proc/self/mountinfo").read_text().replace("\\040", " ")
+
+
+def test_container_has_the_default_mounts(run, capfd) -> None:
+    run("cut -d' ' -f2,3 /proc/mounts | grep -E '^/(proc|dev|dev/pts|dev/shm|dev/mqueue|sys|sys/fs/cgroup) '")
+    found = dict(line.split() for line in capfd.readouterr().out.splitlines())
+    assert found["/proc"] == "proc" and found["/sys"] == "sysfs" and found["/dev/pts"] == "devpts"
+    assert found["/dev"] == "tmpfs" and found["/dev/shm"] == "tmpfs" and found["/dev/mqueue"] == "mqueue"
+    assert found.get("/sys/fs/cgroup") in ("tmpfs", "cgroup", "cgroup2")
