@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import tarfile
 from pathlib import Path
 
@@ -121,3 +122,54 @@ def _names(entries) -> set[tuple[str, int, str]]:  # type: ignore[no-untyped-def
     return {("u", e.uid, e.user_name) for e in entries if e.user_name} | {
         ("g", e.gid, e.group_name) for e in entries if e.group_name
     }
+
+
+def _random_layer(rng: random.Random) -> tuple[list[Entry], list[str]]:
+    """A layer of random paths with duplicates, links and `./` / `/` prefixes, and a random list.
+
+    Every parent directory has an entry and hardlinks point at unique, earlier files: the cases
+    where upstream aborts or recurses forever are covered by the explicit tests above.
+    """
+    parts = ["a", "b", "cc", "d.d"]
+    dirs = sorted({"/".join(rng.choices(parts, k=rng.randint(1, 3))) for _ in range(12)})
+    every_dir = sorted({"/".join(p.split("/")[:i]) for p in dirs for i in range(1, p.count("/") + 2)})
+
+    def prefixed(name: str) -> str:
+        return rng.choice(["", "", "./", "/"]) + name
+
+    entries = [d(prefixed(p) + "/") for p in every_dir]
+    targets: list[str] = []
+    for i in range(60):
+        parent = rng.choice(every_dir)
+        kind = rng.random()
+        if kind < 0.45:
+            name = f"{parent}/{rng.choice(parts)}.f"  # may repeat: later wins
+            entries.append(f(prefixed(name), pattern(rng.randint(0, 3 * SMALL_CHUNK), i)))
+        elif kind < 0.6:
+            name = f"{parent}/t{i}"
+            targets.append(name)
+            entries.append(f(prefixed(name), pattern(rng.randint(1, 100), i)))
+        elif kind < 0.75 and targets:
+            target = prefixed(rng.choice(targets))
+            entries.append(Entry(prefixed(f"{parent}/h{i}"), tarfile.LNKTYPE, linkname=target))
+        elif kind < 0.85:
+            entries.append(Entry(prefixed(f"{parent}/s{i}"), tarfile.SYMTYPE, linkname="../x", mode=0o777))
+        elif kind < 0.9:
+            entries.append(Entry(prefixed(f"{parent}/p{i}"), tarfile.FIFOTYPE))
+        else:
+            entries.append(d(prefixed(rng.choice(every_dir)) + "/", mode=0o700))  # a duplicate directory
+    names = [e.name for e in entries]
+    listed = [prefixed(n.lstrip("./")) for n in rng.sample(names, 12)] + ["missing/file", rng.choice(names)]
+    rng.shuffle(listed)
+    return entries, listed
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_random_layers_order_like_upstream(oracle, oracle_gen: Path, tmp_path: Path, seed: int) -> None:
+    entries, listed = _random_layer(random.Random(seed))
+    layer = make_tar(entries)
+    ours, result = convert(tmp_path, layer, chunk_size=SMALL_CHUNK, prioritized_files=listed)
+    oracle.check_blob(ours, result.toc_digest)
+    theirs, _ = upstream_layer(oracle_gen, tmp_path, layer, listed)
+    assert toc_names(ours) == toc_names(theirs)
+    assert result.missing_prioritized == ("missing/file",)
