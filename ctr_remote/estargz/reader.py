@@ -76,8 +76,10 @@ class EstargzReader:
             for i, c in enumerate(chunks):
                 if c.chunk_offset != pos:
                     raise EstargzError(f"invalid TOC: chunks of {name!r} are not contiguous")
+                if not c.chunk_digest:
+                    raise EstargzError(f"invalid TOC: a chunk of {name!r} has no chunkDigest")
                 data = self._read_chunk(c, chunks[i + 1].chunk_offset if i + 1 < len(chunks) else size)
-                if not c.chunk_digest or _sha256(data) != c.chunk_digest:
+                if _sha256(data) != c.chunk_digest:
                     raise EstargzError(f"chunk digest mismatch in {name!r} at offset {c.chunk_offset}")
                 file_hash.update(data)
                 pos += len(data)
