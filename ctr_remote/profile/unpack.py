@@ -38,6 +38,7 @@ OPAQUE_MARKER = ".wh..wh..opq"
 OPAQUE_XATTR = "trusted.overlay.opaque"
 _XATTR_PAX_PREFIX = "SCHILY.xattr."
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _MAX_CACHED_DIRS = 256
 
 
@@ -126,20 +127,56 @@ def _xattrs_of(member: tarfile.TarInfo) -> dict[str, bytes]:
     return found
 
 
+def _set_xattrs(target: int | str, member: tarfile.TarInfo, xattrs: dict[str, bytes]) -> None:
+    for name, value in list(xattrs.items()):
+        try:
+            if isinstance(target, int):
+                os.setxattr(target, name, value)
+            else:
+                os.setxattr(target, name, value, follow_symlinks=False)
+        except OSError as e:  # e.g. a malformed security.capability the kernel rejects
+            log.warning("dropped an extended attribute", entry=member.name, xattr=name, reason=e.strerror)
+            del xattrs[name]
+
+
 def _set_metadata(parent: int, base: str, member: tarfile.TarInfo, xattrs: dict[str, bytes]) -> None:
     os.chown(base, member.uid, member.gid, dir_fd=parent, follow_symlinks=False)
     if not member.issym():
         # After chown, which clears setuid/setgid bits. We created this non-symlink ourselves.
         os.chmod(base, member.mode & 0o7777, dir_fd=parent)
-    proc_path = f"/proc/self/fd/{parent}/{base}"
-    for name, value in list(xattrs.items()):
-        try:
-            os.setxattr(proc_path, name, value, follow_symlinks=False)
-        except OSError as e:  # e.g. a malformed security.capability the kernel rejects
-            log.warning("dropped an extended attribute", entry=member.name, xattr=name, reason=e.strerror)
-            del xattrs[name]
+    _set_xattrs(f"/proc/self/fd/{parent}/{base}", member, xattrs)
     mtime_ns = int(member.mtime * 1_000_000_000)
     os.utime(base, ns=(mtime_ns, mtime_ns), dir_fd=parent, follow_symlinks=False)
+
+
+def _write_regular(
+    tree: _Tree,
+    tf: tarfile.TarFile,
+    member: tarfile.TarInfo,
+    parent: int,
+    base: str,
+    xattrs: dict[str, bytes],
+) -> None:
+    """The common case, kept to descriptor calls: create, copy, then metadata through the same fd."""
+    try:
+        fd = os.open(base, _CREATE_FLAGS, 0o600, dir_fd=parent)
+    except FileExistsError:
+        tree.clear(parent, base, keep_dir=False)
+        fd = os.open(base, _CREATE_FLAGS, 0o600, dir_fd=parent)
+    try:
+        src = tf.extractfile(member)
+        assert src is not None
+        while chunk := src.read(1 << 20):
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view) :]
+        os.fchown(fd, member.uid, member.gid)
+        os.fchmod(fd, member.mode & 0o7777)  # after chown, which clears setuid/setgid bits
+        _set_xattrs(fd, member, xattrs)
+        mtime_ns = int(member.mtime * 1_000_000_000)
+        os.utime(fd, ns=(mtime_ns, mtime_ns))
+    finally:
+        os.close(fd)
 
 
 def _unpack_member(tree: _Tree, tf: tarfile.TarFile, member: tarfile.TarInfo, layer: UnpackedLayer) -> None:
@@ -162,10 +199,18 @@ def _unpack_member(tree: _Tree, tf: tarfile.TarFile, member: tarfile.TarInfo, la
         return
 
     xattrs = _xattrs_of(member)
+    if member.isreg():
+        _write_regular(tree, tf, member, parent, base, xattrs)
+        if xattrs:
+            layer.xattrs[rel] = xattrs
+        return
     if member.isdir():
-        tree.clear(parent, base, keep_dir=True)
-        with contextlib.suppress(FileExistsError):
+        try:
             os.mkdir(base, 0o700, dir_fd=parent)
+        except FileExistsError:
+            tree.clear(parent, base, keep_dir=True)
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(base, 0o700, dir_fd=parent)
     elif member.islnk():
         target = clean_name(member.linkname)
         t_head, _, t_base = target.rpartition("/")
@@ -183,18 +228,7 @@ def _unpack_member(tree: _Tree, tf: tarfile.TarFile, member: tarfile.TarInfo, la
         return  # a hardlink shares the target's inode and metadata
     else:
         tree.clear(parent, base, keep_dir=False)
-        if member.isreg():
-            fd = os.open(
-                base,
-                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                0o600,
-                dir_fd=parent,
-            )
-            with os.fdopen(fd, "wb") as out:
-                src = tf.extractfile(member)
-                assert src is not None
-                shutil.copyfileobj(src, out, 1 << 20)
-        elif member.issym():
+        if member.issym():
             os.symlink(member.linkname, base, dir_fd=parent)
         elif member.ischr() or member.isblk():
             kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
