@@ -6,11 +6,14 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
+import os
 import shutil
 import signal
 import subprocess
 import sys
+import termios
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -76,6 +79,10 @@ class Container:
 
         `stop` is also how signal handlers (--wait-on-signal) end the run.
         """
+        with _terminal_restored(workload.terminal):
+            return self._run(workload, stop, stop_signal)
+
+    def _run(self, workload: Workload, stop: threading.Event, stop_signal: signal.Signals) -> int | None:
         cmd = self._cmd(
             "--log", str(self.log_path), "--log-format", "json", "run", "--bundle", str(self.bundle)
         )
@@ -168,6 +175,21 @@ class Container:
             timeout=KILL_TIMEOUT_SECONDS,
             check=False,
         )
+
+
+@contextlib.contextmanager
+def _terminal_restored(terminal: bool) -> Iterator[None]:
+    """With -t the runtime puts our terminal in raw mode; put it back even if the runtime was killed."""
+    saved = None
+    if terminal and os.isatty(0):
+        with contextlib.suppress(termios.error):
+            saved = termios.tcgetattr(0)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            with contextlib.suppress(termios.error):
+                termios.tcsetattr(0, termios.TCSADRAIN, saved)
 
 
 def _watch_lines(stream: IO[bytes], needle: str, stop: threading.Event) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import select
 import signal
 import stat
 import subprocess
+import termios
 from pathlib import Path
 
 import pytest
@@ -195,6 +197,7 @@ def test_terminal_gives_the_workload_a_pseudo_terminal(
     tmp_path: Path, work: Path, busybox_layer: Path
 ) -> None:
     master, slave = os.openpty()
+    before = termios.tcgetattr(slave)
     script = "test -t 0 && test -t 1 && echo STDIN-AND-STDOUT-ARE-TTYS; tty"
     proc, _ = start_driver(
         tmp_path,
@@ -206,9 +209,15 @@ def test_terminal_gives_the_workload_a_pseudo_terminal(
         stdout=slave,
         stderr=slave,
     )
+    watcher = os.open(os.ttyname(slave), os.O_RDWR | os.O_NOCTTY)  # to look at the modes afterwards
     os.close(slave)
-    out = _read_all(master)
-    assert proc.wait(timeout=60) == 0, out
+    try:
+        assert proc.wait(timeout=60) == 0
+        out = _read_available(master)
+        assert termios.tcgetattr(watcher) == before, "the terminal was left in another mode (raw?)"
+    finally:
+        os.close(watcher)
+        os.close(master)
     assert "STDIN-AND-STDOUT-ARE-TTYS" in out
     assert "/dev/pts/" in out
 
@@ -234,17 +243,17 @@ def test_stdin_is_forwarded_only_with_i(tmp_path: Path, work: Path, busybox_laye
     assert out.decode().splitlines()[0] == ("got:hello-stdin" if stdin else "got:")
 
 
-def _read_all(fd: int) -> str:
+def _read_available(fd: int) -> str:
+    """What the pty holds once the writer has exited (it keeps the output until read)."""
     chunks = []
-    while True:
+    while select.select([fd], [], [], 0)[0]:
         try:
             data = os.read(fd, 4096)
-        except OSError:  # EIO: every slave end is closed
+        except OSError:
             break
         if not data:
             break
         chunks.append(data)
-    os.close(fd)
     return b"".join(chunks).decode(errors="replace")
 
 
