@@ -245,3 +245,12 @@ def test_out_of_space_is_a_one_line_error(tmp_path: Path) -> None:
         assert "\n" not in str(e.value)
     finally:
         subprocess.run(["umount", str(small)], check=True)
+
+
+def test_user_lookup_never_follows_image_symlinks_to_the_host(run, tmp_path: Path) -> None:
+    """The image's /etc/passwd is a symlink to a host file naming a user: it must not be found there."""
+    host_passwd = tmp_path / "host-passwd"
+    host_passwd.write_text("mallory:x:4242:4242::/:/bin/sh\n")
+    layer = LayerBuilder().symlink("etc/passwd", str(host_passwd)).write(tmp_path / "l.tar")
+    with pytest.raises(ProfileError, match="user 'mallory' not found"):
+        run("id", layer, user="mallory")
