@@ -29,8 +29,10 @@ def open_estargz(f: BinaryIO) -> EstargzReader:
     if toc_offset is None:
         raise EstargzError("not an eStargz blob: no eStargz footer")
     toc_end = size - FOOTER_SIZE
-    if not 0 <= toc_offset < toc_end or toc_end - toc_offset > _MAX_TOC_BYTES:
+    if not 0 <= toc_offset < toc_end:
         raise EstargzError(f"not an eStargz blob: footer points at {toc_offset}, outside the blob")
+    if toc_end - toc_offset > _MAX_TOC_BYTES:
+        raise EstargzError(f"invalid eStargz blob: its TOC member is over {_MAX_TOC_BYTES} bytes")
     f.seek(toc_offset)
     member = _gunzip_member(f.read(toc_end - toc_offset), "the TOC")
     view = io.BytesIO(member)
