@@ -173,3 +173,13 @@ def test_random_layers_order_like_upstream(oracle, oracle_gen: Path, tmp_path: P
     theirs, _ = upstream_layer(oracle_gen, tmp_path, layer, listed)
     assert toc_names(ours) == toc_names(theirs)
     assert result.missing_prioritized == ("missing/file",)
+
+
+def test_upstream_estargz_input_converts_like_its_source(oracle, oracle_gen: Path, tmp_path: Path) -> None:
+    layer = make_tar(edge_case_entries())
+    listed = ["etc/passwd", "usr/bin/hard"]
+    theirs, _ = upstream_layer(oracle_gen, tmp_path, layer, listed)
+    again, result = convert(tmp_path, theirs.read_bytes(), "again.esgz", prioritized_files=listed)
+    oracle.check_blob(again, result.toc_digest)
+    direct, _ = convert(tmp_path, layer, "direct.esgz", prioritized_files=listed)
+    assert toc_names(again) == toc_names(direct)
