@@ -8,6 +8,7 @@ import signal
 import stat
 import subprocess
 import termios
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -331,3 +332,13 @@ def test_container_has_the_default_mounts(run, capfd) -> None:
     assert found["/proc"] == "proc" and found["/sys"] == "sysfs" and found["/dev/pts"] == "devpts"
     assert found["/dev"] == "tmpfs" and found["/dev/shm"] == "tmpfs" and found["/dev/mqueue"] == "mqueue"
     assert found.get("/sys/fs/cgroup") in ("tmpfs", "cgroup", "cgroup2")
+
+
+def test_profile_from_a_worker_thread(work: Path, busybox_layer: Path) -> None:
+    """No signal handlers can be installed off the main thread; the run must still work and clean up."""
+    with ThreadPoolExecutor(1) as pool:
+        result = pool.submit(
+            profile, [busybox_layer], image_config(cmd=["/bin/cat", "/etc/group"]), Workload(), workdir=work
+        ).result(timeout=120)
+    assert result.exit_code == 0
+    assert result.accessed == [["etc/passwd", "etc/group", "bin/busybox"]]
