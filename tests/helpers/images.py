@@ -1,12 +1,13 @@
 """Builders for test images: layer blobs (tar, tar+gzip, tar+zstd) made of busybox-static and files.
 
-    base = LayerBuilder().busybox().file("etc/passwd", PASSWD).file("data/a.txt", b"a")
+    base = LayerBuilder().busybox().file("data/a.txt", b"a")   # busybox() adds /etc/passwd, /etc/group
     top = LayerBuilder().whiteout("data/a.txt").opaque("opt").file("data/b.txt", b"b")
     blobs = [base.write(tmp / "l0.tar.gz"), top.write(tmp / "l1.tar", compression=None)]
     config = image_config(cmd=["/bin/sh", "-c", "cat /data/b.txt"])
+    manifest_digest = write_oci_layout(tmp / "layout", blobs, config)   # an OCI image layout dir
 
 Entries are written in the order they were added; parent directories are added implicitly (once,
-before their first child) unless already present.
+before their first child) unless already present. `add()` takes raw TarInfo entries (hostile names).
 """
 
 from __future__ import annotations
