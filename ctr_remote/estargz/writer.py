@@ -5,7 +5,7 @@ chunk of a non-empty regular file starts a new member; the file's tar padding an
 follow ride in the member of its last chunk; the TOC entry and the end-of-archive blocks form their
 own member; a 51-byte footer member points at the TOC member.
 
-Members are independent, so they are compressed in a thread pool (zlib-ng releases the GIL) while
+Members are independent, so they are compressed in a thread pool (the compressors release the GIL) while
 this thread reads the spool and plans the next ones; results are written in order, so the output
 does not depend on the number of threads. Work goes out in jobs of whole members, and only a few
 jobs are in flight at a time, so memory stays flat however large the layer is.
@@ -23,6 +23,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import IO, BinaryIO
 
+import deflate
 from zlib_ng import zlib_ng
 
 from ctr_remote.compression import CorruptLayerError, open_tar_stream
@@ -56,6 +57,7 @@ _JOB_BYTES = 1 << 20  # small members are batched into jobs of about this size
 # Members smaller than this are compressed on the planning thread: handing them to a worker costs
 # more (GIL hand-offs) than compressing them.
 _INLINE_BYTES = 16 << 10
+_SMALL_MEMBER = 4 << 10  # below this, zlib-ng compresses better than libdeflate (see _compress)
 # Uncompressed bytes handed to workers and not yet written: bounds memory on many-core machines.
 _INFLIGHT_BYTES = 64 << 20
 
@@ -81,7 +83,16 @@ def build(src: BinaryIO, dst: BinaryIO, options: BuildOptions = BuildOptions()) 
 
 
 def _compress(member: list[bytes], level: int) -> bytes:
-    return zlib_ng.compress(b"".join(member), level, _GZIP_WBITS)
+    """One complete gzip member.
+
+    libdeflate, at the same level, takes about a quarter less CPU than zlib-ng and writes slightly
+    smaller output, except on tiny inputs (a few tar headers and a small file), where zlib-ng's is
+    smaller. libdeflate needs the whole input at once, which a member (a chunk plus headers) is.
+    """
+    data = b"".join(member)
+    if len(data) < _SMALL_MEMBER:
+        return zlib_ng.compress(data, level, _GZIP_WBITS)
+    return deflate.gzip_compress(data, level)
 
 
 @dataclass
@@ -141,6 +152,7 @@ class _Writer:
     def _write_toc_member(self) -> None:
         """The TOC's tar entry and the end-of-archive blocks, as one gzip member."""
         size = self._toc.finish()
+        # Streamed (zlib-ng) rather than libdeflate's one-shot call: a TOC can be tens of MB.
         gz = zlib_ng.compressobj(self._level, zlib_ng.DEFLATED, _GZIP_WBITS)
         pieces = [encode_header(TOC_NAME, REG, size), *self._toc.pieces(), bytes(padding(size) + 2 * BLOCK)]
         for piece in pieces:
