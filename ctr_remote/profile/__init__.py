@@ -3,6 +3,12 @@ stacked with overlayfs, and report which files each layer served, in first-acces
 
     result = profile([layer0_blob, layer1_blob], image_config, Workload(period=5))
     for line in record_lines(result, manifest_digest): ...
+
+Modules: `runner` (profile(): the sequence and the cleanup), `unpack` (layer blobs into overlay-form
+directories, hostile entries refused), `fuse_daemon` / `recorder` (the per-layer recording FUSE
+passthrough and its parent side), `mounts` (mount/umount), `rootfs` (users and the binary, resolved
+inside the image), `spec` (the OCI runtime spec, hosts, resolv.conf), `runtime` (runc run and the stop
+conditions), `cni` / `netns` (--cni), `result` (ProfileResult, --record-out lines).
 """
 
 from __future__ import annotations
