@@ -27,7 +27,8 @@ from ctr_remote.estargz import BuildOptions, build
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "build" / "bench"
 GEN = ROOT / "build" / "estargz-check-gen"
-SOURCES = ("/usr/lib/python3", "/usr/lib/python3.11", "/usr/lib/x86_64-linux-gnu")
+SOURCES = ("/usr/lib/python3", "/usr/lib/python3.11", "/usr/lib/x86_64-linux-gnu", "/usr/lib/go-1.19",
+           "/usr/lib/gcc")  # fmt: skip
 
 
 def layer_tar(mib: int) -> Path:
@@ -37,7 +38,7 @@ def layer_tar(mib: int) -> Path:
     if path.exists():
         return path
     CACHE.mkdir(parents=True, exist_ok=True)
-    budget = mib << 20
+    limit = mib << 20
     tmp = path.with_suffix(".part")
     with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
         tar.add("/usr", arcname="usr", recursive=False)
@@ -48,12 +49,11 @@ def layer_tar(mib: int) -> Path:
                 tar.add(dirpath, arcname=dirpath.lstrip("/"), recursive=False)
                 for name in sorted(filenames):
                     p = os.path.join(dirpath, name)
-                    if budget > 0 and (os.path.islink(p) or os.path.isfile(p)):
+                    if tar.offset < limit and (os.path.islink(p) or os.path.isfile(p)):
                         tar.add(p, arcname=p.lstrip("/"), recursive=False)
-                        budget -= os.lstat(p).st_size
-                if budget <= 0:
+                if tar.offset >= limit:
                     break
-            if budget <= 0:
+            if tar.offset >= limit:
                 break
     tmp.rename(path)
     return path
