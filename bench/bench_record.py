@@ -9,7 +9,7 @@ overrides some of them. Workloads:
          made of the host's Debian python3.11 (binary, its libraries, the 1,400-file stdlib), when present.
 Times are medians of REPS interleaved runs (the machine is shared: watch the load); "runc run" is the
 container's own wall time, "profile()" the whole call (unpack, mounts, run, unmount, cleanup), and the
-daemons' CPU seconds are the steadier measure of the recorder's own cost.
+daemon's CPU seconds are the steadier measure of the recorder's own cost.
 """
 
 from __future__ import annotations
@@ -133,13 +133,12 @@ def _daemon_cpu_seconds(pid: int) -> float:
 def _profiled_run(
     tmp: Path, layers: list[Path], script: str
 ) -> tuple[float, float, int, float, Counter[str]]:
-    """(runc run s, profile() s, recorded paths, FUSE daemons' CPU s, FUSE requests served in Python)."""
+    """(runc run s, profile() s, recorded paths, FUSE daemon CPU s, FUSE requests served in Python)."""
     timings: list[float] = []
     cpu: list[float] = []
     requests: Counter[str] = Counter()
     original_run = runtime_mod.Container.run
-    original_unmount = recorder_mod.RecordingMount.unmount
-    original_reap = recorder_mod.RecordingMount.reap
+    original_stop = recorder_mod.RecorderDaemon.stop
 
     def timed_run(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         started = time.perf_counter()
@@ -148,19 +147,16 @@ def _profiled_run(
         finally:
             timings.append(time.perf_counter() - started)
 
-    def measured_unmount(self):  # type: ignore[no-untyped-def]
+    def measured_stop(self):  # type: ignore[no-untyped-def]
         with contextlib.suppress(OSError):
             cpu.append(_daemon_cpu_seconds(self.process.pid))
-        original_unmount(self)
-
-    def counted_reap(self):  # type: ignore[no-untyped-def]
-        original_reap(self)
-        with contextlib.suppress(FileNotFoundError):
-            requests.update(json.loads(Path(str(self.log) + ".stats").read_text()))
+        original_stop(self)
+        for mount in self.mounts:
+            with contextlib.suppress(FileNotFoundError):
+                requests.update(json.loads(Path(str(mount.log) + ".stats").read_text()))
 
     runtime_mod.Container.run = timed_run  # type: ignore[method-assign]
-    recorder_mod.RecordingMount.unmount = measured_unmount  # type: ignore[method-assign]
-    recorder_mod.RecordingMount.reap = counted_reap  # type: ignore[method-assign]
+    recorder_mod.RecorderDaemon.stop = measured_stop  # type: ignore[method-assign]
     try:
         started = time.perf_counter()
         result = profile(
@@ -169,8 +165,7 @@ def _profiled_run(
         whole = time.perf_counter() - started
     finally:
         runtime_mod.Container.run = original_run  # type: ignore[method-assign]
-        recorder_mod.RecordingMount.unmount = original_unmount  # type: ignore[method-assign]
-        recorder_mod.RecordingMount.reap = original_reap  # type: ignore[method-assign]
+        recorder_mod.RecorderDaemon.stop = original_stop  # type: ignore[method-assign]
     assert result.exit_code == 0, result.exit_code
     return timings[0], whole, sum(len(p) for p in result.accessed), sum(cpu), requests
 
@@ -192,7 +187,7 @@ def main() -> None:
             c = statistics.median(x[3] for x in runs)
             print(
                 f"{name:6s} plain runc {p:.3f}s | recorder: runc run {r:.3f}s ({r / p:.2f}x), "
-                f"profile() {w:.3f}s | FUSE daemons' CPU {c:.2f}s | {runs[0][2]} paths recorded | "
+                f"profile() {w:.3f}s | FUSE daemon CPU {c:.2f}s | {runs[0][2]} paths recorded | "
                 f"FUSE requests in Python: {dict(runs[0][4])}",
                 flush=True,
             )

@@ -1,11 +1,16 @@
-"""The per-layer recording FUSE daemon: a read-only passthrough of one unpacked layer directory.
+"""The recording FUSE daemon: read-only passthroughs of unpacked layer directories, one mount each.
 
 Run as a script (not as part of the package, so it starts with nothing but mfusepy imported):
 
-    python fuse_daemon.py ROOT MOUNTPOINT LOG READY_FD [XATTRS_JSON]
+    python fuse_daemon.py READY_FD
 
-It writes each layer-relative path the first time it is opened or read, NUL-terminated, to LOG, and
-one byte to READY_FD once the kernel has initialised the mount. It exits when MOUNTPOINT is unmounted.
+Layers to serve arrive on stdin, one JSON object per line:
+    {"index": 0, "root": DIR, "mountpoint": MNT, "log": FILE, "xattrs": JSON_FILE or null}
+Each is served by its own thread (one interpreter for all layers: libfuse's loop runs without the
+GIL, only the callbacks take it). The daemon writes "INDEX\n" to READY_FD once the kernel has
+initialised a mount, or "INDEX !MESSAGE\n" if mounting failed. Each layer's first accesses (first
+open or read of a path) go to its LOG, NUL-terminated. The daemon exits once stdin is closed and every
+mount is gone (unmounting a mount ends its thread).
 
 What keeps it cheap (each request is a round trip into Python: ~16 µs of daemon CPU measured, plus
 two context switches):
@@ -29,6 +34,7 @@ import errno
 import json
 import os
 import sys
+import threading
 from collections import Counter, OrderedDict
 
 import mfusepy
@@ -61,7 +67,8 @@ class Recorder(mfusepy.Operations):
 
     use_ns = True
 
-    def __init__(self, root: str, log_path: str, ready_fd: int) -> None:
+    def __init__(self, index: int, root: str, log_path: str, ready_fd: int) -> None:
+        self.index = index
         self.root = root.rstrip("/").encode("utf-8", "surrogateescape")
         self.log_path = log_path
         self.log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
@@ -90,8 +97,7 @@ class Recorder(mfusepy.Operations):
     def init_with_config(self, conn: mfusepy.fuse_conn_info | None, config: object) -> None:
         if conn is not None and conn.capable & _FUSE_CAP_CACHE_SYMLINKS:
             conn.want |= _FUSE_CAP_CACHE_SYMLINKS  # symlink targets stay in the page cache
-        os.write(self.ready_fd, b"R")
-        os.close(self.ready_fd)
+        os.write(self.ready_fd, b"%d\n" % self.index)  # one small write: atomic on a pipe
 
     def readlink(self, path: str) -> str:
         self.stats["readlink"] += 1
@@ -122,8 +128,10 @@ class Recorder(mfusepy.Operations):
 class XattrRecorder(Recorder):
     """For layers that carry extended attributes: answered from the unpacker's table, no disk access."""
 
-    def __init__(self, root: str, log_path: str, ready_fd: int, xattrs: dict[str, dict[str, bytes]]) -> None:
-        super().__init__(root, log_path, ready_fd)
+    def __init__(
+        self, index: int, root: str, log_path: str, ready_fd: int, xattrs: dict[str, dict[str, bytes]]
+    ) -> None:
+        super().__init__(index, root, log_path, ready_fd)
         self.xattrs = xattrs
 
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
@@ -204,37 +212,54 @@ class FastFUSE(mfusepy.FUSE):
         return 0
 
 
+_MOUNT_OPTIONS: dict[str, object] = {
+    "foreground": True,
+    "nothreads": True,  # per mount: a serial workload gains nothing from threads contending for the GIL
+    "allow_other": True,
+    "default_permissions": True,
+    "ro": True,
+    "suid": True,
+    "dev": True,
+    "use_ino": True,
+    "kernel_cache": True,
+    "attr_timeout": 3600,
+    "entry_timeout": 3600,
+    "negative_timeout": 3600,
+    "fsname": "ctr-remote-layer",
+    "subtype": "ctr-remote",
+}
+
+
+def _serve(layer: dict, ready_fd: int) -> None:
+    """Mount one layer and serve it until it is unmounted (runs on its own thread)."""
+    index = int(layer["index"])
+    try:
+        ops: Recorder
+        if layer.get("xattrs"):
+            with open(layer["xattrs"], encoding="utf-8") as f:
+                table = json.load(f)
+            xattrs = {
+                "/" + path if path else "/": {k: bytes.fromhex(v) for k, v in attrs.items()}
+                for path, attrs in table.items()
+            }
+            ops = XattrRecorder(index, layer["root"], layer["log"], ready_fd, xattrs)
+        else:
+            ops = Recorder(index, layer["root"], layer["log"], ready_fd)
+        FastFUSE(ops, layer["mountpoint"], **_MOUNT_OPTIONS)
+    except BaseException as e:  # reported to the parent, which turns it into a one-line error
+        message = " ".join(str(e).split()) or type(e).__name__
+        os.write(ready_fd, f"{index} !{message}\n".encode(errors="replace")[:500])
+
+
 def main(argv: list[str]) -> int:
-    root, mountpoint, log_path, ready_fd = argv[0], argv[1], argv[2], int(argv[3])
-    ops: Recorder
-    if len(argv) > 4:
-        with open(argv[4], encoding="utf-8") as f:
-            table = json.load(f)
-        xattrs = {
-            "/" + path if path else "/": {k: bytes.fromhex(v) for k, v in attrs.items()}
-            for path, attrs in table.items()
-        }
-        ops = XattrRecorder(root, log_path, ready_fd, xattrs)
-    else:
-        ops = Recorder(root, log_path, ready_fd)
-    FastFUSE(
-        ops,
-        mountpoint,
-        foreground=True,
-        nothreads=True,  # a serial workload gains nothing from threads contending for the GIL
-        allow_other=True,
-        default_permissions=True,
-        ro=True,
-        suid=True,
-        dev=True,
-        use_ino=True,
-        kernel_cache=True,
-        attr_timeout=3600,
-        entry_timeout=3600,
-        negative_timeout=3600,
-        fsname="ctr-remote-layer",
-        subtype="ctr-remote",
-    )
+    ready_fd = int(argv[0])
+    threads = []
+    for line in sys.stdin:
+        thread = threading.Thread(target=_serve, args=(json.loads(line), ready_fd), daemon=True)
+        thread.start()
+        threads.append(thread)
+    for thread in threads:
+        thread.join()
     return 0
 
 

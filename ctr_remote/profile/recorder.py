@@ -1,8 +1,9 @@
-"""Parent side of the recording FUSE mounts: start one daemon per layer, wait until it serves,
-unmount it, and read back what it recorded."""
+"""Parent side of the recording FUSE mounts: one daemon process serving every layer (a thread per
+mount), layers handed to it as they are unpacked, readiness awaited, mounts unmounted, logs read back."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -11,6 +12,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from ctr_remote.profile import mounts
 from ctr_remote.profile.errors import ProfileError
@@ -34,91 +36,18 @@ def check_fuse() -> None:
 
 @dataclass
 class RecordingMount:
-    """A running daemon serving `layer.root` at `mountpoint`, logging to `log`."""
+    """One layer served at `mountpoint`, its first accesses logged to `log`."""
 
     index: int
     mountpoint: Path
     log: Path
-    stderr_path: Path
-    process: subprocess.Popen[bytes]
-    ready_r: int
-
-    @classmethod
-    def start(cls, index: int, layer: UnpackedLayer, mountpoint: Path, state: Path) -> RecordingMount:
-        mountpoint.mkdir()
-        log = state / f"access-{index}.log"
-        stderr_path = state / f"fuse-{index}.err"
-        args = [sys.executable, "-I", str(DAEMON), str(layer.root), str(mountpoint), str(log)]
-        ready_r, ready_w = os.pipe()
-        args.append(str(ready_w))
-        if layer.xattrs:
-            table = state / f"xattrs-{index}.json"
-            table.write_text(
-                json.dumps({p: {k: v.hex() for k, v in a.items()} for p, a in layer.xattrs.items()}),
-                encoding="utf-8",
-            )
-            args.append(str(table))
-        env = dict(os.environ, FUSE_LIBRARY_NAME="fuse3")
-        try:
-            with open(stderr_path, "wb") as err:
-                process = subprocess.Popen(
-                    args,
-                    stdin=subprocess.DEVNULL,
-                    stdout=err,
-                    stderr=err,
-                    env=env,
-                    pass_fds=(ready_w,),
-                    start_new_session=True,  # the terminal's Ctrl-C is ours to handle, not the daemon's
-                )
-        except BaseException:
-            os.close(ready_r)
-            raise
-        finally:
-            os.close(ready_w)
-        return cls(index, mountpoint, log, stderr_path, process, ready_r)
-
-    def wait_ready(self, deadline: float) -> None:
-        """Block until the kernel has initialised the mount (the daemon wrote to the ready pipe)."""
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise ProfileError(
-                    f"FUSE daemon for layer {self.index} did not start within {READY_TIMEOUT:.0f}s"
-                )
-            r, _, _ = select.select([self.ready_r], [], [], left)
-            if r:
-                if os.read(self.ready_r, 1) == b"R":
-                    return
-                # EOF: the daemon exited before mounting.
-                self.process.wait(timeout=EXIT_TIMEOUT)
-                raise ProfileError(
-                    f"FUSE daemon for layer {self.index} failed to mount: {self._stderr_tail()}"
-                )
-
-    def _stderr_tail(self) -> str:
-        try:
-            text = self.stderr_path.read_text(encoding="utf-8", errors="replace").strip()
-        except OSError:
-            return "no error output"
-        lines = [ln for ln in text.splitlines() if "max threads" not in ln]
-        return lines[-1] if lines else f"exit status {self.process.returncode}"
 
     def unmount(self) -> None:
-        """Unmount; the daemon then finishes its log and exits."""
+        """Unmount; the daemon's thread for this layer then finishes its log and ends."""
         try:
             mounts.umount(self.mountpoint)
         except OSError:
             mounts.umount(self.mountpoint, lazy=True)
-
-    def reap(self) -> None:
-        """Wait for the daemon to exit (kill it if it does not)."""
-        try:
-            self.process.wait(timeout=EXIT_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        finally:
-            os.close(self.ready_r)
 
     def accessed(self) -> list[str]:
         """Layer-relative paths in first-access order."""
@@ -129,9 +58,100 @@ class RecordingMount:
         return [p.decode("utf-8", "surrogateescape") for p in data.split(b"\0") if p]
 
 
-def stop_all(recorders: list[RecordingMount]) -> None:
-    """Unmount every layer first, then reap the daemons: they shut down in parallel."""
-    for recorder in recorders:
-        recorder.unmount()
-    for recorder in recorders:
-        recorder.reap()
+class RecorderDaemon:
+    """The daemon process (fuse_daemon.py) and the layers it was asked to serve."""
+
+    def __init__(self, state: Path) -> None:
+        self.state = state
+        self.stderr_path = state / "fuse.err"
+        self.mounts: list[RecordingMount] = []
+        self._ready: set[int] = set()
+        self._pending = b""
+        ready_r, ready_w = os.pipe()
+        try:
+            with open(self.stderr_path, "wb") as err:
+                self.process = subprocess.Popen(
+                    [sys.executable, "-I", str(DAEMON), str(ready_w)],
+                    stdin=subprocess.PIPE,
+                    stdout=err,
+                    stderr=err,
+                    env=dict(os.environ, FUSE_LIBRARY_NAME="fuse3"),
+                    pass_fds=(ready_w,),
+                    start_new_session=True,  # the terminal's Ctrl-C is ours to handle, not the daemon's
+                )
+        except BaseException:
+            os.close(ready_r)
+            raise
+        finally:
+            os.close(ready_w)
+        self._ready_r = ready_r
+        assert self.process.stdin is not None
+        self._control: IO[bytes] = self.process.stdin
+
+    def serve(self, index: int, layer: UnpackedLayer, mountpoint: Path) -> RecordingMount:
+        """Ask the daemon to mount `layer` at `mountpoint` (returns at once; see wait_ready)."""
+        mountpoint.mkdir()
+        mount = RecordingMount(index, mountpoint, self.state / f"access-{index}.log")
+        xattrs = None
+        if layer.xattrs:
+            xattrs = self.state / f"xattrs-{index}.json"
+            xattrs.write_text(
+                json.dumps({p: {k: v.hex() for k, v in a.items()} for p, a in layer.xattrs.items()}),
+                encoding="utf-8",
+            )
+        request = {
+            "index": index,
+            "root": str(layer.root),
+            "mountpoint": str(mountpoint),
+            "log": str(mount.log),
+            "xattrs": str(xattrs) if xattrs else None,
+        }
+        self.mounts.append(mount)
+        try:
+            self._control.write(json.dumps(request).encode() + b"\n")
+            self._control.flush()
+        except BrokenPipeError:
+            raise ProfileError(f"the FUSE daemon exited early: {self._stderr_tail()}") from None
+        return mount
+
+    def wait_ready(self, deadline: float) -> None:
+        """Block until every mount asked for is served by the kernel, or fail with one line."""
+        while len(self._ready) < len(self.mounts):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ProfileError(f"the FUSE daemon did not mount the layers within {READY_TIMEOUT:.0f}s")
+            if not select.select([self._ready_r], [], [], left)[0]:
+                continue
+            chunk = os.read(self._ready_r, 4096)
+            if not chunk:
+                raise ProfileError(
+                    f"the FUSE daemon exited before mounting the layers: {self._stderr_tail()}"
+                )
+            self._pending += chunk
+            *lines, self._pending = self._pending.split(b"\n")
+            for line in lines:
+                index, _, failure = line.decode(errors="replace").partition(" !")
+                if failure:
+                    raise ProfileError(f"cannot mount layer {index} with FUSE: {failure}")
+                self._ready.add(int(index))
+
+    def _stderr_tail(self) -> str:
+        try:
+            text = self.stderr_path.read_text(encoding="utf-8", errors="replace").strip()
+        except OSError:
+            text = ""
+        return text.splitlines()[-1] if text else f"exit status {self.process.poll()}"
+
+    def stop(self) -> None:
+        """Unmount every layer, then let the daemon exit (kill it if it does not)."""
+        for mount in self.mounts:
+            mount.unmount()
+        try:
+            with contextlib.suppress(BrokenPipeError):
+                self._control.close()  # no more layers: the daemon exits when its mounts are gone
+            self.process.wait(timeout=EXIT_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        finally:
+            os.close(self._ready_r)

@@ -2,7 +2,7 @@
 
 Work directory layout (one fresh, root-only directory per run):
     l/N       layer N unpacked in overlay form          m/N      its recording FUSE mount
-    s/        daemon logs and access logs               upper/, ovl/   overlay upper and work dirs
+    s/        the FUSE daemon's logs, access logs       upper/, ovl/   overlay upper and work dirs
     rootfs/   the overlay the container runs on         etc/     generated hosts and resolv.conf
     bundle/   config.json and the runtime's log         runc/    the runtime's private state root
 """
@@ -26,7 +26,7 @@ import structlog
 from ctr_remote.compression import Compression, detect
 from ctr_remote.profile import mounts
 from ctr_remote.profile.errors import ProfileError, ProfileInterrupted
-from ctr_remote.profile.recorder import READY_TIMEOUT, RecordingMount, check_fuse, stop_all
+from ctr_remote.profile.recorder import READY_TIMEOUT, RecorderDaemon, RecordingMount, check_fuse
 from ctr_remote.profile.result import ProfileResult
 from ctr_remote.profile.rootfs import check_executable, resolve_user
 from ctr_remote.profile.runtime import Container, find_runtime, stop_signal_of
@@ -106,15 +106,15 @@ def _run(
     os.chmod(work, 0o700)  # device nodes and setuid files of the image live below
     for name in ("l", "m", "s", "upper", "ovl", "rootfs", "etc", "bundle", "runc"):
         (work / name).mkdir()
+    # Started first: the daemon's start-up overlaps with unpacking, and each layer is mounted as soon as
+    # it is unpacked.
+    daemon = RecorderDaemon(work / "s")
+    stack.callback(daemon.stop)
     recorders: list[RecordingMount] = []
-    stack.callback(stop_all, recorders)
     for i, blob in enumerate(layers):
         layer = unpack_layer(blob, work / "l" / str(i), what=f"layer {i} ({blob.name})")
-        # Started right away: the daemon's start-up overlaps with unpacking the next layer.
-        recorders.append(RecordingMount.start(i, layer, work / "m" / str(i), work / "s"))
-    deadline = time.monotonic() + READY_TIMEOUT
-    for recorder in recorders:
-        recorder.wait_ready(deadline)
+        recorders.append(daemon.serve(i, layer, work / "m" / str(i)))
+    daemon.wait_ready(time.monotonic() + READY_TIMEOUT)
 
     rootfs = work / "rootfs"
     lower = ":".join(str(r.mountpoint) for r in reversed(recorders)) if recorders else str(work / "l")
