@@ -6,6 +6,7 @@ import ctypes
 import errno
 import os
 import re
+import subprocess
 from pathlib import Path
 
 MS_NOSUID = 2
@@ -30,6 +31,29 @@ def umount(target: Path, *, lazy: bool = False) -> None:
         if e in (errno.EINVAL, errno.ENOENT):
             return
         raise OSError(e, f"umount {target}: {os.strerror(e)}")
+
+
+def mount_overlay(
+    target: Path, lower_base: Path, lowers: list[str], upper: Path, work: Path, extra: str
+) -> None:
+    """Mount overlayfs with `lowers` (top first) given relative to `lower_base`.
+
+    Relative names keep the option string short: mount(2) takes one page of options, which absolute
+    paths would exhaust at ~100 layers (Docker allows 127, overlayfs 500). The `mount` binary runs with
+    `lower_base` as its working directory, since changing our own would affect every thread.
+    """
+    options = f"lowerdir={':'.join(lowers)},upperdir={upper},workdir={work},{extra}"
+    done = subprocess.run(
+        ["mount", "-t", "overlay", "overlay", "-o", options, str(target)],
+        cwd=lower_base,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines()
+        raise OSError(errno.EINVAL, lines[-1] if lines else f"mount exited with {done.returncode}")
 
 
 def _unescape(field: str) -> str:

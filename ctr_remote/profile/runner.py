@@ -117,12 +117,19 @@ def _run(
     daemon.wait_ready(time.monotonic() + READY_TIMEOUT)
 
     rootfs = work / "rootfs"
-    lower = ":".join(str(r.mountpoint) for r in reversed(recorders)) if recorders else str(work / "l")
-    # No index/metacopy/redirects: fewer xattr probes on the FUSE layers, and none are needed read-only.
-    options = f"lowerdir={lower},upperdir={work / 'upper'},workdir={work / 'ovl'}"
-    options += ",index=off,metacopy=off,redirect_dir=off"
+    if not recorders:  # no layers at all: an empty lower dir
+        (work / "m" / "empty").mkdir()
+    lowers = [str(r.index) for r in reversed(recorders)] or ["empty"]
     try:
-        mounts.mount("overlay", rootfs, "overlay", options)
+        # No index/metacopy/redirects: fewer xattr probes on the FUSE layers, none needed read-only.
+        mounts.mount_overlay(
+            rootfs,
+            work / "m",
+            lowers,
+            work / "upper",
+            work / "ovl",
+            "index=off,metacopy=off,redirect_dir=off",
+        )
     except OSError as e:
         raise ProfileError(f"cannot mount the image's layers with overlayfs: {e.strerror}") from None
     stack.callback(_unmount, rootfs)

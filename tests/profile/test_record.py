@@ -138,3 +138,19 @@ def test_permissions_are_enforced_and_denied_opens_are_not_recorded(run, tmp_pat
     assert result.exit_code == 0
     assert capfd.readouterr().out.splitlines()[-2:] == ["DENIED", "for everyone"]
     assert result.accessed[1] == ["public"]
+
+
+def test_docker_maximum_of_127_layers(run, tmp_path: Path) -> None:
+    """127 layers (plus busybox): one overlay mount, one FUSE mount each, every file in its own layer."""
+    layers = [
+        LayerBuilder()
+        .file(f"layers/{i}.txt", b"%d" % i)
+        .file("shared.txt", b"%d" % i)
+        .write(tmp_path / f"{i}.tar")
+        for i in range(127)
+    ]
+    result = run("cat /layers/*.txt /shared.txt > /dev/null", *layers)
+    assert result.exit_code == 0
+    assert len(result.accessed) == 128
+    assert [paths[:1] for paths in result.accessed[1:-1]] == [[f"layers/{i}.txt"] for i in range(126)]
+    assert result.accessed[-1] == ["layers/126.txt", "shared.txt"]  # the topmost copy only
