@@ -43,6 +43,7 @@ import structlog
 from ctr_remote.errors import CtrRemoteError
 from ctr_remote.profile.netns import NetnsError, create_netns, remove_netns
 from ctr_remote.profile.workload import CniConfig
+from ctr_remote.signals import signals_deferred
 
 DEFAULT_NETNS_DIR = Path("/run/ctr-remote/netns")
 DEBIAN_PLUGIN_DIR = Path("/usr/lib/cni")
@@ -253,29 +254,6 @@ class RuntimeConf:
     ifname: str = DEFAULT_IFNAME
 
 
-@contextmanager
-def _signals_deferred() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM until the block is done, then deliver them.
-
-    Plugin runs and teardown must not be cut in half by Ctrl-C, or addresses and namespaces leak.
-    Handlers can only be swapped on the main thread; elsewhere signals are not ours to handle anyway.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    pending: list[int] = []
-    # A handler installed outside Python reads as None and could not be put back: leave those alone.
-    signums = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not None]
-    previous = {s: signal.signal(s, lambda signum, _frame: pending.append(signum)) for s in signums}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        for s in dict.fromkeys(pending):
-            signal.raise_signal(s)
-
-
 _MAX_MESSAGE = 500  # a plugin's Go panic can run to pages; its head says what happened
 
 
@@ -359,7 +337,7 @@ def exec_plugin(
     ):
         stdin.write(json.dumps(conf).encode())
         stdin.seek(0)
-        with _signals_deferred():
+        with signals_deferred():
             # Own session: a terminal's Ctrl-C goes to our process group, and must not kill the plugin.
             proc = subprocess.Popen(
                 [str(binary)], stdin=stdin, stdout=stdout, stderr=stderr, env=env, start_new_session=True
@@ -493,7 +471,7 @@ def cni_network(
     created = False
     raw: dict[str, Any] | None = None
     try:
-        with _signals_deferred():
+        with signals_deferred():
             try:
                 create_netns(rt.netns)
             except NetnsError as e:
@@ -507,11 +485,11 @@ def cni_network(
         yield CniAttachment(rt.netns, container_id, rt.ifname, network, result, raw)
     except BaseException:
         if created:
-            with _signals_deferred():
+            with signals_deferred():
                 _teardown(config, network, rt, raw, quiet=True)
         raise
     else:
-        with _signals_deferred():
+        with signals_deferred():
             _teardown(config, network, rt, raw, quiet=False)
 
 

@@ -33,6 +33,7 @@ from ctr_remote.profile.runtime import Container, find_runtime, stop_signal_of
 from ctr_remote.profile.spec import Command, build_spec, command_of, hosts_text, resolv_conf_text
 from ctr_remote.profile.unpack import clean_name, unpack_layer
 from ctr_remote.profile.workload import NetworkMode, Workload
+from ctr_remote.signals import signals_deferred
 
 log = structlog.get_logger()
 
@@ -78,11 +79,11 @@ def profile(
                         work, stack, list(layers), config, workload, runtime, command, stop, stop_signal
                     )
                 finally:
-                    with _signals_deferred():
+                    with signals_deferred():
                         stack.close()  # container, overlay and FUSE mounts: the logs are complete after this
                 accessed = _attribute([r.accessed() for r in recorders], excluded)
         finally:
-            with _signals_deferred():
+            with signals_deferred():
                 _sweep(work)
     if exit_code:
         log.warning(
@@ -253,21 +254,3 @@ def _signal_handling(workload: Workload, stop: threading.Event) -> Iterator[None
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
-
-
-@contextlib.contextmanager
-def _signals_deferred() -> Iterator[None]:
-    """Cleanup must not be cut short by a second Ctrl-C: hold SIGINT/SIGTERM until it is done."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received: list[int] = []
-    previous = {s: signal.signal(s, lambda signum, frame: received.append(signum)) for s in _ABORT_SIGNALS}
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-        for signum in received:
-            if callable(previous[signal.Signals(signum)]):
-                signal.raise_signal(signum)
