@@ -5,3 +5,9 @@ class CtrRemoteError(Exception):
     """An error whose message is fit for the user as it is: one line, naming what went wrong."""
 
     exit_code: int = 1
+
+
+class Terminated(CtrRemoteError):
+    """SIGTERM arrived: raised where the program was, so every cleanup on the way out still runs."""
+
+    exit_code = 143

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import ClassVar
 
 import click
 
 from ctr_remote import __version__
-from ctr_remote.errors import CtrRemoteError
+from ctr_remote.errors import CtrRemoteError, Terminated
 from ctr_remote.log import LogFormat, configure
 from ctr_remote.progress import Progress, install
 
@@ -63,7 +64,13 @@ def _register() -> None:
 _register()
 
 
+def _terminate(signum: int, _frame: object) -> None:
+    raise Terminated("terminated by SIGTERM")
+
+
 def main() -> None:
+    # Python's default SIGTERM kills on the spot, leaving temp dirs behind: turn it into an exception.
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         cli.main(standalone_mode=False)
     except CtrRemoteError as e:

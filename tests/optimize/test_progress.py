@@ -54,3 +54,43 @@ def test_terminal_gets_live_layer_lines(workdir: Path) -> None:
     assert out.decode().startswith("sha256:")  # the digest alone on stdout
     assert "\x1b[" in screen  # lines redrawn in place
     assert screen.count("push done") >= 3
+
+
+def test_sigterm_during_conversion_leaves_nothing(workdir: Path) -> None:
+    """SIGTERM while a big layer converts: exit 143, one line, temp files removed."""
+    import random
+    import signal
+    import time
+
+    from tests.helpers.images import LayerBuilder
+
+    rng = random.Random(7)
+    big = LayerBuilder().busybox()
+    for i in range(40):
+        big.file(f"data/{i}.bin", rng.randbytes(1 << 20))
+    src = workdir / "src"
+    with open_store(parse_reference(f"local://{src}")) as store:
+        publish(store, runnable_image([big]), workdir / "push")
+    tmp = workdir / "tmp"
+    tmp.mkdir()
+    p = subprocess.Popen(
+        [sys.executable, "-m", "ctr_remote", "--log-format", "json", "image", "optimize", "--no-optimize",
+         f"local://{src}", f"local://{workdir / 'dst'}"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "TMPDIR": str(tmp)},
+    )  # fmt: skip
+    assert p.stderr is not None
+    for line in p.stderr:  # the pull of the layer is logged once it is done: conversion starts next
+        if '"event": "pull"' in line:
+            break
+    deadline = time.monotonic() + 60
+    while not any(tmp.glob("*/out/layer-*")) and time.monotonic() < deadline:
+        time.sleep(0.01)  # condition poll: the converted layer's file appears
+    p.send_signal(signal.SIGTERM)
+    rest = p.stderr.read()
+    p.wait(timeout=60)
+    assert p.returncode == 143, rest
+    assert "ctr-remote: terminated by SIGTERM" in rest
+    assert "Traceback" not in rest
+    assert list(tmp.iterdir()) == []
+    assert not (workdir / "dst" / "index.json").exists()
