@@ -42,7 +42,7 @@ from ctr_remote.image import (
 from ctr_remote.image.digest import encoded
 from ctr_remote.options import OptimizeOptions
 from ctr_remote.prefetch_list import PrefetchList, attribute_top_down, normalize
-from ctr_remote.profile import Workload, profile, record_lines
+from ctr_remote.profile import Workload, check_requirements, profile, record_lines
 from ctr_remote.progress import Progress, current
 
 log = structlog.get_logger()
@@ -99,8 +99,10 @@ class _Pipeline:
             log.info("index not found; treating as a thin image with ignoring the platform option")
             images = [read_image(self.src, top)]
 
-        self._fetch_layers(images)
         host = self._host_image(images)
+        if host is not None and self.options.runs_workload:
+            check_requirements(self.workload)  # fail before any download, not after
+        self._fetch_layers(images)
         accessed = self._accessed(host) if host is not None else None
 
         jobs = [(img, self._lists(img, accessed if img is host else None)) for img in images]
@@ -232,7 +234,7 @@ class _Pipeline:
         current().step(desc.digest, "convert")
         with open(path, "rb") as fin, open(out, "wb") as fout:
             res = build(fin, fout, opts)
-        current().done(desc.digest, "convert", size=res.size)
+        current().done(desc.digest, "convert", log_line=False, size=res.size)
         current().alias(res.digest, desc.digest)
         if res.missing_prioritized:
             log.debug(

@@ -40,7 +40,8 @@ class Progress:
                 self._lines[key] = f"{key[:19]}  {what}..."
                 self._redraw()
 
-    def done(self, key: str, what: str, **fields: Any) -> None:
+    def done(self, key: str, what: str, *, log_line: bool = True, **fields: Any) -> None:
+        """`log_line=False` when the caller logs the step itself (upstream's `converted` line)."""
         key = self._aliases.get(key, key)
         with self._lock:
             elapsed = time.monotonic() - self._started.pop((key, what), time.monotonic())
@@ -48,7 +49,7 @@ class Progress:
                 extra = " ".join(f"{k}={v}" for k, v in fields.items())
                 self._lines[key] = f"{key[:19]}  {what} done ({elapsed:.1f}s) {extra}".rstrip()
                 self._redraw()
-        if not self.live:
+        if not self.live and log_line:
             log.info(what, layer=key, seconds=round(elapsed, 2), **fields)
 
     def _redraw(self) -> None:

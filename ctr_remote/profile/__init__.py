@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from ctr_remote.profile.errors import ProfileError, ProfileInterrupted
 from ctr_remote.profile.result import ProfileResult, record_lines
-from ctr_remote.profile.runner import profile
+from ctr_remote.profile.runner import check_requirements, profile
 from ctr_remote.profile.workload import CniConfig, DnsConfig, Mount, NetworkMode, Workload
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "ProfileInterrupted",
     "ProfileResult",
     "Workload",
+    "check_requirements",
     "profile",
     "record_lines",
 ]

@@ -449,6 +449,14 @@ def check_attachment(config: CniConfig, attachment: CniAttachment) -> None:
     check_network(config.plugin_dir, attachment.network, attachment.runtime_conf, attachment.raw_result)
 
 
+def check_config(config: CniConfig) -> NetworkConfigList:
+    """The network `config` selects, with every plugin it needs found; raises CniError otherwise."""
+    network = load_default_network(config.conf_dir)
+    for kind in _required_plugins(network):
+        find_plugin(config.plugin_dir, kind)
+    return network
+
+
 @contextmanager
 def cni_network(
     config: CniConfig, container_id: str, *, netns_dir: Path = DEFAULT_NETNS_DIR
@@ -462,9 +470,7 @@ def cni_network(
     """
     if not _CONTAINER_ID.fullmatch(container_id):
         raise CniError(f"invalid CNI container id {container_id!r}")
-    network = load_default_network(config.conf_dir)
-    for kind in _required_plugins(network):
-        find_plugin(config.plugin_dir, kind)
+    network = check_config(config)
     # Absolute: the OCI spec requires it for the namespace path, and plugins may run elsewhere.
     config = replace(config, plugin_dir=config.plugin_dir.absolute())
     rt = RuntimeConf(container_id, (netns_dir / container_id).absolute())

@@ -41,6 +41,17 @@ _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 _ABORT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+def check_requirements(workload: Workload) -> None:
+    """What `profile` needs before it starts, checked up front (before layers are downloaded):
+    the runtime binary, /dev/fuse, and with --cni the network configuration and its plugins."""
+    find_runtime(workload.runtime)
+    check_fuse()
+    if workload.network is NetworkMode.CNI:
+        from ctr_remote.profile.cni import check_config
+
+        check_config(workload.cni)
+
+
 def profile(
     layers: Sequence[Path], config: dict, workload: Workload, *, workdir: Path | None = None
 ) -> ProfileResult:

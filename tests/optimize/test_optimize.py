@@ -236,3 +236,23 @@ def test_corrupt_layer_is_refused(cli: Cli, workdir: Path) -> None:
     assert "Traceback" not in run.stderr
     assert manifest["layers"][2]["digest"] in run.stderr.splitlines()[-1]
     assert not (workdir / "dst" / "index.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--runtime", "no-such-runtime"], "no-such-runtime"),
+        (["--cni", "--cni-plugin-conf-dir", "/nonexistent/net.d"], "/nonexistent/net.d"),
+    ],
+)
+def test_missing_requirements_fail_before_any_download(
+    cli: Cli, registry: RegistryServer, workdir: Path, flags: list[str], message: str
+) -> None:
+    with open_store(registry.reference("app:src"), registry.options()) as store:
+        publish(store, runnable_image(app_layers()), workdir / "push")
+    run = cli.optimize(*flags, registry.ref("app:src"), registry.ref("app:out"), check=False)
+    assert run.returncode != 0
+    assert run.stderr.strip().splitlines()[-1].startswith("ctr-remote: ")
+    assert message in run.stderr.strip().splitlines()[-1]
+    events = [json.loads(line)["event"] for line in run.stderr.splitlines() if line.startswith("{")]
+    assert "pull" not in events

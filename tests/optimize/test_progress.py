@@ -25,7 +25,7 @@ def test_ci_gets_one_log_line_per_layer_step(cli: Cli, workdir: Path) -> None:
     src = _source(workdir)
     run = cli.optimize("--no-optimize", f"local://{src}", f"local://{workdir / 'dst'}")
     events = [json.loads(line) for line in run.stderr.splitlines() if line.startswith("{")]
-    for step in ("pull", "convert", "push"):
+    for step in ("pull", "converted", "push"):
         assert len([e for e in events if e["event"] == step]) == 3, (step, events)
 
 
