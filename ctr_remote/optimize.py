@@ -35,9 +35,9 @@ from ctr_remote.image import (
     parse_index,
     parse_platforms,
     parse_reference,
-    push_blobs,
     read_image,
     select_manifests,
+    write_image,
 )
 from ctr_remote.image.digest import encoded
 from ctr_remote.options import OptimizeOptions
@@ -120,23 +120,21 @@ class _Pipeline:
         for _, _, _, config, layers in outputs:
             for c in [config, *layers]:
                 blobs.setdefault(c.desc.digest, (c.path, c.desc))
-        push_blobs(_Reporting(self.dst, current()), list(blobs.values()))
         if index is None:
             _, desc, data, _, _ = outputs[0]
-            self.dst.push_manifest(data, desc, top=True)
-            return desc.digest
-        for _, desc, data, _, _ in outputs:
-            self.dst.push_manifest(data, desc)
-        new_index = Index(
-            media_type=media_types.OCI_INDEX if self.options.oci else index.media_type,
-            manifests=[replace(desc, platform=img.manifest_desc.platform) for img, desc, *_ in outputs],
-            annotations=index.annotations,
-            extra=index.extra,
-        )
-        data = new_index.to_bytes()
-        desc = Descriptor.of(data, new_index.media_type)
-        self.dst.push_manifest(data, desc, top=True)
-        return desc.digest
+            children: list[tuple[bytes, Descriptor]] = []
+        else:
+            children = [(data, desc) for _, desc, data, _, _ in outputs]
+            new_index = Index(
+                media_type=media_types.OCI_INDEX if self.options.oci else index.media_type,
+                manifests=[replace(desc, platform=img.manifest_desc.platform) for img, desc, *_ in outputs],
+                annotations=index.annotations,
+                extra=index.extra,
+            )
+            data = new_index.to_bytes()
+            desc = Descriptor.of(data, new_index.media_type)
+        written = write_image(_Reporting(self.dst, current()), list(blobs.values()), children, (data, desc))
+        return written.digest
 
     # -- inputs -------------------------------------------------------------------------------
 
@@ -294,6 +292,9 @@ class _Reporting:
 
     def __init__(self, store: ImageStore, progress: Progress) -> None:
         self._store, self._progress = store, progress
+
+    def __getattr__(self, name: str) -> object:  # everything but blob transfers goes straight through
+        return getattr(self._store, name)
 
     def fetch_blob(self, desc: Descriptor, dest: Path) -> None:
         self._progress.step(desc.digest, "pull")
