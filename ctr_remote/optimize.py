@@ -11,7 +11,7 @@ import json
 import os
 import tarfile
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -172,12 +172,12 @@ class _Pipeline:
             self._write_record(record_lines(result, img.manifest_desc.digest))
         return result.accessed
 
-    def _write_record(self, lines: object) -> None:
+    def _write_record(self, lines: Iterable[dict[str, object]]) -> None:
         out = self.options.record_out
         assert out is not None
         try:
             with open(out, "w") as f:
-                for line in lines:  # type: ignore[attr-defined]
+                for line in lines:
                     f.write(json.dumps(line, separators=(",", ":")) + "\n")
         except OSError as e:
             raise CtrRemoteError(f"failed output record file {out}: {e.strerror}") from None
