@@ -8,11 +8,11 @@ import json
 import os
 import zlib
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from ctr_remote.estargz.errors import EstargzError
-from ctr_remote.estargz.tar import REG, read_header
-from ctr_remote.estargz.toc import FOOTER_SIZE, TOC_NAME, TOCEntry, parse_footer
+from ctr_remote.estargz.tar import BLOCK, REG, TOC_TYPES, TarHeader, padding, read_header
+from ctr_remote.estargz.toc import FOOTER_SIZE, TOC_NAME, TOCEntry, encode_footer, parse_footer
 
 _MAX_TOC_BYTES = 512 << 20  # refuse absurd TOCs instead of exhausting memory on a hostile blob
 
@@ -63,32 +63,65 @@ class EstargzReader:
     entries: tuple[TOCEntry, ...]
 
     def verify(self, expected_toc_digest: str | None = None) -> None:
-        """Check the TOC digest (when given) and every chunk and file against its recorded digest.
+        """Check the TOC digest (when given), then read the whole blob as a plain tar.gz would be
+        read and check that it is the blob the TOC describes: every gzip member intact (CRC and
+        size), the tar entries those of the TOC in its order with the same names, types, sizes,
+        link targets, modes, owners, devices and xattrs, every chunk starting the member at its
+        `offset` and matching its digest, the TOC last, and the footer exact.
 
-        Raises EstargzError naming the first entry that does not match.
+        Only bytes that carry nothing (gzip header MTIME, XFL and OS fields) may differ from what
+        the TOC implies. Raises EstargzError naming the first thing that does not match.
         """
         if expected_toc_digest is not None and expected_toc_digest != self.toc_digest:
             raise EstargzError(
                 f"TOC digest mismatch: expected {expected_toc_digest}, blob has {self.toc_digest}"
             )
-        for name, chunks in self._files().items():
-            size = chunks[0].size
-            file_hash = hashlib.sha256()
-            pos = 0
-            for i, c in enumerate(chunks):
-                if c.chunk_offset != pos:
-                    raise EstargzError(f"invalid TOC: chunks of {name!r} are not contiguous")
-                if not c.chunk_digest:
-                    raise EstargzError(f"invalid TOC: a chunk of {name!r} has no chunkDigest")
-                data = self._read_chunk(c, chunks[i + 1].chunk_offset if i + 1 < len(chunks) else size)
-                if _sha256(data) != c.chunk_digest:
-                    raise EstargzError(f"chunk digest mismatch in {name!r} at offset {c.chunk_offset}")
-                file_hash.update(data)
-                pos += len(data)
-            if pos != size:
-                raise EstargzError(f"invalid TOC: chunks of {name!r} cover {pos} of {size} bytes")
-            if chunks[0].digest and "sha256:" + file_hash.hexdigest() != chunks[0].digest:
-                raise EstargzError(f"content digest mismatch in {name!r}")
+        files = self._files()  # also checks that chunks follow their files
+        footer_at = self.size - FOOTER_SIZE
+        self.file.seek(footer_at)
+        if not _footer_matches(self.file.read(FOOTER_SIZE), self.toc_offset):
+            raise EstargzError("invalid eStargz blob: the footer is not the canonical empty gzip member")
+        stream = _Members(self.file, footer_at)
+        i = 0
+        while i < len(self.entries):
+            e = self.entries[i]
+            raw = read_header(stream)
+            if raw is None:
+                raise EstargzError(f"the blob's tar ends before TOC entry {e.name!r}")
+            _check_header(e, raw.header)
+            i += 1
+            if e.type != "reg" or e.size == 0:
+                continue
+            chunks = files[e.name]
+            if chunks[0] is not e:
+                raise EstargzError(f"invalid TOC: {e.name!r} is listed twice as a non-empty file")
+            _verify_file(stream, e.name, chunks)
+            i += len(chunks) - 1
+            _skip(stream, padding(e.size), e.name)
+        self._verify_tail(stream)
+
+    def _verify_tail(self, stream: _Members) -> None:
+        """After the entries: (the end-of-archive of a lossless blob), the TOC member, the footer."""
+        while True:
+            at, starts = stream.pos, stream.member_starts(stream.pos)
+            block = stream.read(BLOCK)
+            if block != bytes(BLOCK):
+                break
+        if self.toc_offset not in starts:
+            raise EstargzError("invalid eStargz blob: the TOC does not start the member the footer points at")
+        raw = read_header(_Prefixed(block, stream))
+        if raw is None or raw.header.name != TOC_NAME or raw.header.typeflag != REG:
+            raise EstargzError(f"invalid eStargz blob: an entry at {at} of the tar is not in the TOC")
+        toc_bytes = stream.read(raw.header.size + padding(raw.header.size))[: raw.header.size]
+        if "sha256:" + hashlib.sha256(toc_bytes).hexdigest() != self.toc_digest:
+            raise EstargzError("invalid eStargz blob: the TOC in the tar stream differs from the one read")
+        tail = 0
+        while data := stream.read(1 << 20):
+            if data.count(0) != len(data):
+                raise EstargzError("invalid eStargz blob: data after the TOC")
+            tail += len(data)
+        if tail < 2 * BLOCK:
+            raise EstargzError("invalid eStargz blob: no end-of-archive marker after the TOC")
 
     def read_file(self, name: str) -> bytes:
         """The contents of the regular file `name` (its TOC name), verified chunk by chunk."""
@@ -161,6 +194,129 @@ def _gunzip_member(data: bytes, what: str) -> bytes:
     if d.unused_data:
         raise EstargzError(f"invalid eStargz blob: trailing bytes after {what}")
     return out
+
+
+def _footer_matches(footer: bytes, toc_offset: int) -> bool:
+    """Whether `footer` is exactly what a writer writes for `toc_offset`, but for MTIME, XFL and OS."""
+    expected = encode_footer(toc_offset)
+    return len(footer) == FOOTER_SIZE and footer[:4] == expected[:4] and footer[10:] == expected[10:]
+
+
+def _check_header(e: TOCEntry, h: TarHeader) -> None:
+    """The TOC entry `e` describes the tar entry `h` (the fields readers act on)."""
+    toc_type = TOC_TYPES.get(h.typeflag)
+    if e.name != h.name or e.type != toc_type:
+        raise EstargzError(f"TOC entry {e.name!r} ({e.type}) is {h.name!r} ({toc_type}) in the tar")
+    wanted = {
+        "size": (e.size, h.size if e.type == "reg" else 0),
+        "link target": (e.link_name, h.linkname if e.type in ("hardlink", "symlink") else ""),
+        "mode": (e.mode, h.mode),
+        "uid": (e.uid, h.uid),
+        "gid": (e.gid, h.gid),
+        "device": (
+            (e.dev_major, e.dev_minor),
+            (h.devmajor, h.devminor) if e.type in ("char", "block") else (0, 0),
+        ),
+        "xattrs": (e.xattrs, h.xattrs),
+    }
+    for what, (toc, tar) in wanted.items():
+        if toc != tar:
+            raise EstargzError(f"TOC entry {e.name!r}: {what} {toc!r} differs from the tar's {tar!r}")
+
+
+def _verify_file(stream: _Members, name: str, chunks: list[TOCEntry]) -> None:
+    size = chunks[0].size
+    file_hash = hashlib.sha256()
+    for i, c in enumerate(chunks):
+        end = chunks[i + 1].chunk_offset if i + 1 < len(chunks) else size
+        if (i == 0 and c.chunk_offset != 0) or end <= c.chunk_offset:
+            raise EstargzError(f"invalid TOC: chunks of {name!r} are not contiguous")
+        if not c.chunk_digest:
+            raise EstargzError(f"invalid TOC: a chunk of {name!r} has no chunkDigest")
+        if c.inner_offset or c.offset not in stream.member_starts(stream.pos):
+            raise EstargzError(
+                f"the chunk of {name!r} at {c.chunk_offset} does not start the member at {c.offset}"
+            )
+        data = stream.read(end - c.chunk_offset)
+        if len(data) != end - c.chunk_offset:
+            raise EstargzError(f"the blob's tar ends inside {name!r}")
+        if _sha256(data) != c.chunk_digest:
+            raise EstargzError(f"chunk digest mismatch in {name!r} at offset {c.chunk_offset}")
+        file_hash.update(data)
+    if chunks[0].digest and "sha256:" + file_hash.hexdigest() != chunks[0].digest:
+        raise EstargzError(f"content digest mismatch in {name!r}")
+
+
+def _skip(stream: _Members, n: int, name: str) -> None:
+    if len(stream.read(n)) != n:
+        raise EstargzError(f"the blob's tar ends inside the padding of {name!r}")
+
+
+class _Prefixed:
+    """`head`, then the rest of `rest`: puts back a block read ahead."""
+
+    def __init__(self, head: bytes, rest: _Members) -> None:
+        self._head, self._rest = head, rest
+
+    def read(self, n: int) -> bytes:
+        head, self._head = self._head[:n], self._head[n:]
+        return head + self._rest.read(n - len(head)) if len(head) < n else head
+
+
+class _Members:
+    """The gzip members of `f` from offset 0 to `end`, decompressed in sequence (what a plain
+    tar.gz reader sees), remembering at which uncompressed offsets members start. Each member's
+    CRC and size are checked; memory stays bounded whatever the members hold."""
+
+    def __init__(self, f: BinaryIO, end: int) -> None:
+        self._f = f
+        self._end = end
+        self._cpos = 0  # compressed offset of self._input[0]
+        self._input = b""
+        self._d: Any = None
+        self._out = bytearray()
+        self.pos = 0  # uncompressed offset of the next byte read() returns
+        self._starts: dict[int, list[int]] = {}
+        f.seek(0)
+
+    def read(self, n: int) -> bytes:
+        while len(self._out) < n and self._fill():
+            pass
+        data = bytes(self._out[:n])
+        del self._out[:n]
+        self.pos += len(data)
+        return data
+
+    def member_starts(self, upos: int) -> list[int]:
+        """Compressed offsets of the members whose output starts at uncompressed offset `upos`."""
+        while self.pos + len(self._out) <= upos and self._fill():
+            pass
+        return self._starts.get(upos, [])
+
+    def _fill(self) -> bool:
+        """Decompress some more; False at the end of the last member."""
+        if not self._input:
+            n = min(1 << 20, self._end - self._cpos)
+            if n <= 0:
+                if self._d is not None:
+                    raise EstargzError(f"truncated gzip member before offset {self._end}")
+                return False
+            self._input = self._f.read(n)
+            if len(self._input) != n:
+                raise EstargzError("the blob is shorter than it was")
+        if self._d is None:
+            self._d = zlib.decompressobj(31)
+            self._starts.setdefault(self.pos + len(self._out), []).append(self._cpos)
+        try:
+            self._out += self._d.decompress(self._input, 1 << 20)
+        except zlib.error as e:
+            raise EstargzError(f"corrupt gzip member after offset {self._cpos}: {e}") from None
+        rest = self._d.unused_data if self._d.eof else self._d.unconsumed_tail
+        self._cpos += len(self._input) - len(rest)
+        self._input = rest
+        if self._d.eof:
+            self._d = None
+        return True
 
 
 def _sha256(data: bytes) -> str:

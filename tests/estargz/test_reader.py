@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import io
+import tarfile
+import zlib
 from pathlib import Path
 
 import pytest
@@ -11,9 +13,13 @@ import pytest
 from ctr_remote.estargz import EstargzError, is_estargz, open_estargz
 from tests.estargz.layers import (
     SMALL_CHUNK,
+    Entry,
     convert,
+    d,
     edge_case_entries,
+    f,
     make_tar,
+    pattern,
     tar_contents,
     upstream_layer,
 )
@@ -81,3 +87,74 @@ def test_not_estargz(blob: tuple[bytes, str], mangle, message: str) -> None:  # 
     data, _ = blob
     with pytest.raises(EstargzError, match=message):
         open_estargz(io.BytesIO(mangle(data)))
+
+
+def _members(blob: bytes) -> list[int]:
+    """Compressed offsets of the blob's gzip members, found by decompressing it in sequence."""
+    starts, pos = [], 0
+    while pos < len(blob):
+        starts.append(pos)
+        d = zlib.decompressobj(31)
+        d.decompress(blob[pos:])
+        assert d.eof
+        pos = len(blob) - len(d.unused_data)
+    return starts
+
+
+def _gunzip_all(blob: bytes) -> bytes | None:
+    out, rest = b"", blob
+    try:
+        while rest:
+            d = zlib.decompressobj(31)
+            out += d.decompress(rest)
+            if not d.eof:
+                return None
+            rest = d.unused_data
+    except zlib.error:
+        return None
+    return out
+
+
+FLIP_LAYER = [
+    d("a/"),
+    f("a/x", b"hello"),
+    f("a/big", pattern(300, 1)),
+    Entry("a/l", tarfile.SYMTYPE, linkname="x"),
+    Entry("a/h", tarfile.LNKTYPE, linkname="a/x"),
+    Entry("a/fifo", tarfile.FIFOTYPE),
+    f("e"),
+    f("x", b"xattrs", pax={"SCHILY.xattr.user.k": "v"}),
+]
+
+
+@pytest.mark.parametrize("writer", ["ours", "upstream"])
+def test_every_byte_flip_fails_verify_unless_content_preserving(
+    oracle_gen: Path, tmp_path: Path, writer: str
+) -> None:
+    """Like upstream's TestEveryByteFlip: a blob with any one byte XOR-ed with 0xff must fail
+    `verify`, unless the byte is a gzip header's MTIME/XFL/OS field or the flipped blob decompresses
+    to exactly the same stream (an unused Huffman code length). Before the reader decompressed the
+    whole blob, flips in member trailers (CRC), in tar headers after a chunk and in the footer's
+    deflate block passed."""
+    layer = make_tar(FLIP_LAYER)
+    if writer == "ours":
+        path, result = convert(tmp_path, layer, chunk_size=128, prioritized_files=["a/h", "e"])
+        blob, toc_digest = path.read_bytes(), result.toc_digest
+    else:
+        path, toc_digest = upstream_layer(oracle_gen, tmp_path, layer, ["a/h", "e"])
+        blob = path.read_bytes()
+    open_estargz(io.BytesIO(blob)).verify(toc_digest)
+    content = _gunzip_all(blob)
+    header_fields = {start + i for start in _members(blob) for i in range(4, 10)}
+    passed = []
+    for i in range(len(blob)):
+        flipped = bytearray(blob)
+        flipped[i] ^= 0xFF
+        try:
+            open_estargz(io.BytesIO(bytes(flipped))).verify(toc_digest)
+        except EstargzError as e:
+            assert "\n" not in str(e)
+            continue
+        if i not in header_fields and _gunzip_all(bytes(flipped)) != content:
+            passed.append(i)
+    assert passed == [], f"flips at {passed} change the layer but pass verify"
