@@ -38,7 +38,7 @@ class LogrusRenderer:
         event.pop("timestamp", None)
         exc = event.pop("exception", None)
         fields = " ".join(f"{k}={_quote(v)}" for k, v in event.items())
-        line = f"{level}[{int(time.monotonic() - _START):04d}] {msg:<40} {fields}".rstrip()
+        line = f"{level}[{int(time.monotonic() - _START):04d}] {msg:<44} {fields}".rstrip()
         return f"{line}\n{exc}" if exc else line
 
 

@@ -40,6 +40,7 @@ from ctr_remote.image import (
     write_image,
 )
 from ctr_remote.image.digest import encoded
+from ctr_remote.image.manifest import sniff_media_type
 from ctr_remote.options import OptimizeOptions
 from ctr_remote.prefetch_list import PrefetchList, attribute_top_down, normalize
 from ctr_remote.profile import Workload, check_requirements, profile, record_lines
@@ -93,7 +94,8 @@ class _Pipeline:
         index: Index | None = None
         if media_types.is_index(top.media_type):
             index = parse_index(top_bytes, top.media_type, what=f"index {top.digest}")
-            chosen = select_manifests(index.manifests, platforms, all_platforms=self.options.all_platforms)
+            entries = self._image_entries(index)
+            chosen = select_manifests(entries, platforms, all_platforms=self.options.all_platforms)
             images = [read_image(self.src, d) for d in chosen]
         else:
             log.info("index not found; treating as a thin image with ignoring the platform option")
@@ -137,6 +139,29 @@ class _Pipeline:
         return written.digest
 
     # -- inputs -------------------------------------------------------------------------------
+
+    def _image_entries(self, index: Index, depth: int = 0) -> list[Descriptor]:
+        """The image manifests of `index`, nested indexes flattened (their platforms kept), without
+        the attestation manifests BuildKit adds: those describe the source manifests, which the
+        converted index no longer holds, and their in-toto layers are not file systems."""
+        if depth > _MAX_INDEX_DEPTH:
+            raise CtrRemoteError(f"indexes nested more than {_MAX_INDEX_DEPTH} deep")
+        out: list[Descriptor] = []
+        for entry in index.manifests:
+            if _is_attestation(entry):
+                log.info("dropping attestation manifest of the source image", digest=entry.digest)
+                continue
+            media = entry.media_type
+            if not media:
+                media = sniff_media_type(self.src.read_manifest(entry))
+                entry = replace(entry, media_type=media)
+            if media_types.is_index(media):
+                log.info("flattening nested index", digest=entry.digest)
+                nested = parse_index(self.src.read_manifest(entry), media, what=f"index {entry.digest}")
+                out.extend(self._image_entries(nested, depth + 1))
+            else:
+                out.append(entry)
+        return out
 
     def _layer_file(self, desc: Descriptor) -> Path:
         return self.work / "in" / encoded(desc.digest)
@@ -308,6 +333,17 @@ class _Reporting:
         self._progress.step(desc.digest, "push")
         self._store.push_blob(src, desc)
         self._progress.done(desc.digest, "push", pushed=desc.digest, size=desc.size)
+
+
+_MAX_INDEX_DEPTH = 8
+ATTESTATION_TYPE_ANNOTATION = "vnd.docker.reference.type"
+
+
+def _is_attestation(entry: Descriptor) -> bool:
+    """BuildKit's attestation manifests: annotated as such, and on the `unknown/unknown` platform."""
+    if (entry.annotations or {}).get(ATTESTATION_TYPE_ANNOTATION) == "attestation-manifest":
+        return True
+    return entry.platform is not None and entry.platform.os == "unknown"
 
 
 def _layer_names(path: Path) -> list[str]:

@@ -7,7 +7,7 @@ import gzip
 import json
 from pathlib import Path
 
-from ctr_remote.image import Descriptor, ImageStore, digest_bytes, host_platform
+from ctr_remote.image import Descriptor, ImageStore, Platform, digest_bytes, host_platform, write_image
 from ctr_remote.image import mediatypes as mt
 from tests.helpers.images import LayerBuilder, image_config
 from tests.helpers.oci import BuiltImage, BuiltIndex, _blob, build_index, push
@@ -81,3 +81,76 @@ def multi_platform(docker: bool = False) -> BuiltIndex:
 
 def publish(store: ImageStore, image: BuiltImage | BuiltIndex, workdir: Path) -> Descriptor:
     return push(store, image, workdir)
+
+
+def platformless_image() -> BuiltImage:
+    """The app with a config that names no `os` / `architecture` (as some hand-made images have)."""
+    img = runnable_image(app_layers())
+    cfg = json.loads(img.config.data)
+    del cfg["os"], cfg["architecture"]
+    config_blob = _blob(json.dumps(cfg, sort_keys=True).encode(), img.config.desc.media_type)
+    manifest = json.loads(img.manifest.data)
+    manifest["config"] = config_blob.desc.to_json()
+    return BuiltImage(img.layers, config_blob, _blob(json.dumps(manifest).encode(), mt.OCI_MANIFEST))
+
+
+ATTESTATION_REF_TYPE = "vnd.docker.reference.type"
+ATTESTATION_REF_DIGEST = "vnd.docker.reference.digest"
+
+
+def attestation_for(image: BuiltImage) -> BuiltImage:
+    """A BuildKit-style attestation manifest (in-toto layer, `unknown/unknown` config) for `image`."""
+    statement = json.dumps({"_type": "https://in-toto.io/Statement/v0.1", "subject": []}).encode()
+    layer = _blob(statement, "application/vnd.in-toto+json", annotations={"in-toto.io/predicate-type": "x"})
+    cfg = {
+        "architecture": "unknown",
+        "os": "unknown",
+        "config": {},
+        "rootfs": {"type": "layers", "diff_ids": [layer.desc.digest]},
+    }
+    config_blob = _blob(json.dumps(cfg).encode(), mt.OCI_CONFIG)
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": mt.OCI_MANIFEST,
+        "config": config_blob.desc.to_json(),
+        "layers": [layer.desc.to_json()],
+    }
+    return BuiltImage((layer,), config_blob, _blob(json.dumps(manifest).encode(), mt.OCI_MANIFEST))
+
+
+def with_attestation() -> BuiltIndex:
+    """The app for the host platform plus its attestation manifest, as `docker buildx` pushes it."""
+    app = runnable_image(app_layers())
+    att = attestation_for(app)
+    host = host_platform()
+    entries = [
+        Descriptor(mt.OCI_MANIFEST, app.manifest.desc.digest, app.manifest.desc.size, platform=host),
+        Descriptor(
+            mt.OCI_MANIFEST,
+            att.manifest.desc.digest,
+            att.manifest.desc.size,
+            annotations={
+                ATTESTATION_REF_TYPE: "attestation-manifest",
+                ATTESTATION_REF_DIGEST: app.manifest.desc.digest,
+            },
+            platform=Platform("unknown", "unknown"),
+        ),
+    ]
+    doc = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": [e.to_json() for e in entries]}
+    return BuiltIndex((app, att), _blob(json.dumps(doc).encode(), mt.OCI_INDEX))
+
+
+def publish_nested(store: ImageStore, inner: BuiltIndex, workdir: Path) -> Descriptor:
+    """An index whose only entry is the index `inner` (as an OCI layout's index.json often is)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    blobs = []
+    for img in inner.images:
+        for b in img.blobs:
+            path = workdir / b.desc.digest.replace(":", "-")
+            path.write_bytes(b.data)
+            blobs.append((path, b.desc))
+    children = [(img.manifest.data, img.manifest.desc) for img in inner.images]
+    children.append((inner.index.data, inner.index.desc))
+    outer = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": [inner.index.desc.to_json()]}
+    top = _blob(json.dumps(outer).encode(), mt.OCI_INDEX)
+    return write_image(store, blobs, children, (top.data, top.desc))

@@ -13,7 +13,14 @@ from ctr_remote.image import mediatypes as mt
 from ctr_remote.image import open_store, parse_reference
 from tests.conftest import Oracle
 from tests.helpers.registry import RegistryServer
-from tests.helpers.sample import app_layers, multi_platform, publish, runnable_image
+from tests.helpers.sample import (
+    app_layers,
+    multi_platform,
+    publish,
+    publish_nested,
+    runnable_image,
+    with_attestation,
+)
 from tests.optimize.conftest import Cli
 
 # What /app/run.sh reads, per layer (bottom first): busybox and passwd/group (user lookup by the shell
@@ -115,6 +122,23 @@ def test_multi_platform_index(cli: Cli, registry: RegistryServer, workdir: Path,
     dst1 = workdir / "host"
     cli.optimize(registry.ref("multi:src"), f"local://{dst1}")
     assert len(oracle.check_image(dst1)["manifests"]) == 1
+
+
+def test_nested_index_with_attestation(
+    cli: Cli, registry: RegistryServer, workdir: Path, oracle: Oracle
+) -> None:
+    """As `docker buildx` pushes (an attestation manifest beside the image), one index deeper."""
+    with open_store(registry.reference("att:src"), registry.options()) as store:
+        publish_nested(store, with_attestation(), workdir / "push")
+    dst = workdir / "out"
+    run = cli.optimize("--all-platforms", registry.ref("att:src"), f"local://{dst}")
+    report = oracle.check_image(dst)
+    assert len(report["manifests"]) == 1  # the attestation is dropped, the nesting flattened
+    assert_app_prioritized(report)
+    index = read_layout_json(dst, json.loads((dst / "index.json").read_text())["manifests"][0]["digest"])
+    assert [m["platform"]["os"] for m in index["manifests"]] == ["linux"]
+    events = [json.loads(line)["event"] for line in run.stderr.splitlines() if line.startswith("{")]
+    assert "dropping attestation manifest of the source image" in events
 
 
 def test_platform_without_host_is_not_profiled(
