@@ -7,11 +7,12 @@ top-level index or manifest that makes the result visible under DST's tag.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tarfile
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -42,8 +43,8 @@ from ctr_remote.image import (
 from ctr_remote.image.digest import encoded
 from ctr_remote.image.manifest import sniff_media_type
 from ctr_remote.options import OptimizeOptions
-from ctr_remote.prefetch_list import PrefetchList, attribute_top_down, normalize
-from ctr_remote.profile import Workload, check_requirements, profile, record_lines
+from ctr_remote.prefetch_list import PrefetchList, visible_per_layer
+from ctr_remote.profile import ProfileResult, Workload, check_requirements, profile, record_lines
 from ctr_remote.progress import Progress, current
 
 log = structlog.get_logger()
@@ -66,11 +67,54 @@ def optimize(source: str, target: str, options: OptimizeOptions, workload: Workl
     platforms = parse_platforms(options.platforms)
     prefetch = PrefetchList.load(options.prefetch_list) if options.prefetch_list else None
     with (
+        _RecordFile.create(options.record_out) as record,
         tempfile.TemporaryDirectory(prefix="ctr-remote-") as tmp,
         open_store(src_ref) as src,
         open_store(dst_ref, StoreOptions(mount_from=src_ref)) as dst,
     ):
-        return _Pipeline(Path(tmp), src, dst, options, workload, prefetch).run(platforms)
+        return _Pipeline(Path(tmp), src, dst, options, workload, prefetch, record).run(platforms)
+
+
+class _RecordFile:
+    """`--record-out`: a temp file beside the target, created before any download so that an
+    unwritable path fails at once, and renamed over the target only once the record is complete."""
+
+    def __init__(self, target: Path, fd: int, temp: Path) -> None:
+        self.target, self._fd, self._temp = target, fd, temp
+
+    @classmethod
+    @contextlib.contextmanager
+    def create(cls, target: Path | None) -> Iterator[_RecordFile | None]:
+        if target is None:
+            yield None
+            return
+        try:
+            fd, name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+        except OSError as e:
+            raise CtrRemoteError(f"cannot write the record file {target}: {e.strerror}") from None
+        record = cls(target, fd, Path(name))
+        try:
+            yield record
+        finally:
+            record._discard()
+
+    def write(self, lines: Iterable[dict[str, object]]) -> None:
+        try:
+            with open(self._fd, "w", closefd=True) as f:
+                self._fd = -1
+                for line in lines:
+                    f.write(json.dumps(line, separators=(",", ":")) + "\n")
+            os.chmod(self._temp, 0o644)  # mkstemp's 0600 is not what `> file` would have given
+            os.replace(self._temp, self.target)
+        except OSError as e:
+            raise CtrRemoteError(f"failed to write the record file {self.target}: {e.strerror}") from None
+
+    def _discard(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        with contextlib.suppress(FileNotFoundError):
+            self._temp.unlink()
 
 
 class _Pipeline:
@@ -82,8 +126,9 @@ class _Pipeline:
         options: OptimizeOptions,
         workload: Workload,
         prefetch: PrefetchList | None,
+        record: _RecordFile | None = None,
     ) -> None:
-        self.work, self.src, self.dst = work, src, dst
+        self.work, self.src, self.dst, self.record = work, src, dst, record
         self.options, self.workload, self.prefetch = options, workload, prefetch
         (work / "in").mkdir()
         (work / "out").mkdir()
@@ -191,21 +236,15 @@ class _Pipeline:
     def _accessed(self, img: ImageBlobs) -> list[list[str]]:
         layers = [self._layer_file(d) for d in img.manifest.layers]
         if self.prefetch is not None:
-            return attribute_top_down(self.prefetch.select(_layer_names(p)) for p in layers)
+            visible = visible_per_layer([_layer_entries(p) for p in layers])
+            accessed = [self.prefetch.select(names) for names in visible]
+            if self.record is not None:
+                self.record.write(record_lines(ProfileResult(accessed, None), img.manifest_desc.digest))
+            return accessed
         result = profile(layers, img.config.raw, self.workload, workdir=self.work)
-        if self.options.record_out is not None:
-            self._write_record(record_lines(result, img.manifest_desc.digest))
+        if self.record is not None:
+            self.record.write(record_lines(result, img.manifest_desc.digest))
         return result.accessed
-
-    def _write_record(self, lines: Iterable[dict[str, object]]) -> None:
-        out = self.options.record_out
-        assert out is not None
-        try:
-            with open(out, "w") as f:
-                for line in lines:
-                    f.write(json.dumps(line, separators=(",", ":")) + "\n")
-        except OSError as e:
-            raise CtrRemoteError(f"failed output record file {out}: {e.strerror}") from None
 
     # -- conversion -----------------------------------------------------------------------------
 
@@ -346,12 +385,12 @@ def _is_attestation(entry: Descriptor) -> bool:
     return entry.platform is not None and entry.platform.os == "unknown"
 
 
-def _layer_names(path: Path) -> list[str]:
-    """Entry names of a layer blob, in order (for matching a prefetch list)."""
+def _layer_entries(path: Path) -> list[tuple[str, bool]]:
+    """(name, is a directory) of each entry of a layer blob, in order (for a prefetch list)."""
     with open(path, "rb") as raw:
         stream, _ = open_tar_stream(raw, what=f"layer {path.name}")
         try:
             with tarfile.open(fileobj=stream, mode="r|", errors="surrogateescape") as tf:
-                return [normalize(m.name) for m in tf]
+                return [(m.name, m.isdir()) for m in tf]
         except tarfile.TarError as e:
             raise CtrRemoteError(f"layer {path.name}: not a tar archive: {e}") from None

@@ -8,7 +8,7 @@ segments. Patterns keep their order: the files a pattern matches come in the lay
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,14 +94,46 @@ class PrefetchList:
         return list(chosen)
 
 
-def attribute_top_down(per_layer: Iterable[list[str]]) -> list[list[str]]:
-    """Keep each path only in the top-most layer that lists it (as the recorder attributes reads)."""
-    layers = list(per_layer)
-    seen: set[str] = set()
+WHITEOUT_PREFIX = ".wh."
+OPAQUE_MARKER = ".wh..wh..opq"
+
+
+def _ancestors(path: str) -> Iterator[str]:
+    parts = path.split("/")
+    for i in range(1, len(parts)):
+        yield "/".join(parts[:i])
+
+
+def visible_per_layer(layers: Sequence[Sequence[tuple[str, bool]]]) -> list[list[str]]:
+    """For each layer (bottom first, entries as `(name, is_dir)`), the names the merged image takes
+    from it, as overlayfs serves them and so as the profile runner attributes reads: a name is the
+    top-most layer's that has it; whiteouts (`.wh.NAME`), opaque directories (`.wh..wh..opq`) and
+    non-directories in a layer hide the lower layers' entries at and under them; whiteout markers
+    themselves are never files to prioritize."""
+    taken: set[str] = set()  # names some upper layer provides
+    hidden: set[str] = set()  # names deleted, or non-directories, above: they and their subtree
+    opaque: set[str] = set()  # directories whose lower contents are hidden
     out: list[list[str]] = [[] for _ in layers]
     for i in range(len(layers) - 1, -1, -1):
-        for p in layers[i]:
-            if p not in seen:
-                seen.add(p)
-                out[i].append(p)
+        new_taken: set[str] = set()
+        new_hidden: set[str] = set()
+        new_opaque: set[str] = set()
+        for raw, is_dir in layers[i]:
+            name = normalize(raw)
+            parent, _, base = name.rpartition("/")
+            if base == OPAQUE_MARKER:
+                new_opaque.add(parent)
+                continue
+            if base.startswith(WHITEOUT_PREFIX):
+                new_hidden.add(f"{parent}/{base[len(WHITEOUT_PREFIX) :]}".lstrip("/"))
+                continue
+            if name in taken or name in hidden or any(a in hidden or a in opaque for a in _ancestors(name)):
+                continue
+            out[i].append(name)
+            new_taken.add(name)
+            if not is_dir:
+                new_hidden.add(name)
+        taken |= new_taken
+        hidden |= new_hidden
+        opaque |= new_opaque
     return out

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from ctr_remote.prefetch_list import PrefetchList, PrefetchListError, attribute_top_down
+from ctr_remote.prefetch_list import PrefetchList, PrefetchListError, visible_per_layer
 
 NAMES = [
     "bin/",
@@ -40,5 +40,21 @@ def test_bad_glob_is_a_clear_error(tmp_path: Path) -> None:
         load(tmp_path, "bin/[abc\n")
 
 
-def test_top_down_attribution() -> None:
-    assert attribute_top_down([["a", "b"], ["b", "c"]]) == [["a"], ["b", "c"]]
+def test_visible_per_layer_follows_overlayfs() -> None:
+    lower = [
+        ("etc/", True), ("etc/a", False), ("etc/b", False), ("opt/", True), ("opt/x", False),
+        ("lib/", True), ("lib/libc.so", False), ("keep", False),
+    ]  # fmt: skip
+    upper = [
+        ("etc/.wh.a", False),  # deleted
+        ("etc/b", False),  # replaced: the upper copy is the one read
+        ("opt/", True), ("opt/.wh..wh..opq", False), ("opt/y", False),  # opaque: lower opt/* gone
+        ("lib", False),  # a symlink over a directory hides the directory's files
+    ]  # fmt: skip
+    assert visible_per_layer([lower, upper]) == [["etc", "keep"], ["etc/b", "opt", "opt/y", "lib"]]
+
+
+def test_globs_never_select_whiteouts_or_deleted_files(tmp_path: Path) -> None:
+    visible = visible_per_layer([[("etc/a.conf", False), ("etc/b.conf", False)], [("etc/.wh.a.conf", False)]])
+    pl = load(tmp_path, "etc/*")
+    assert [pl.select(names) for names in visible] == [["etc/b.conf"], []]

@@ -280,3 +280,44 @@ def test_missing_requirements_fail_before_any_download(
     assert message in run.stderr.strip().splitlines()[-1]
     events = [json.loads(line)["event"] for line in run.stderr.splitlines() if line.startswith("{")]
     assert "pull" not in events
+
+
+def test_prefetch_list_skips_deleted_files_and_is_recorded(cli: Cli, workdir: Path, oracle: Oracle) -> None:
+    """A path deleted in an upper layer is not prioritized in the lower one (overlayfs never serves
+    it); the whiteout itself is no file to prefetch; --record-out says what was prioritized."""
+    from tests.helpers.images import LayerBuilder
+
+    base = LayerBuilder().busybox().file("etc/old.conf", b"old\n").file("etc/keep.conf", b"keep\n")
+    top = LayerBuilder().whiteout("etc/old.conf").file("etc/new.conf", b"new\n")
+    src, dst, plist, record = workdir / "src", workdir / "dst", workdir / "list", workdir / "record.json"
+    with open_store(parse_reference(f"local://{src}")) as store:
+        manifest = publish(store, runnable_image([base, top]), workdir / "push")
+    plist.write_text("etc/*.conf\netc/.wh.*\n")
+    cli.optimize(
+        "--prefetch-list", str(plist), "--record-out", str(record), f"local://{src}", f"local://{dst}"
+    )
+    files = [[p for p in prioritized(layer) if "." in p] for layer in layers_of(oracle.check_image(dst))]
+    assert files == [["etc/keep.conf"], ["etc/new.conf"]]
+    lines = [json.loads(line) for line in record.read_text().splitlines()]
+    assert [(line["layerIndex"], line["path"]) for line in lines] == [
+        (0, "etc/keep.conf"),
+        (1, "etc/new.conf"),
+    ]
+    assert {line["manifestDigest"] for line in lines} == {manifest.digest}
+
+
+def test_unwritable_record_out_fails_before_any_download(
+    cli: Cli, registry: RegistryServer, workdir: Path
+) -> None:
+    with open_store(registry.reference("app:src"), registry.options()) as store:
+        publish(store, runnable_image(app_layers()), workdir / "push")
+    record = workdir / "no-such-dir" / "record.json"
+    run = cli.optimize(
+        "--record-out", str(record), registry.ref("app:src"), registry.ref("app:out"), check=False
+    )
+    assert run.returncode == 1
+    assert run.stderr.strip().splitlines()[-1] == (
+        f"ctr-remote: cannot write the record file {record}: No such file or directory"
+    )
+    events = [json.loads(line)["event"] for line in run.stderr.splitlines() if line.startswith("{")]
+    assert "pull" not in events and "workload-done" not in run.stdout
