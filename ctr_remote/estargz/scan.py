@@ -8,7 +8,10 @@ entries back from the spool in output order. Only small per-entry records stay i
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, BinaryIO
 
@@ -47,9 +50,22 @@ class _Spooling:
 
     def read(self, n: int) -> bytes:
         data = self._src.read(n)
-        self._spool.write(data)
+        with _spool_errors():
+            self._spool.write(data)
         self.pos += len(data)
         return data
+
+    def flush(self) -> None:
+        with _spool_errors():
+            self._spool.flush()
+
+
+@contextlib.contextmanager
+def _spool_errors() -> Iterator[None]:
+    try:
+        yield
+    except OSError as e:  # a full disk or a file size limit: the layer may be a gzip bomb
+        raise EstargzError(f"cannot spool the layer to a temp file in {tempfile.gettempdir()}: {e}") from None
 
 
 def scan(tar: BinaryIO, spool: IO[bytes], chunk_size: int) -> list[Scanned]:
@@ -78,7 +94,7 @@ def scan(tar: BinaryIO, spool: IO[bytes], chunk_size: int) -> list[Scanned]:
         entries.append(Scanned(key, h.typeflag, link_key, start, start + len(raw.raw), size, digest, chunks))
     while tar.read(_PIECE):  # drain, so a corrupt tail of a compressed layer is still noticed
         pass
-    spool.flush()
+    r.flush()
     return [e for e in entries if e is not None]
 
 

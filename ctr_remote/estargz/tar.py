@@ -33,6 +33,9 @@ _UNSUPPORTED = {
 _HEADER_ONLY = {HARDLINK, SYMLINK, CHAR, BLOCKDEV, DIR, FIFO}
 PAX_XATTR = "SCHILY.xattr."
 MAX_EXTENSION_SIZE = 1 << 20  # PAX and GNU long-name headers: Go's archive/tar refuses larger ones
+# Linux's PATH_MAX: no longer name or link target can be created by an unpacker, and a layer of
+# entries with megabyte names (Go allows them) would otherwise hold megabytes per entry in memory.
+MAX_PATH_BYTES = 4096
 
 
 class Reader(Protocol):
@@ -280,6 +283,12 @@ def _parse_main(
         name = long_name
     if long_link:
         link = long_link
+    for what, value in (("name", name), ("link target", link)):
+        if len(value) > MAX_PATH_BYTES:
+            raise EstargzError(
+                f"tar entry {what} of {len(value)} bytes ({value[:40]!r}...) is longer than Linux's "
+                f"PATH_MAX ({MAX_PATH_BYTES})"
+            )
     h.name = _text(name, "entry name")
     h.linkname = _text(link, f"link target of {h.name!r}")
     h.uname = _text(uname, f"user name of {h.name!r}")

@@ -14,6 +14,7 @@ jobs are in flight at a time, so memory stays flat however large the layer is.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -60,6 +61,10 @@ _INLINE_BYTES = 16 << 10
 _SMALL_MEMBER = 4 << 10  # below this, zlib-ng compresses better than libdeflate (see _compress)
 # Uncompressed bytes handed to workers and not yet written: bounds memory on many-core machines.
 _INFLIGHT_BYTES = 64 << 20
+# Headers of entries without payload (directories, links, empty files) share the member before them,
+# as upstream's do; a run longer than this starts a new member, or a layer of millions of such
+# entries would be one member (and one job) held in memory whole.
+_HEADER_RUN_BYTES = 1 << 20
 
 
 def build(src: BinaryIO, dst: BinaryIO, options: BuildOptions = BuildOptions()) -> BuildResult:  # noqa: B008
@@ -71,8 +76,8 @@ def build(src: BinaryIO, dst: BinaryIO, options: BuildOptions = BuildOptions()) 
         # Closing the tar stream stops its decompression thread (`src` itself stays open).
         with (
             tar,
-            tempfile.TemporaryFile(prefix="ctr-remote-estargz-") as spool,
-            tempfile.TemporaryFile(prefix="ctr-remote-estargz-toc-") as toc_file,
+            _temp_file("ctr-remote-estargz-") as spool,
+            _temp_file("ctr-remote-estargz-toc-") as toc_file,
         ):
             entries = scan(tar, spool, options.chunk_size)
             items, missing = order_entries(entries, options.prioritized_files)
@@ -80,6 +85,21 @@ def build(src: BinaryIO, dst: BinaryIO, options: BuildOptions = BuildOptions()) 
     except CorruptLayerError as e:
         raise EstargzError(str(e)) from None
     return dataclasses.replace(result, missing_prioritized=missing)
+
+
+@contextlib.contextmanager
+def _temp_file(prefix: str) -> Iterator[IO[bytes]]:
+    """An unlinked temp file: nothing is left behind however the conversion ends."""
+    try:
+        file = tempfile.TemporaryFile(prefix=prefix)  # noqa: SIM115 (closed below, errors ignored)
+    except OSError as e:
+        raise EstargzError(f"cannot create a temp file in {tempfile.gettempdir()}: {e}") from None
+    try:
+        yield file
+    finally:
+        # Flushing what is thrown away may fail again (full disk); the fd is closed all the same.
+        with contextlib.suppress(OSError):
+            file.close()
 
 
 def _compress(member: list[bytes], level: int) -> bytes:
@@ -115,6 +135,7 @@ class _Writer:
         self._chunk_size = options.chunk_size
         self._workers = options.workers or os.cpu_count() or 1
         self._job = _Job()
+        self._header_run = 0  # header bytes appended since the last payload or new member
         self._inflight: collections.deque[tuple[_Job, list[bytes | Future[bytes]]]] = collections.deque()
         self._inflight_bytes = 0
         self._diff_hash = hashlib.sha256()
@@ -175,7 +196,10 @@ class _Writer:
             header, payload = self._read(item)
             entry = self._entry(item, header)
             size, digest, chunk_digests = item.size, item.digest, item.chunk_digests
+        if self._header_run >= _HEADER_RUN_BYTES:
+            self._new_member(pool)
         self._append(header)
+        self._header_run += len(header)
         if entry.type != "reg":
             self._job.toc.append((entry, None))
             return
@@ -194,6 +218,7 @@ class _Writer:
             entry.chunk_digest = "sha256:" + chunk_digests[i].hex() if chunk_digests else entry.digest
             self._job.toc.append((entry, len(self._job.members) - 1))
             self._append(next(payload))
+            self._header_run = 0
         self._append(bytes(padding(size)))
 
     def _entry(self, item: Scanned, header: bytes) -> TOCEntry:
@@ -236,6 +261,7 @@ class _Writer:
             self._usize += len(data)
 
     def _new_member(self, pool: ThreadPoolExecutor) -> None:
+        self._header_run = 0
         if self._job.size >= _JOB_BYTES:
             self._submit(pool)
         else:
@@ -267,7 +293,10 @@ class _Writer:
             self._toc.add(entry)
 
     def _emit(self, data: bytes) -> None:
-        self._dst.write(data)
+        try:
+            self._dst.write(data)
+        except OSError as e:
+            raise EstargzError(f"cannot write the eStargz blob: {e}") from None
         self._blob_hash.update(data)
         self._pos += len(data)
 
@@ -287,7 +316,12 @@ class _TocSpool:
 
     def finish(self) -> int:
         self._write(toc_json_tail())
-        self._file.flush()
+        try:
+            self._file.flush()
+        except OSError as e:
+            raise EstargzError(
+                f"cannot spool the TOC to a temp file in {tempfile.gettempdir()}: {e}"
+            ) from None
         return self._size
 
     def pieces(self) -> Iterator[bytes]:
@@ -296,7 +330,12 @@ class _TocSpool:
             yield piece
 
     def _write(self, data: bytes) -> None:
-        self._file.write(data)
+        try:
+            self._file.write(data)
+        except OSError as e:
+            raise EstargzError(
+                f"cannot spool the TOC to a temp file in {tempfile.gettempdir()}: {e}"
+            ) from None
         self.hash.update(data)
         self._size += len(data)
 

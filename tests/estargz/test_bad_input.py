@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
+import subprocess
+import sys
 import tarfile
 import tempfile
 import threading
+import zlib
 from pathlib import Path
 
 import pytest
@@ -14,7 +18,8 @@ import pytest
 from ctr_remote.errors import CtrRemoteError
 from ctr_remote.estargz import BuildOptions, EstargzError, build
 from ctr_remote.estargz.tar import encode_header
-from tests.estargz.layers import f, make_tar, pattern
+from tests.conftest import ROOT
+from tests.estargz.layers import Entry, f, make_tar, pattern
 
 
 def _retype(layer: bytes, name: bytes, flag: bytes) -> bytes:
@@ -56,6 +61,15 @@ BAD = {
         "tar entry name b'caf\\xe9' is not UTF-8; an eStargz TOC cannot represent it",
     ),
     "huge-extension-header": (encode_header("PaxHeader", "x", 2 << 20), "extension header of 2097152 bytes"),
+    "name-over-path-max": (
+        make_tar([f("d/" + "n" * 5000, b"x")]),
+        "tar entry name of 5002 bytes (b'd/nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn'...) is longer than "
+        "Linux's PATH_MAX (4096)",
+    ),
+    "link-target-over-path-max": (
+        make_tar([Entry("l", tarfile.SYMTYPE, linkname="t" * 4097)]),
+        "tar entry link target of 4097 bytes",
+    ),
     "global-header-with-path": (
         _pax_global({"path": "x"}),
         "unsupported PAX global header with records ['path']",
@@ -99,3 +113,79 @@ def test_success_leaves_no_temp_files(tmp_path: Path, monkeypatch: pytest.Monkey
     out = io.BytesIO()
     build(io.BytesIO(GOOD), out)
     assert out.getvalue() and list(tmp_path.iterdir()) == []
+
+
+def _member_sizes(blob: bytes) -> list[int]:
+    """Uncompressed size of each gzip member of the blob."""
+    sizes, rest = [], blob
+    while rest:
+        d = zlib.decompressobj(31)
+        sizes.append(len(d.decompress(rest)))
+        rest = d.unused_data
+    return sizes
+
+
+def test_a_long_run_of_entries_without_payload_is_not_one_member(oracle, tmp_path: Path) -> None:
+    """A tar bomb of headers (symlinks, directories, empty files: nothing that starts a member) used
+    to become one gzip member, all of it held in memory until the end of the layer."""
+    entries = [Entry(f"l{i}", tarfile.SYMTYPE, linkname="t" * 3000) for i in range(3000)]
+    layer = make_tar([f("first", b"1"), *entries, f("empty")])
+    out = tmp_path / "headers.esgz"
+    with out.open("wb") as dst:
+        result = build(io.BytesIO(layer), dst, BuildOptions())
+    oracle.check_blob(out, result.toc_digest)
+    sizes = _member_sizes(out.read_bytes())[:-2]  # the TOC member is streamed, and the footer
+    assert sum(sizes) > 10 << 20
+    assert max(sizes) < (1 << 20) + 8192, f"a member of {max(sizes)} bytes"
+
+
+_BOMB_SCRIPT = """
+import io, resource, signal, sys, zlib
+from ctr_remote.errors import CtrRemoteError
+from ctr_remote.estargz import BuildOptions, build
+from ctr_remote.estargz.tar import encode_header
+from tests.conftest import ROOT
+
+# 1 GiB of zeros as the payload of one file, gzip-compressed to about 1 MiB.
+gz = zlib.compressobj(1, zlib.DEFLATED, 31)
+parts = [gz.compress(encode_header("bomb", "0", 1 << 30))]
+zeros = bytes(1 << 20)
+parts += [gz.compress(zeros) for _ in range(1024)]
+parts.append(gz.compress(bytes(1024)) + gz.flush())
+blob = b"".join(parts)
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 20, 64 << 20))
+try:
+    build(io.BytesIO(blob), io.BytesIO(), BuildOptions(workers=2))
+except CtrRemoteError as e:
+    print(e)
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    sys.exit(1)
+"""
+
+
+def test_gzip_bomb_that_fills_the_disk_is_one_error_and_leaves_no_temp_file(tmp_path: Path) -> None:
+    """The layer is spooled to a temp file; when the file system refuses more (here a file size
+    limit, as a full disk would), the error is one line and the unlinked spool is gone."""
+    spool_dir = tmp_path / "tmp"
+    spool_dir.mkdir()
+    p = subprocess.run(
+        [sys.executable, "-c", _BOMB_SCRIPT],
+        cwd=ROOT, env={**os.environ, "TMPDIR": str(spool_dir)}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert p.returncode == 1 and p.stderr == "", p.stderr
+    message, rss_kib = p.stdout.splitlines()
+    assert message == f"cannot spool the layer to a temp file in {spool_dir}: [Errno 27] File too large"
+    assert int(rss_kib) < 200 << 10
+    assert list(spool_dir.iterdir()) == []
+
+
+def test_zeros_after_the_end_of_archive_are_ignored(oracle, tmp_path: Path) -> None:
+    """NUL padding after the end-of-archive (a gzip bomb of zeros, too) is read and dropped."""
+    gz = zlib.compressobj(1, zlib.DEFLATED, 31)
+    blob = gz.compress(GOOD) + b"".join(gz.compress(bytes(1 << 20)) for _ in range(64)) + gz.flush()
+    out = tmp_path / "padded.esgz"
+    with out.open("wb") as dst:
+        result = build(io.BytesIO(blob), dst, BuildOptions())
+    report = oracle.check_blob(out, result.toc_digest)
+    assert report["files"] == 4  # a, sock, b and the landmark
