@@ -12,10 +12,12 @@ import json
 import os
 import tarfile
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import BinaryIO
 
 import structlog
 
@@ -130,6 +132,7 @@ class _Pipeline:
     ) -> None:
         self.work, self.src, self.dst, self.record = work, src, dst, record
         self.options, self.workload, self.prefetch = options, workload, prefetch
+        self.cancel = threading.Event()  # set when the conversions must stop
         (work / "in").mkdir()
         (work / "out").mkdir()
 
@@ -270,9 +273,16 @@ class _Pipeline:
                 )
         if not unique:
             return {}
-        with ThreadPoolExecutor(max_workers=min(len(unique), os.cpu_count() or 1)) as pool:
+        pool = ThreadPoolExecutor(max_workers=min(len(unique), os.cpu_count() or 1))
+        try:
             futures = {key: pool.submit(self._convert_layer, *job) for key, job in unique.items()}
+            wait(futures.values(), return_when=FIRST_EXCEPTION)
             return {key: f.result() for key, f in futures.items()}
+        finally:
+            # On Ctrl-C, SIGTERM or a failed layer, stop at once: queued layers never start and
+            # running ones give up at their next read or write, instead of converting to the end.
+            self.cancel.set()
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _layer_media_type(self, src: Descriptor) -> str:
         docker = media_types.is_docker(src.media_type) and not self.options.oci
@@ -295,7 +305,7 @@ class _Pipeline:
         )
         current().step(desc.digest, "convert")
         with open(path, "rb") as fin, open(out, "wb") as fout:
-            res = build(fin, fout, opts)
+            res = build(_Cancellable(fin, self.cancel), _Cancellable(fout, self.cancel), opts)
         current().done(desc.digest, "convert", log_line=False, size=res.size)
         current().alias(res.digest, desc.digest)
         if res.missing_prioritized:
@@ -349,6 +359,30 @@ class _Pipeline:
         data = manifest.to_bytes()
         desc = Descriptor.of(data, manifest.media_type)
         return desc, data, _Converted(config_path, config_desc, "")
+
+
+class _Cancelled(Exception):
+    """A conversion stopped because another one failed or the run was interrupted."""
+
+
+class _Cancellable:
+    """A layer conversion's input or output file, which fails once `cancel` is set."""
+
+    def __init__(self, file: BinaryIO, cancel: threading.Event) -> None:
+        self._file, self._cancel = file, cancel
+
+    def read(self, size: int = -1) -> bytes:
+        if self._cancel.is_set():
+            raise _Cancelled("conversion cancelled")
+        return self._file.read(size)
+
+    def write(self, data: bytes) -> int:
+        if self._cancel.is_set():
+            raise _Cancelled("conversion cancelled")
+        return self._file.write(data)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._file, name)
 
 
 class _Reporting:

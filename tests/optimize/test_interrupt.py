@@ -1,0 +1,87 @@
+"""Ctrl-C (SIGINT) in the middle of a run: exit 130 at once, one line, no temp files, the target
+untouched. (SIGTERM during conversion: tests/optimize/test_progress.py.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from ctr_remote.image import open_store, parse_reference
+from tests.helpers.faultproxy import Fault, FaultProxy
+from tests.helpers.images import LayerBuilder
+from tests.helpers.registry import RegistryServer
+from tests.helpers.sample import app_layers, publish, runnable_image
+
+WAIT_SECONDS = 60.0
+
+
+def _start(tmp: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "ctr_remote", "--log-format", "json", "image", "optimize", *args],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "TMPDIR": str(tmp)},
+    )  # fmt: skip
+
+
+def _wait_for(condition: object, what: str) -> None:
+    deadline = time.monotonic() + WAIT_SECONDS
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)  # condition poll
+
+
+def _interrupt(p: subprocess.Popen[str]) -> tuple[str, float]:
+    started = time.monotonic()
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=WAIT_SECONDS)
+    return err, time.monotonic() - started
+
+
+def test_ctrl_c_during_conversion_stops_the_running_layers(workdir: Path) -> None:
+    """Layers being converted give up at once rather than converting to the end first."""
+    text = b"".join(b"%08d the quick brown fox jumps over the lazy dog\n" % i for i in range(300_000))
+    layers = [LayerBuilder().busybox(), *(LayerBuilder().file(f"data/{i}.txt", text) for i in range(3))]
+    src, tmp = workdir / "src", workdir / "tmp"
+    tmp.mkdir()
+    with open_store(parse_reference(f"local://{src}")) as store:
+        publish(store, runnable_image(layers), workdir / "push")
+    p = _start(tmp, "--no-optimize", f"local://{src}", f"local://{workdir / 'dst'}")
+    _wait_for(lambda: any(tmp.glob("*/out/layer-*")), "a conversion to start")
+    err, _ = _interrupt(p)
+    assert p.returncode == 130, err
+    assert err.splitlines()[-1] == "ctr-remote: interrupted"
+    events = [json.loads(line)["event"] for line in err.splitlines() if line.startswith("{")]
+    assert "converted" not in events, events  # not even the layers that were running
+    assert list(tmp.iterdir()) == []
+    assert not (workdir / "dst").exists()
+
+
+def test_ctrl_c_during_push_leaves_the_target_tag(registry: RegistryServer, workdir: Path) -> None:
+    with open_store(registry.reference("app:src"), registry.options()) as store:
+        before = publish(store, runnable_image(app_layers()), workdir / "push")
+    with open_store(registry.reference("app:out"), registry.options()) as store:
+        publish(store, runnable_image(app_layers()), workdir / "push")
+    tmp = workdir / "tmp"
+    tmp.mkdir()
+    with FaultProxy(registry.host) as proxy:
+        held = proxy.add(Fault("barrier", path=r"/blobs/uploads/", method="PUT", parties=99, timeout=2))
+        p = _start(
+            tmp, "--plain-http", "--no-optimize", registry.ref("app:src"), f"http://{proxy.host}/app:out"
+        )
+        _wait_for(lambda: held.hits > 0, "an upload to reach the registry")
+        err, _ = _interrupt(p)
+    assert p.returncode == 130, err
+    assert err.splitlines()[-1] == "ctr-remote: interrupted"
+    assert list(tmp.iterdir()) == []
+    head = httpx.head(
+        registry.url("/v2/app/manifests/out"),
+        headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+    )
+    assert head.headers["Docker-Content-Digest"] == before.digest
