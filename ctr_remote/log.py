@@ -42,7 +42,16 @@ class LogrusRenderer:
         return f"{line}\n{exc}" if exc else line
 
 
+_format: LogFormat | None = None  # None until the CLI has configured logging
+
+
+def current_format() -> LogFormat | None:
+    return _format
+
+
 def configure(*, debug: bool = False, fmt: LogFormat = LogFormat.TEXT, stream: TextIO | None = None) -> None:
+    global _format
+    _format = fmt
     level = logging.DEBUG if debug else logging.INFO
     renderer: Any = structlog.processors.JSONRenderer() if fmt is LogFormat.JSON else LogrusRenderer()
     structlog.configure(

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import datetime
+import json
 import signal
 import sys
-from typing import ClassVar
+from typing import ClassVar, NoReturn
 
 import click
 
 from ctr_remote import __version__
 from ctr_remote.errors import CtrRemoteError, Terminated
-from ctr_remote.log import LogFormat, configure
+from ctr_remote.log import LogFormat, configure, current_format
 from ctr_remote.progress import Progress, install
 
 
@@ -68,24 +70,33 @@ def _terminate(signum: int, _frame: object) -> None:
     raise Terminated("terminated by SIGTERM")
 
 
+def _fail(message: str, exit_code: int) -> NoReturn:
+    """The one error line: plain text, or a JSON object once `--log-format json` is in force."""
+    if current_format() is LogFormat.JSON:
+        now = datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
+        line = json.dumps({"event": message, "level": "error", "exit_code": exit_code, "timestamp": now})
+    else:
+        line = f"ctr-remote: {message}"
+        if exit_code == 130 and sys.stderr.isatty():
+            line = "\n" + line  # below the terminal's ^C
+    click.echo(line, err=True)
+    sys.exit(exit_code)
+
+
 def main() -> None:
     # Python's default SIGTERM kills on the spot, leaving temp dirs behind: turn it into an exception.
     signal.signal(signal.SIGTERM, _terminate)
     try:
         cli.main(standalone_mode=False)
     except CtrRemoteError as e:
-        click.echo(f"ctr-remote: {e}", err=True)
-        sys.exit(e.exit_code)
+        _fail(str(e), e.exit_code)
     except (click.exceptions.Abort, KeyboardInterrupt):
-        click.echo("ctr-remote: interrupted", err=True)
-        sys.exit(130)
+        _fail("interrupted", 130)
     except click.UsageError as e:
         # One line, like every other error; the hint says where the full usage is.
         where = e.ctx.command_path if e.ctx else "ctr-remote"
-        click.echo(f"ctr-remote: {e.format_message()} (see '{where} --help')", err=True)
-        sys.exit(e.exit_code)
+        _fail(f"{e.format_message()} (see '{where} --help')", e.exit_code)
     except click.ClickException as e:
-        click.echo(f"ctr-remote: {e.format_message()}", err=True)
-        sys.exit(e.exit_code)
+        _fail(e.format_message(), e.exit_code)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)

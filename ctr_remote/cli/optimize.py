@@ -7,7 +7,9 @@ from pathlib import Path
 import click
 
 from ctr_remote.cli import flags
+from ctr_remote.cli.streams import WorkloadStreams
 from ctr_remote.errors import CtrRemoteError
+from ctr_remote.log import LogFormat
 from ctr_remote.options import DEFAULT_CHUNK_SIZE, OptimizeOptions
 from ctr_remote.profile.workload import (
     DEFAULT_CNI_CONF_DIR,
@@ -22,6 +24,12 @@ from ctr_remote.profile.workload import (
 
 class FlagConflictError(CtrRemoteError):
     exit_code = 2
+
+
+class Interrupted(CtrRemoteError):
+    """Ctrl-C (SIGINT): the shell's convention, 128 + 2."""
+
+    exit_code = 130
 
 
 def _conflicts(p: dict) -> None:  # type: ignore[type-arg]
@@ -230,5 +238,11 @@ def optimize_command(source_ref: str, target_ref: str, **params: object) -> None
     options = _options(params)
     from ctr_remote.optimize import optimize  # the pipeline pulls in every package: load it only to run
 
-    result = optimize(source_ref, target_ref, options, workload)
-    click.echo(result)
+    root = click.get_current_context().find_root().params
+    try:
+        with WorkloadStreams(LogFormat(root["log_format"]), debug=root["debug"]) as streams:
+            result = optimize(source_ref, target_ref, options, workload)
+    except KeyboardInterrupt:
+        # Not left to click, which would print a bare newline first (not a JSON line).
+        raise Interrupted("interrupted") from None
+    streams.result(result)

@@ -3,6 +3,7 @@ run, and the registry fixtures of the image tests."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -22,6 +23,18 @@ class Run:
     returncode: int
     stdout: str
     stderr: str
+
+    @property
+    def events(self) -> list[dict[str, object]]:
+        """The JSON log lines on stderr (`--log-format json`), which must be all of stderr."""
+        return [json.loads(line) for line in self.stderr.splitlines()]
+
+    @property
+    def error(self) -> str:
+        """The one error message of a failed `--log-format json` run."""
+        errors = [str(e["event"]) for e in self.events if e["level"] == "error"]
+        assert len(errors) == 1, self.stderr
+        return errors[0]
 
     @property
     def digest(self) -> str:

@@ -60,7 +60,7 @@ def test_registry_to_registry(cli: Cli, registry: RegistryServer, workdir: Path,
     assert report["manifests"][0]["digest"] == run.digest
     assert_app_prioritized(report)
     assert "workload-done" in run.stdout + run.stderr
-    logs = [json.loads(line) for line in run.stderr.splitlines() if line.startswith("{")]
+    logs = run.events
     assert sum(1 for e in logs if e["event"] == "converted") == 3
 
 
@@ -137,7 +137,7 @@ def test_nested_index_with_attestation(
     assert_app_prioritized(report)
     index = read_layout_json(dst, json.loads((dst / "index.json").read_text())["manifests"][0]["digest"])
     assert [m["platform"]["os"] for m in index["manifests"]] == ["linux"]
-    events = [json.loads(line)["event"] for line in run.stderr.splitlines() if line.startswith("{")]
+    events = [e["event"] for e in run.events]
     assert "dropping attestation manifest of the source image" in events
 
 
@@ -166,7 +166,7 @@ def test_reuse_copies_untouched_layers(
     second = workdir / "second"
     run = cli.optimize("--reuse", f"local://{first}", f"local://{second}")
     second_layers = [layer["digest"] for layer in layers_of(oracle.check_image(second))]
-    logs = [json.loads(line) for line in run.stderr.splitlines() if line.startswith("{")]
+    logs = run.events
     copied = {e["digest"] for e in logs if e["event"] == "no access occur; copying without conversion"}
     assert copied == {first_layers[1]}, logs  # the lib layer is never read
     assert second_layers[1] == first_layers[1]
@@ -239,8 +239,7 @@ def test_bad_input_is_one_line_and_pushes_nothing(
         args.insert(4, "--plain-http")
     run = cli(*args, check=False)
     assert run.returncode != 0
-    errors = [line for line in run.stderr.splitlines() if line.startswith("ctr-remote:")]
-    assert len(errors) == 1 and message in errors[0], run.stderr
+    assert message in run.error, run.stderr
     assert "Traceback" not in run.stderr
     tags = __import__("httpx").get(registry.url("/v2/app/tags/list")).json()["tags"]
     assert tags == ["src"]
@@ -258,7 +257,7 @@ def test_corrupt_layer_is_refused(cli: Cli, workdir: Path) -> None:
     run = cli.optimize(f"local://{src}", f"local://{workdir / 'dst'}", check=False)
     assert run.returncode != 0
     assert "Traceback" not in run.stderr
-    assert manifest["layers"][2]["digest"] in run.stderr.splitlines()[-1]
+    assert manifest["layers"][2]["digest"] in run.error
     assert not (workdir / "dst" / "index.json").exists()
 
 
@@ -276,9 +275,8 @@ def test_missing_requirements_fail_before_any_download(
         publish(store, runnable_image(app_layers()), workdir / "push")
     run = cli.optimize(*flags, registry.ref("app:src"), registry.ref("app:out"), check=False)
     assert run.returncode != 0
-    assert run.stderr.strip().splitlines()[-1].startswith("ctr-remote: ")
-    assert message in run.stderr.strip().splitlines()[-1]
-    events = [json.loads(line)["event"] for line in run.stderr.splitlines() if line.startswith("{")]
+    assert message in run.error
+    events = [e["event"] for e in run.events]
     assert "pull" not in events
 
 
@@ -316,8 +314,25 @@ def test_unwritable_record_out_fails_before_any_download(
         "--record-out", str(record), registry.ref("app:src"), registry.ref("app:out"), check=False
     )
     assert run.returncode == 1
-    assert run.stderr.strip().splitlines()[-1] == (
-        f"ctr-remote: cannot write the record file {record}: No such file or directory"
-    )
-    events = [json.loads(line)["event"] for line in run.stderr.splitlines() if line.startswith("{")]
+    assert run.error == f"cannot write the record file {record}: No such file or directory"
+    events = [e["event"] for e in run.events]
     assert "pull" not in events and "workload-done" not in run.stdout
+
+
+def test_digest_is_alone_on_the_last_line_and_stderr_is_json(cli: Cli, workdir: Path) -> None:
+    """What `digest=$(ctr-remote ... | tail -n 1)` in CI relies on: the workload's stdout comes first
+    (as upstream), the digest last on a line of its own even after an unterminated line; with
+    --log-format json every stderr line is JSON, the workload's stderr wrapped as events."""
+    src = workdir / "src"
+    with open_store(parse_reference(f"local://{src}")) as store:
+        publish(store, runnable_image(app_layers()), workdir / "push")
+    script = "echo first; echo oops >&2; printf no-newline"
+    run = cli.optimize(
+        "--entrypoint", '["/bin/sh", "-c"]', "--args", json.dumps([script]),
+        f"local://{src}", f"local://{workdir / 'dst'}",
+    )  # fmt: skip
+    lines = run.stdout.splitlines()
+    assert lines[:2] == ["first", "no-newline"]
+    assert lines[-1] == run.digest and len(lines) == 3
+    wrapped = [e for e in run.events if e["event"] == "workload output"]  # `events` parses every line
+    assert [(e["stream"], e["line"]) for e in wrapped] == [("stderr", "oops")]

@@ -24,7 +24,7 @@ def _source(workdir: Path) -> Path:
 def test_ci_gets_one_log_line_per_layer_step(cli: Cli, workdir: Path) -> None:
     src = _source(workdir)
     run = cli.optimize("--no-optimize", f"local://{src}", f"local://{workdir / 'dst'}")
-    events = [json.loads(line) for line in run.stderr.splitlines() if line.startswith("{")]
+    events = run.events
     for step in ("pull", "converted", "push"):
         assert len([e for e in events if e["event"] == step]) == 3, (step, events)
 
@@ -90,7 +90,8 @@ def test_sigterm_during_conversion_leaves_nothing(workdir: Path) -> None:
     rest = p.stderr.read()
     p.wait(timeout=60)
     assert p.returncode == 143, rest
-    assert "ctr-remote: terminated by SIGTERM" in rest
+    last = json.loads(rest.splitlines()[-1])
+    assert (last["event"], last["level"], last["exit_code"]) == ("terminated by SIGTERM", "error", 143)
     assert "Traceback" not in rest
     assert list(tmp.iterdir()) == []
     assert not (workdir / "dst" / "index.json").exists()
