@@ -18,6 +18,9 @@ import httpx
 from ctr_remote.image.credentials import Credentials, load_credentials
 from ctr_remote.image.errors import AuthError
 
+# What may follow "Bearer " in a header: visible ASCII. Anything else (spaces, CR/LF) would be
+# header injection, or make the HTTP library fail with the token in its message.
+_TOKEN = re.compile(r"[!-~]+")
 _PARAM = re.compile(r'([A-Za-z0-9_.-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^,\s]*))')
 CLIENT_ID = "ctr-remote"
 
@@ -168,4 +171,6 @@ class Authenticator:
             token = None
         if not token or not isinstance(token, str):
             raise AuthError(f"{self._where}: token server returned no token")
+        if not _TOKEN.fullmatch(token):
+            raise AuthError(f"{self._where}: token server returned a malformed token")
         return token

@@ -39,7 +39,13 @@ from ctr_remote.image.store import StoreOptions
 
 log = structlog.get_logger(__name__)
 
-MAX_MANIFEST_SIZE = 64 << 20
+# Documents read into memory are capped while they arrive, before more is read. Manifests and
+# indexes: containerd's resolver accepts up to its MaxManifestSize (4*1048*1048 bytes) and the
+# distribution registry stores nothing over 4 MiB. Image configs are kilobytes (a long history:
+# hundreds). Token answers carry a JWT of a few kilobytes.
+MAX_MANIFEST_SIZE = 4 * 1048 * 1048
+MAX_CONFIG_SIZE = 16 << 20
+MAX_TOKEN_RESPONSE_SIZE = 1 << 20
 Body = bytes | Callable[[], Iterable[bytes]] | None
 
 
@@ -90,6 +96,29 @@ def _retry_after(resp: httpx.Response) -> float | None:
     return None
 
 
+def _content_length(resp: httpx.Response) -> int | None:
+    with contextlib.suppress(ValueError, TypeError):
+        return int(resp.headers.get("content-length"))
+    return None
+
+
+def _read_capped(resp: httpx.Response, limit: int, too_large: Callable[[str], ImageError]) -> bytes:
+    """The body of a streamed response, given up on (not read further) once it exceeds `limit`."""
+    declared = _content_length(resp)
+    if declared is not None and declared > limit:
+        raise too_large(f"{declared} bytes, more than the limit of {limit}")
+    data = bytearray()
+    for chunk in resp.iter_bytes():
+        data += chunk
+        if len(data) > limit:
+            raise too_large(f"more than the limit of {limit} bytes")
+    return bytes(data)
+
+
+def _same_origin(a: httpx.URL, b: httpx.URL) -> bool:
+    return (a.scheme, a.host, a.port) == (b.scheme, b.host, b.port)
+
+
 def _file_range(path: Path, offset: int, length: int) -> Callable[[], Iterator[bytes]]:
     def chunks() -> Iterator[bytes]:
         with path.open("rb") as f:
@@ -136,9 +165,49 @@ class _Client:
         time.sleep(delay)  # backoff between attempts, not synchronisation
 
     def _send_token_request(self, req: httpx.Request) -> httpx.Response:
-        return self.request(
-            req.method, str(req.url), scopes=None, headers=dict(req.headers), body=req.content
+        def too_large(size: str) -> ImageError:
+            return AuthError(f"{self.where}: the token server's answer is too large ({size})")
+
+        status, headers, data = self.read_document(
+            req.method,
+            str(req.url),
+            scopes=None,
+            headers=dict(req.headers),
+            body=req.content,
+            limit=MAX_TOKEN_RESPONSE_SIZE,
+            too_large=too_large,
         )
+        return httpx.Response(status, headers=headers, content=data)
+
+    def read_document(
+        self,
+        method: str,
+        url: str,
+        *,
+        scopes: Sequence[str] | None,
+        limit: int,
+        too_large: Callable[[str], ImageError],
+        headers: dict[str, str] | None = None,
+        body: Body = None,
+    ) -> tuple[int, httpx.Headers, bytes]:
+        """(status, headers, body) of a request whose answer is read into memory, at most `limit`
+        bytes of it (a body that breaks off is fetched again, within the retry bound)."""
+        failures = 0
+        while True:
+            resp = self.request(method, url, scopes=scopes, headers=headers, body=body, stream=True)
+            try:
+                return resp.status_code, resp.headers, _read_capped(resp, limit, too_large)
+            except httpx.TransportError as e:
+                failures += 1
+                log.warning("registry answer broke off", method=method, error=type(e).__name__)
+                if failures > self.options.retries:
+                    raise RetriesExhaustedError(
+                        f"{method} {httpx.URL(url).path} on {self.ref.api_host}: giving up after "
+                        f"{failures} interrupted answers (last: {type(e).__name__})"
+                    ) from None
+                self.backoff(failures, None)
+            finally:
+                resp.close()
 
     def request(
         self,
@@ -183,6 +252,14 @@ class _Client:
             if status == 401 and scopes is not None:
                 challenge = resp.headers.get("www-authenticate")
                 resp.close()
+                if not _same_origin(resp.url, req.url):
+                    # A redirect target (blob storage) asking for credentials: as containerd, the
+                    # registry's credentials are only ever answered to the registry's challenges.
+                    raise AuthError(
+                        f"{method} {path} on {self.ref.api_host} was redirected to {resp.url.host}, "
+                        f"which asks for authentication; credentials for {self.ref.registry} are not "
+                        "sent there"
+                    )
                 self.auth.answer(challenge, scopes, retried=answered)
                 answered = True
                 continue
@@ -248,20 +325,25 @@ class RegistryStore:
 
     # ---- reading
 
-    def _get_manifest(self, ident: str) -> tuple[bytes, str, str | None]:
-        resp = self._c.request(
-            "GET",
-            self._c.url(f"manifests/{ident}"),
-            scopes=self._read,
-            headers={"Accept": mt.MANIFEST_ACCEPT},
+    def _document(
+        self, path: str, what: str, limit: int, headers: dict[str, str] | None = None
+    ) -> tuple[httpx.Headers, bytes]:
+        def too_large(size: str) -> ImageError:
+            return ImageError(f"{self.reference.name}: {what} is too large ({size})")
+
+        status, resp_headers, data = self._c.read_document(
+            "GET", self._c.url(path), scopes=self._read, headers=headers, limit=limit, too_large=too_large
         )
-        if resp.status_code != 200:
-            raise self._c.fail(resp, f"manifest {ident}")
-        data = resp.content
-        if len(data) > MAX_MANIFEST_SIZE:
-            raise ImageError(f"{self.reference.name}: manifest {ident} is too large ({len(data)} bytes)")
-        ctype = resp.headers.get("content-type", "").split(";")[0].strip()
-        return data, ctype, resp.headers.get("docker-content-digest")
+        if status != 200:
+            raise self._c.fail(httpx.Response(status, headers=resp_headers, content=data), what)
+        return resp_headers, data
+
+    def _get_manifest(self, ident: str) -> tuple[bytes, str, str | None]:
+        headers, data = self._document(
+            f"manifests/{ident}", f"manifest {ident}", MAX_MANIFEST_SIZE, {"Accept": mt.MANIFEST_ACCEPT}
+        )
+        ctype = headers.get("content-type", "").split(";")[0].strip()
+        return data, ctype, headers.get("docker-content-digest")
 
     def resolve(self) -> Descriptor:
         ref = self.reference
@@ -283,17 +365,20 @@ class RegistryStore:
         return Descriptor(media, digest, len(data))
 
     def read_manifest(self, desc: Descriptor) -> bytes:
-        if desc.size > MAX_MANIFEST_SIZE:
-            raise ImageError(f"{desc.digest}: {desc.size} bytes is too large for a manifest or config")
+        document = mt.is_index(desc.media_type) or mt.is_manifest(desc.media_type)
+        limit = MAX_MANIFEST_SIZE if document else MAX_CONFIG_SIZE
+        if desc.size > limit:
+            raise ImageError(
+                f"{self.reference.name}: {desc.digest}: {desc.size} bytes is more than the limit of "
+                f"{limit} for a {'manifest' if document else 'config'}"
+            )
         data = self._manifests.get(desc.digest)
         if data is None:
-            if mt.is_index(desc.media_type) or mt.is_manifest(desc.media_type):
+            if document:
                 data = self._get_manifest(desc.digest)[0]
             else:
-                resp = self._c.request("GET", self._c.url(f"blobs/{desc.digest}"), scopes=self._read)
-                if resp.status_code != 200:
-                    raise self._c.fail(resp, f"blob {desc.digest}")
-                data = resp.content
+                # Read no more than the descriptor promises: one byte over is already a mismatch.
+                data = self._document(f"blobs/{desc.digest}", f"blob {desc.digest}", desc.size)[1]
         verify_bytes(f"{self.reference.name}: blob", data, desc.digest, desc.size)
         return data
 

@@ -2,7 +2,11 @@
 socket: answer 500/429 without forwarding, drop the connection, cut a response body short, flip a
 byte of a response body, forward a request but lose its answer ("lost": the registry acted, the
 client cannot know), or hold requests at a barrier until `parties` of them are in flight at once
-(proves a client transfers in parallel; a barrier that times out answers 504).
+(proves a client transfers in parallel; a barrier that times out answers 504). Hostile answers, also
+without forwarding: "redirect" (307 to `location`, `{path}` replaced by the request's path),
+"answer" (`status`, `headers` and `body` as given), "flood" (200 with an endless body, chunked, or
+with `flood_length` claimed as Content-Length), "resize" (forward, then send `size_delta` more or
+fewer body bytes than the registry did, with a matching Content-Length).
 
     with FaultProxy(reg.host) as proxy:
         proxy.add(Fault("status", path=r"/blobs/sha256:", times=2, status=500))
@@ -33,7 +37,9 @@ HOP_BY_HOP = {
 
 @dataclass
 class Fault:
-    kind: Literal["status", "drop", "lost", "truncate", "corrupt", "barrier"]
+    kind: Literal[
+        "status", "drop", "lost", "truncate", "corrupt", "barrier", "redirect", "answer", "flood", "resize"
+    ]
     path: str = ""  # regex searched in the request path (with query)
     method: str | None = None
     times: int = 1  # matching requests affected; -1: all of them
@@ -41,6 +47,11 @@ class Fault:
     retry_after: str | None = None
     parties: int = 2  # for "barrier"
     timeout: float = 20.0  # for "barrier"
+    location: str = ""  # for "redirect"
+    headers: dict[str, str] = field(default_factory=dict)  # for "answer"
+    body: bytes = b""  # for "answer"
+    flood_length: int | None = None  # for "flood": the Content-Length claimed (None: chunked, endless)
+    size_delta: int = 0  # for "resize"
     hits: int = 0
     passed: bool = False  # a barrier that released its parties
     _barrier: threading.Barrier | None = None
@@ -67,6 +78,7 @@ class Hit:
     path: str
     status: int  # what the client got (0: dropped)
     fault: str | None
+    headers: dict[str, str] = field(default_factory=dict)  # the request's, names in lower case
 
 
 @dataclass
@@ -75,13 +87,14 @@ class FaultProxy:
     faults: list[Fault] = field(default_factory=list)
     hits: list[Hit] = field(default_factory=list)
     ignore_range: bool = False  # forward without Range headers: a server that always sends it all
+    bind: str = "127.0.0.1"  # another loopback address (127.0.0.2) makes the proxy "another host"
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _server: ThreadingHTTPServer | None = None
 
     @property
     def host(self) -> str:
         assert self._server is not None
-        return f"127.0.0.1:{self._server.server_address[1]}"
+        return f"{self.bind}:{self._server.server_address[1]}"
 
     def add(self, fault: Fault) -> Fault:
         with self._lock:
@@ -136,6 +149,38 @@ class FaultProxy:
                         self.rfile.readline()
                 return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
+            def _hit(self, status: int, fault: str | None) -> None:
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                proxy._record(Hit(self.command, self.path, status, fault, headers))
+
+            def _send(self, status: int, headers: dict[str, str], body: bytes) -> None:
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            def _flood(self, length: int | None) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+                if length is None:
+                    self.send_header("Transfer-Encoding", "chunked")
+                else:
+                    self.send_header("Content-Length", str(length))
+                self.end_headers()
+                block = b"{" * 65536
+                chunk = b"%x\r\n%s\r\n" % (len(block), block) if length is None else block
+                sent = 0
+                try:
+                    while length is None or sent < length:
+                        self.wfile.write(chunk)
+                        sent += len(block)
+                except OSError:
+                    pass  # the client hung up: what a size cap does
+                self.close_connection = True
+
             def _drop(self) -> None:
                 self.close_connection = True
                 self.connection.shutdown(socket.SHUT_RDWR)
@@ -145,13 +190,25 @@ class FaultProxy:
                 body = self._body()
                 fault = proxy._take(method, path)
                 if fault and fault.kind == "drop":
-                    proxy._record(Hit(method, path, 0, "drop"))
+                    self._hit(0, "drop")
                     self._drop()
+                    return
+                if fault and fault.kind == "redirect":
+                    self._hit(307, "redirect")
+                    self._send(307, {"Location": fault.location.replace("{path}", path)}, b"")
+                    return
+                if fault and fault.kind == "answer":
+                    self._hit(fault.status, "answer")
+                    self._send(fault.status, fault.headers, fault.body)
+                    return
+                if fault and fault.kind == "flood":
+                    self._hit(200, "flood")
+                    self._flood(fault.flood_length)
                     return
                 if fault and fault.kind == "barrier" and not fault.wait():
                     fault = Fault("status", status=504)
                 if fault and fault.kind == "status":
-                    proxy._record(Hit(method, path, fault.status, "status"))
+                    self._hit(fault.status, "status")
                     data = b'{"errors":[{"code":"UNAVAILABLE","message":"injected fault"}]}'
                     self.send_response(fault.status)
                     if fault.retry_after is not None:
@@ -174,12 +231,16 @@ class FaultProxy:
                     conn.close()
                 length = resp.getheader("Content-Length") if method == "HEAD" else str(len(data))
                 if fault and fault.kind == "lost":
-                    proxy._record(Hit(method, path, 0, "lost"))
+                    self._hit(0, "lost")
                     self._drop()
                     return
                 if fault and fault.kind == "corrupt" and data:
                     data = data[:-1] + bytes([data[-1] ^ 0xFF])
-                proxy._record(Hit(method, path, status, fault.kind if fault else None))
+                if fault and fault.kind == "resize" and data:
+                    delta = fault.size_delta
+                    data = data + b"x" * delta if delta > 0 else data[:delta]
+                    length = str(len(data))
+                self._hit(status, fault.kind if fault else None)
                 self.send_response(status)
                 for k, v in resp_headers:
                     if k.lower() not in HOP_BY_HOP:
@@ -198,7 +259,7 @@ class FaultProxy:
 
             do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = _handle
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer((self.bind, 0), Handler)
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, name="fault-proxy", daemon=True).start()
 
