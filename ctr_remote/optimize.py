@@ -244,6 +244,10 @@ class _Pipeline:
             if self.record is not None:
                 self.record.write(record_lines(ProfileResult(accessed, None), img.manifest_desc.digest))
             return accessed
+        if self.workload.wait_on_signal:
+            log.info("press Ctrl+C to terminate the container")
+        elif self.workload.wait_on_line is None:
+            log.info(f"waiting for {self.workload.period:g}s ...")
         result = profile(layers, img.config.raw, self.workload, workdir=self.work)
         if self.record is not None:
             self.record.write(record_lines(result, img.manifest_desc.digest))

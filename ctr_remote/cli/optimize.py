@@ -11,6 +11,7 @@ from ctr_remote.cli.streams import WorkloadStreams
 from ctr_remote.errors import CtrRemoteError
 from ctr_remote.log import LogFormat
 from ctr_remote.options import DEFAULT_CHUNK_SIZE, OptimizeOptions
+from ctr_remote.prefetch_list import PrefetchList, PrefetchListError
 from ctr_remote.profile.workload import (
     DEFAULT_CNI_CONF_DIR,
     DEFAULT_CNI_PLUGIN_DIR,
@@ -22,7 +23,9 @@ from ctr_remote.profile.workload import (
 )
 
 
-class FlagConflictError(CtrRemoteError):
+class UsageError(CtrRemoteError):
+    """Flags or arguments that cannot work together or are malformed: exit 2, as click's own."""
+
     exit_code = 2
 
 
@@ -35,25 +38,39 @@ class Interrupted(CtrRemoteError):
 def _conflicts(p: dict) -> None:  # type: ignore[type-arg]
     """The combinations upstream refuses, and those that make no sense for this tool."""
     if p["terminal"] and not p["stdin"]:
-        raise FlagConflictError('terminal flag must be specified with "-i"')
+        raise UsageError('terminal flag must be specified with "-i"')
     if p["wait_on_signal"] and p["terminal"]:
-        raise FlagConflictError("wait-on-signal can't be used with terminal flag")
+        raise UsageError("wait-on-signal can't be used with terminal flag")
     if p["prefetch_list"] and p["no_optimize"]:
-        raise FlagConflictError("--prefetch-list can't be used with --no-optimize")
+        raise UsageError("--prefetch-list can't be used with --no-optimize")
     if p["cni"] and p["net_host"]:
-        raise FlagConflictError("--cni can't be used with --net-host")
+        raise UsageError("--cni can't be used with --net-host")
     if p["all_platforms"] and p["platform"]:
-        raise FlagConflictError("--platform can't be used with --all-platforms")
+        raise UsageError("--platform can't be used with --all-platforms")
     if p["zstdchunked"]:
-        raise FlagConflictError("--zstdchunked is not supported: this tool writes eStargz (gzip) layers")
+        raise UsageError("--zstdchunked is not supported: this tool writes eStargz (gzip) layers")
     if p["gpus"]:
-        raise FlagConflictError("--gpus is not supported: profiling containers run without GPU devices")
+        raise UsageError("--gpus is not supported: profiling containers run without GPU devices")
     if not 1 <= p["estargz_compression_level"] <= 9:
-        raise FlagConflictError(
+        raise UsageError(
             f"--estargz-compression-level must be between 1 and 9, got {p['estargz_compression_level']}"
         )
     if p["estargz_chunk_size"] < 0:
-        raise FlagConflictError(f"--estargz-chunk-size must not be negative, got {p['estargz_chunk_size']}")
+        raise UsageError(f"--estargz-chunk-size must not be negative, got {p['estargz_chunk_size']}")
+
+
+def _check_syntax(source_ref: str, target_ref: str, options: OptimizeOptions) -> None:
+    """References and platforms are parsed again by the pipeline; a malformed one is a usage error."""
+    from ctr_remote.image import InvalidReferenceError, PlatformError, parse_platforms, parse_reference
+
+    try:
+        for ref in (source_ref, target_ref):
+            parse_reference(ref, plain_http=options.plain_http)
+        parse_platforms(options.platforms)
+        if options.prefetch_list is not None:
+            PrefetchList.load(options.prefetch_list)
+    except (InvalidReferenceError, PlatformError, PrefetchListError) as e:
+        raise UsageError(str(e)) from None
 
 
 def _workload(p: dict) -> Workload:  # type: ignore[type-arg]
@@ -183,8 +200,8 @@ _dir = click.Path(file_okay=False, path_type=Path)
 @click.option(
     "--mount",
     multiple=True,
-    help="additional mounts for the container "
-    "(e.g. type=bind,source=/path,destination=/target,options=rbind:ro); repeatable",
+    help="additional mounts for the container, as ctr's --mount: "
+    "type=bind,src=/path,dst=/target,options=rbind:ro; repeatable",
 )
 @click.option(
     "--dns-nameservers",
@@ -236,6 +253,7 @@ def optimize_command(source_ref: str, target_ref: str, **params: object) -> None
     _conflicts(params)
     workload = _workload(params)
     options = _options(params)
+    _check_syntax(source_ref, target_ref, options)
     from ctr_remote.optimize import optimize  # the pipeline pulls in every package: load it only to run
 
     root = click.get_current_context().find_root().params

@@ -58,12 +58,22 @@ def test_env_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         (["--entrypoint", "sh -c"], "--entrypoint"),
         (["--nosuch"], "No such option"),
         (["--zstdchunked"], "not supported"),
+        (["--platform", "linux//arm"], "invalid platform 'linux//arm'"),
+        (["--prefetch-list", "BADPL"], "unclosed '['"),
+        (["SRC=UPPER/Case::bad"], "invalid reference 'UPPER/Case::bad'"),
+        (["SRC=http://127.0.0.1:5000/a:b"], "--plain-http option must be specified"),
     ],
 )
 def test_refused_combinations_are_one_line(tmp_path: Path, args: list[str], message: str) -> None:
+    """Usage errors exit 2 (runtime errors 1, Ctrl-C 130, SIGTERM 143) before anything is fetched."""
     (tmp_path / "PL").write_text("bin/sh\n")
-    args = [str(tmp_path / "PL") if a == "PL" else a for a in args]
-    p = run("image", "optimize", *args, "local:///nonexistent/src", f"local://{tmp_path}/dst")
+    (tmp_path / "BADPL").write_text("bin/[sh\n")
+    src = "local:///nonexistent/src"
+    for a in args:
+        if a.startswith("SRC="):
+            src = a.removeprefix("SRC=")
+    args = [str(tmp_path / a) if a in ("PL", "BADPL") else a for a in args if not a.startswith("SRC=")]
+    p = run("image", "optimize", *args, src, f"local://{tmp_path}/dst")
     assert p.returncode == 2
     assert message in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1, p.stderr
