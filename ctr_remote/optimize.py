@@ -208,8 +208,16 @@ class _Pipeline:
                 nested = parse_index(self.src.read_manifest(entry), media, what=f"index {entry.digest}")
                 out.extend(self._image_entries(nested, depth + 1))
             else:
-                out.append(entry)
+                out.append(self._with_platform(entry))
         return out
+
+    def _with_platform(self, entry: Descriptor) -> Descriptor:
+        """An index entry without a platform gets its config's, if that names one (containerd keeps
+        such entries; platform selection needs to know what they are)."""
+        if entry.platform is not None:
+            return entry
+        plat = read_image(self.src, entry).config.platform
+        return replace(entry, platform=plat) if plat.os and plat.architecture else entry
 
     def _layer_file(self, desc: Descriptor) -> Path:
         return self.work / "in" / encoded(desc.digest)

@@ -154,3 +154,10 @@ def publish_nested(store: ImageStore, inner: BuiltIndex, workdir: Path) -> Descr
     outer = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": [inner.index.desc.to_json()]}
     top = _blob(json.dumps(outer).encode(), mt.OCI_INDEX)
     return write_image(store, blobs, children, (top.data, top.desc))
+
+
+def unlabelled_index() -> BuiltIndex:
+    """An index whose entry has no `platform` (only the image config says what it is)."""
+    img = runnable_image(app_layers())
+    doc = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": [img.manifest.desc.to_json()]}
+    return BuiltIndex((img,), _blob(json.dumps(doc).encode(), mt.OCI_INDEX))

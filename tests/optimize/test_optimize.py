@@ -19,6 +19,7 @@ from tests.helpers.sample import (
     publish,
     publish_nested,
     runnable_image,
+    unlabelled_index,
     with_attestation,
 )
 from tests.optimize.conftest import Cli
@@ -140,6 +141,15 @@ def test_nested_index_with_attestation(
     assert [m["platform"]["os"] for m in index["manifests"]] == ["linux"]
     events = [e["event"] for e in run.events]
     assert "dropping attestation manifest of the source image" in events
+
+
+def test_index_entry_without_platform_uses_its_config(cli: Cli, workdir: Path, oracle: Oracle) -> None:
+    src, dst = workdir / "src", workdir / "dst"
+    with open_store(parse_reference(f"local://{src}")) as store:
+        publish(store, unlabelled_index(), workdir / "push")
+    cli.optimize(f"local://{src}", f"local://{dst}")
+    report = oracle.check_image(dst)
+    assert_app_prioritized(report)
 
 
 def test_platform_without_host_is_not_profiled(
