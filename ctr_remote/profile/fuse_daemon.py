@@ -8,7 +8,9 @@ Layers to serve arrive on stdin, one JSON object per line:
     {"index": 0, "root": DIR, "mountpoint": MNT, "log": FILE, "xattrs": JSON_FILE or null}
 Each is served by its own thread (one interpreter for all layers: libfuse's loop runs without the
 GIL, only the callbacks take it). The daemon writes "INDEX\n" to READY_FD once the kernel has
-initialised a mount, or "INDEX !MESSAGE\n" if mounting failed. Each layer's first accesses (first
+initialised a mount, or "INDEX !MESSAGE\n" if mounting failed, or later if the layer's accesses
+could not all be logged (a full work directory): the parent then fails the run instead of reporting
+an incomplete profile. Each layer's first accesses (first
 open or read of a path) go to its LOG, NUL-terminated. The daemon exits once stdin is closed and every
 mount is gone (unmounting a mount ends its thread).
 
@@ -35,6 +37,7 @@ opened and never read (empty ones, for instance) would go unrecorded.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import json
@@ -83,12 +86,21 @@ class Recorder(mfusepy.Operations):
         self.fds: OrderedDict[bytes, int] = OrderedDict()
         self.listings: dict[bytes, list[tuple[bytes, os.stat_result | None]]] = {}
         self.stats: Counter[str] = Counter()
+        self.log_failed = False
 
     def note(self, path: bytes) -> None:
         """Record the first access of `path` ("/etc/passwd") as a layer-relative name."""
         if path not in self.seen:
             self.seen.add(path)
-            os.write(self.log_fd, path[1:] + b"\0")
+            try:
+                os.write(self.log_fd, path[1:] + b"\0")
+            except OSError as e:
+                # The workload's open still succeeds; the parent learns that this profile is incomplete.
+                if not self.log_failed:
+                    self.log_failed = True
+                    os.write(
+                        self.ready_fd, f"{self.index} !cannot write its access log: {e.strerror}\n".encode()
+                    )
 
     def fd(self, path: bytes) -> int:
         """A descriptor for reading `path`, kept for later reads (no release callback needed)."""
@@ -114,8 +126,8 @@ class Recorder(mfusepy.Operations):
             os.close(fd)
         self.fds.clear()
         os.close(self.log_fd)
-        with open(self.log_path + ".stats", "w", encoding="utf-8") as f:
-            json.dump(dict(self.stats), f)
+        with contextlib.suppress(OSError), open(self.log_path + ".stats", "w", encoding="utf-8") as f:
+            json.dump(dict(self.stats), f)  # for the benchmark only
 
     # Served by FastFUSE; defined so that mfusepy registers the callbacks.
     def getattr(self, path: str, fh: int | None = None) -> dict:

@@ -7,9 +7,12 @@ import contextlib
 import json
 import os
 import select
+import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -134,6 +137,36 @@ class RecorderDaemon:
                 if failure:
                     raise ProfileError(f"cannot mount layer {index} with FUSE: {failure}")
                 self._ready.add(int(index))
+
+    def watch(self, on_exit: Callable[[], None]) -> None:
+        """Call `on_exit` (from a watcher thread) when the daemon process ends, however it ends."""
+
+        def wait() -> None:
+            self.process.wait()
+            on_exit()
+
+        threading.Thread(target=wait, name="fuse-daemon-watch", daemon=True).start()
+
+    def check(self) -> None:
+        """After the run, before unmounting: fail with one line if the daemon died or reported that
+        it could not log every access (the profile would silently miss files)."""
+        status = self.process.poll()
+        if status is not None:
+            how = f"killed by {signal.Signals(-status).name}" if status < 0 else f"exit status {status}"
+            raise ProfileError(
+                f"the FUSE daemon recording the layers died during the run ({how}); "
+                "the recorded accesses would be incomplete"
+            )
+        while select.select([self._ready_r], [], [], 0)[0]:
+            chunk = os.read(self._ready_r, 4096)
+            if not chunk:
+                break
+            self._pending += chunk
+            *lines, self._pending = self._pending.split(b"\n")
+            for line in lines:
+                index, _, failure = line.decode(errors="replace").partition(" !")
+                if failure:
+                    raise ProfileError(f"layer {index}: the FUSE recorder {failure}")
 
     def _stderr_tail(self) -> str:
         try:

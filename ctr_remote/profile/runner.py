@@ -93,6 +93,9 @@ def profile(
                     with signals_deferred():
                         stack.close()  # container, overlay and FUSE mounts: the logs are complete after this
                 accessed = _attribute([r.accessed() for r in recorders], excluded)
+        except OSError as e:  # our own files and processes: e.g. the work directory's filesystem is full
+            where = f" ({e.filename})" if e.filename else ""
+            raise ProfileError(f"profiling failed in {work}: {e.strerror or e}{where}") from None
         finally:
             with signals_deferred():
                 _sweep(work)
@@ -127,6 +130,7 @@ def _run(
         layer = unpack_layer(blob, work / "l" / str(i), what=f"layer {i} ({blob.name})")
         recorders.append(daemon.serve(i, layer, work / "m" / str(i)))
     daemon.wait_ready(time.monotonic() + READY_TIMEOUT)
+    daemon.watch(stop.set)  # a dead recorder ends the run at once: nothing more would be recorded
 
     rootfs = work / "rootfs"
     if not recorders:  # no layers at all: an empty lower dir
@@ -175,6 +179,7 @@ def _run(
     container = Container(runtime, work / "runc", container_id, bundle)
     stack.callback(container.delete)
     exit_code = container.run(workload, stop, stop_signal)
+    daemon.check()
     excluded = [clean_name(m["destination"]) for m in spec["mounts"]]
     return recorders, exit_code, excluded
 

@@ -141,9 +141,15 @@ class Container:
                 t.join(timeout=KILL_TIMEOUT_SECONDS)
 
     def _check_started(self, returncode: int) -> None:
-        """A non-zero exit is the workload's unless the runtime logged that it failed to start it."""
+        """A non-zero exit is the workload's unless the runtime logged that it failed to start it, or
+        the runtime itself was killed (a workload killed by a signal makes it exit with 128+N)."""
         if returncode == 0:
             return
+        if returncode < 0:
+            raise ProfileError(
+                f"{Path(self.runtime).name} was killed by {signal.Signals(-returncode).name} while "
+                "running the workload"
+            )
         try:
             lines = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
         except FileNotFoundError:

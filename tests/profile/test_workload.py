@@ -259,13 +259,16 @@ def _read_available(fd: int) -> str:
 
 
 def test_two_runs_at_once_do_not_collide(tmp_path: Path, busybox_layer: Path) -> None:
-    """Each waits until it sees the other's marker: they really overlap, with separate runc state."""
+    """Each waits until it sees the other's marker: they really overlap, in one work directory (as two
+    CLI runs share the system temp dir), with separate runc state."""
     shared = tmp_path / "shared"
     shared.mkdir()
+    work = tmp_path / "work"
+    work.mkdir()
     procs = []
     for me, other in (("a", "b"), ("b", "a")):
         d = tmp_path / me
-        (d / "work").mkdir(parents=True)
+        d.mkdir()
         script = (
             f"touch /shared/{me}; i=0; "
             f"while [ ! -e /shared/{other} ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; "
@@ -276,15 +279,12 @@ def test_two_runs_at_once_do_not_collide(tmp_path: Path, busybox_layer: Path) ->
             "mounts": [{"type": "bind", "source": str(shared), "destination": "/shared"}],
         }
         procs.append(
-            start_driver(
-                d, d / "work", [busybox_layer], image_config(cmd=["/bin/sh", "-c", script]), workload
-            )
+            start_driver(d, work, [busybox_layer], image_config(cmd=["/bin/sh", "-c", script]), workload)
         )
     for proc, result in procs:
         assert proc.wait(timeout=120) == 0
         assert '"exit_code": 0' in result.read_text()
-    for me in ("a", "b"):
-        assert list((tmp_path / me / "work").iterdir()) == []
+    assert list(work.iterdir()) == []
 
 
 def test_workload_dataclass_defaults_match_upstream() -> None:
