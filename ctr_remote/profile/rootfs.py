@@ -15,6 +15,7 @@ from pathlib import Path
 from ctr_remote.profile.errors import ProfileError
 
 MAX_SYMLINKS = 40
+MAX_DB_SIZE = 16 << 20
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -51,11 +52,33 @@ def resolve_in_root(root: Path, path: str) -> Path:
 
 
 def _read_db(root: Path, path: str) -> list[list[str]]:
-    """Colon-separated records of /etc/passwd or /etc/group; missing file = no records."""
+    """Colon-separated records of /etc/passwd or /etc/group; missing file = no records.
+
+    Only a regular file of at most MAX_DB_SIZE bytes is read: the image could make it a fifo (the
+    open would block forever), a device node (the host's: /dev/zero would never end, a disk would be
+    read) or a huge file.
+    """
+    host = resolve_in_root(root, path)
     try:
-        text = resolve_in_root(root, path).read_text(encoding="utf-8", errors="surrogateescape")
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        fd = os.open(host, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
         return []
+    except OSError as e:
+        raise ProfileError(f"cannot read the image's {path}: {e.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ProfileError(f"the image's {path} is not a regular file")
+        chunks = []
+        left = MAX_DB_SIZE + 1
+        while left > 0 and (chunk := os.read(fd, min(left, 1 << 20))):
+            chunks.append(chunk)
+            left -= len(chunk)
+        data = b"".join(chunks)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_DB_SIZE:
+        raise ProfileError(f"the image's {path} is larger than {MAX_DB_SIZE} bytes")
+    text = data.decode("utf-8", "surrogateescape")
     return [line.split(":") for line in text.splitlines() if line and not line.startswith("#")]
 
 

@@ -9,7 +9,8 @@ Hostile entries are neutralised or refused, never followed out of the layer dire
 - every directory on the way is opened relative to its parent with O_NOFOLLOW, so an entry below a
   symlink (or a regular file) is refused rather than written through it;
 - hardlinks must point at an entry this layer already unpacked (again resolved without following);
-- `trusted.*` xattrs from the tar are dropped: they would steer overlayfs (redirects, opaque, metacopy).
+- `trusted.*` and `user.overlay.*` xattrs from the tar are dropped: they would steer overlayfs
+  (redirects, opaque, whiteouts, metacopy).
 Device nodes are created as they are: the work directory is private to root and the container's device
 cgroup denies them.
 """
@@ -23,6 +24,7 @@ import posixpath
 import shutil
 import stat
 import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +42,10 @@ _XATTR_PAX_PREFIX = "SCHILY.xattr."
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _MAX_CACHED_DIRS = 256
+MAX_REFUSALS_KEPT = 100
+# overlayfs reads its state from trusted.overlay.* (and user.overlay.* when mounted with userxattr):
+# from a tar they would redirect, hide or whiteout as if the overlay had written them.
+_DROPPED_XATTR_PREFIXES = ("trusted.", "user.overlay.")
 
 
 @dataclass
@@ -53,7 +59,15 @@ class UnpackedLayer:
 
     root: Path
     xattrs: dict[str, dict[str, bytes]] = field(default_factory=dict)
-    refused: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)  # the first MAX_REFUSALS_KEPT reasons
+    refused_count: int = 0
+
+    def refuse(self, what: str, entry: str, reason: str) -> None:
+        """Note a skipped entry; a layer made of millions of them costs neither memory nor log lines."""
+        self.refused_count += 1
+        if self.refused_count <= MAX_REFUSALS_KEPT:
+            self.refused.append(reason)
+            log.warning("refused layer entry", layer=what, entry=entry, reason=reason)
 
 
 class _Refused(Exception):
@@ -121,7 +135,7 @@ def _xattrs_of(member: tarfile.TarInfo) -> dict[str, bytes]:
     for key, value in member.pax_headers.items():
         if key.startswith(_XATTR_PAX_PREFIX):
             name = key[len(_XATTR_PAX_PREFIX) :]
-            if name.startswith("trusted."):
+            if name.startswith(_DROPPED_XATTR_PREFIXES):
                 continue
             found[name] = value.encode("utf-8", "surrogateescape")
     return found
@@ -242,6 +256,14 @@ def _unpack_member(tree: _Tree, tf: tarfile.TarFile, member: tarfile.TarInfo, la
         layer.xattrs[rel] = xattrs
 
 
+def _members(tf: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
+    """The archive's entries one by one. Iterating the TarFile itself would keep every entry in
+    `tf.members` (~450 bytes each: gigabytes for a small blob of millions of empty entries)."""
+    while (member := tf.next()) is not None:
+        tf.members.clear()
+        yield member
+
+
 def unpack_layer(blob: Path, dest: Path, what: str = "layer") -> UnpackedLayer:
     """Unpack `blob` (tar, tar+gzip or tar+zstd) into the new directory `dest`.
 
@@ -257,18 +279,19 @@ def unpack_layer(blob: Path, dest: Path, what: str = "layer") -> UnpackedLayer:
         with open(blob, "rb") as raw:
             stream, _ = open_tar_stream(raw, what)
             with tarfile.open(fileobj=stream, mode="r|", errorlevel=1) as tf:
-                for member in tf:
+                for member in _members(tf):
                     try:
                         _unpack_member(tree, tf, member, layer)
                     except (_Refused, ValueError, OverflowError) as e:  # the latter: absurd device numbers
-                        layer.refused.append(str(e))
-                        log.warning("refused layer entry", layer=what, entry=member.name, reason=str(e))
+                        layer.refuse(what, member.name, str(e))
                         continue
                     except OSError as e:
                         raise ProfileError(f"{what}: cannot unpack {member.name!r}: {e.strerror}") from None
                     if member.isdir() and clean_name(member.name):
                         dir_times.append((clean_name(member.name), int(member.mtime * 1_000_000_000)))
         # Directory mtimes last: creating their children changed them.
+        if layer.refused_count > MAX_REFUSALS_KEPT:
+            log.warning("refused layer entries in all", layer=what, count=layer.refused_count)
         for rel, mtime_ns in reversed(dir_times):
             head, _, base = rel.rpartition("/")
             try:
