@@ -43,6 +43,9 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _MAX_CACHED_DIRS = 256
 MAX_REFUSALS_KEPT = 100
+MAX_SPECIAL_HEADER = 1 << 20  # as Go's archive/tar (maxSpecialFileSize)
+_PAX_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE)
+_SPECIAL_HEADER_TYPES = (*_PAX_TYPES, tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
 # overlayfs reads its state from trusted.overlay.* (and user.overlay.* when mounted with userxattr):
 # from a tar they would redirect, hide or whiteout as if the overlay had written them.
 _DROPPED_XATTR_PREFIXES = ("trusted.", "user.overlay.")
@@ -66,8 +69,26 @@ class UnpackedLayer:
         """Note a skipped entry; a layer made of millions of them costs neither memory nor log lines."""
         self.refused_count += 1
         if self.refused_count <= MAX_REFUSALS_KEPT:
-            self.refused.append(reason)
-            log.warning("refused layer entry", layer=what, entry=entry, reason=reason)
+            self.refused.append(_shown(reason))
+            log.warning("refused layer entry", layer=what, entry=_shown(entry), reason=_shown(reason))
+
+
+def _shown(text: str, limit: int = 300) -> str:
+    """Names in messages and logs cut short: a tar name may be up to MAX_SPECIAL_HEADER bytes."""
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """tarfile reads a PAX header or a GNU long name into memory whatever its size (a 1 MB gzip blob
+    made the unpacker take 2 GB); refused above Go archive/tar's limit for them."""
+
+    def _proc_member(self, archive: tarfile.TarFile) -> tarfile.TarInfo:  # tarfile's own hook
+        if self.type in _SPECIAL_HEADER_TYPES and self.size > MAX_SPECIAL_HEADER:
+            raise tarfile.ReadError(
+                f"a {'PAX header' if self.type in _PAX_TYPES else 'GNU long name'} of {self.size} bytes, "
+                f"more than the limit of {MAX_SPECIAL_HEADER}"
+            )
+        return super()._proc_member(archive)  # type: ignore[misc]
 
 
 class _Refused(Exception):
@@ -278,7 +299,7 @@ def unpack_layer(blob: Path, dest: Path, what: str = "layer") -> UnpackedLayer:
     try:
         with open(blob, "rb") as raw:
             stream, _ = open_tar_stream(raw, what)
-            with tarfile.open(fileobj=stream, mode="r|", errorlevel=1) as tf:
+            with tarfile.open(fileobj=stream, mode="r|", errorlevel=1, tarinfo=_BoundedTarInfo) as tf:
                 for member in _members(tf):
                     try:
                         _unpack_member(tree, tf, member, layer)
@@ -286,7 +307,9 @@ def unpack_layer(blob: Path, dest: Path, what: str = "layer") -> UnpackedLayer:
                         layer.refuse(what, member.name, str(e))
                         continue
                     except OSError as e:
-                        raise ProfileError(f"{what}: cannot unpack {member.name!r}: {e.strerror}") from None
+                        raise ProfileError(
+                            f"{what}: cannot unpack {_shown(repr(member.name))}: {e.strerror}"
+                        ) from None
                     if member.isdir() and clean_name(member.name):
                         dir_times.append((clean_name(member.name), int(member.mtime * 1_000_000_000)))
         # Directory mtimes last: creating their children changed them.

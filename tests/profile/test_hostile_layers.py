@@ -5,6 +5,7 @@ non-regular or huge user databases, and millions-of-entries layers. Asserted on 
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -226,3 +227,44 @@ def test_a_layer_of_many_entries_unpacks_in_constant_memory(tmp_path: Path) -> N
     assert probe["count"] == n // 2 and probe["kept"] == MAX_REFUSALS_KEPT
     assert probe["grown_kib"] < 8 * 1024, probe
     assert sum(1 for _ in (tmp_path / "out").rglob("f*")) == n // 2
+
+
+def _special_header_blob(path: Path, kind: str, size: int) -> Path:
+    """A gzip blob holding one PAX header or GNU long name of `size` bytes (compresses to ~0.5%)."""
+    info = tarfile.TarInfo("././@PaxHeader" if kind == "pax" else "././@LongLink")
+    info.type = tarfile.XHDTYPE if kind == "pax" else tarfile.GNUTYPE_LONGNAME
+    info.size = size
+    record = b"9 a=1234\n" if kind == "pax" else b"a"
+    block = (record * ((1 << 20) // len(record) + 1))[: 1 << 20]
+    with gzip.open(path, "wb", compresslevel=1) as f:
+        f.write(info.tobuf(format=tarfile.USTAR_FORMAT if kind == "pax" else tarfile.GNU_FORMAT))
+        for offset in range(0, size, len(block)):
+            f.write(block[: size - offset])
+        f.write(b"\0" * (-size % 512))
+        f.write(tarfile.TarInfo("x").tobuf() + b"\0" * 1024)
+    return path
+
+
+@pytest.mark.parametrize(("kind", "what"), [("pax", "PAX header"), ("long", "GNU long name")])
+def test_huge_pax_header_or_long_name_is_refused_before_it_is_read(
+    tmp_path: Path, kind: str, what: str
+) -> None:
+    """tarfile would read it whole into memory: 2 GB for a 1.4 MB blob with a 300 MB long name."""
+    blob = _special_header_blob(tmp_path / "l.tar.gz", kind, 64 << 20)
+    with pytest.raises(ProfileError) as e:
+        unpack_layer(blob, tmp_path / "out", what="layer 3")
+    assert str(e.value) == (
+        f"layer 3: not a valid tar archive: a {what} of {64 << 20} bytes, more than the limit of {1 << 20}"
+    )
+
+
+def test_long_names_within_the_limit_still_unpack_and_errors_stay_short(tmp_path: Path) -> None:
+    deep = "/".join(["d" * 200] * 15) + "/file"  # 3,000+ characters: a GNU long name / PAX path
+    ok = LayerBuilder().file(deep, b"deep").write(tmp_path / "ok.tar.gz")
+    unpack_layer(ok, tmp_path / "ok")
+    assert (tmp_path / "ok" / deep).read_bytes() == b"deep"
+
+    too_long = LayerBuilder().file("n" * 500_000, b"x").write(tmp_path / "long.tar.gz")
+    with pytest.raises(ProfileError) as e:
+        unpack_layer(too_long, tmp_path / "out")
+    assert len(str(e.value)) < 500 and str(e.value).endswith("File name too long")
