@@ -102,13 +102,36 @@ def _content_length(resp: httpx.Response) -> int | None:
     return None
 
 
-def _read_capped(resp: httpx.Response, limit: int, too_large: Callable[[str], ImageError]) -> bytes:
+# Transfer encodings decoded if a server uses them although asked not to: gzip and deflate expand at
+# most ~1000:1 per chunk read. zstd and brotli are refused: httpx decodes a whole chunk at once, and a
+# 64 KiB zstd chunk can expand to gigabytes.
+_DECODED_ENCODINGS = frozenset({"", "identity", "gzip", "x-gzip", "deflate"})
+
+
+def _check_encoding(resp: httpx.Response, where: str) -> None:
+    encoding = resp.headers.get("content-encoding", "")
+    if any(e.strip().lower() not in _DECODED_ENCODINGS for e in encoding.split(",")):
+        raise RegistryError(f"{where}: the answer has Content-Encoding {encoding}, which was not asked for")
+
+
+def _body_chunks(resp: httpx.Response, where: str) -> Iterator[bytes]:
+    """A streamed response's body, decoded; a body that cannot be decoded is a one-line error."""
+    _check_encoding(resp, where)
+    try:
+        yield from resp.iter_bytes()
+    except httpx.DecodingError as e:
+        raise RegistryError(f"{where}: the answer cannot be decoded ({_line(e)})") from None
+
+
+def _read_capped(
+    resp: httpx.Response, limit: int, too_large: Callable[[str], ImageError], where: str
+) -> bytes:
     """The body of a streamed response, given up on (not read further) once it exceeds `limit`."""
     declared = _content_length(resp)
     if declared is not None and declared > limit:
         raise too_large(f"{declared} bytes, more than the limit of {limit}")
     data = bytearray()
-    for chunk in resp.iter_bytes():
+    for chunk in _body_chunks(resp, where):
         data += chunk
         if len(data) > limit:
             raise too_large(f"more than the limit of {limit} bytes")
@@ -145,7 +168,8 @@ class _Client:
             verify=verify,
             timeout=httpx.Timeout(options.timeout, connect=min(options.timeout, 30.0)),
             follow_redirects=True,
-            headers={"User-Agent": f"ctr-remote/{__version__}"},
+            # No transfer encoding: blobs are compressed already, and see _DECODED_ENCODINGS.
+            headers={"User-Agent": f"ctr-remote/{__version__}", "Accept-Encoding": "identity"},
         )
         self.auth = Authenticator(
             ref.registry, ref.repository, options.config_dir(), self._send_token_request
@@ -196,7 +220,8 @@ class _Client:
         while True:
             resp = self.request(method, url, scopes=scopes, headers=headers, body=body, stream=True)
             try:
-                return resp.status_code, resp.headers, _read_capped(resp, limit, too_large)
+                where = f"{method} {httpx.URL(url).path} on {self.ref.api_host}"
+                return resp.status_code, resp.headers, _read_capped(resp, limit, too_large, where)
             except httpx.TransportError as e:
                 failures += 1
                 log.warning("registry answer broke off", method=method, error=type(e).__name__)
@@ -232,6 +257,12 @@ class _Client:
             req = self.http.build_request(method, url, headers=hdrs, content=content)
             try:
                 resp = self.http.send(req, stream=stream)
+            except httpx.TooManyRedirects:
+                raise RegistryError(f"{method} {path} on {self.ref.api_host}: too many redirects") from None
+            except httpx.UnsupportedProtocol as e:  # e.g. a redirect to file:// or ftp://
+                raise RegistryError(
+                    f"{method} {path} on {self.ref.api_host}: redirected to an unsupported URL ({_line(e)})"
+                ) from None
             except httpx.TransportError as e:
                 if _is_tls_failure(e):
                     raise RegistryError(
@@ -402,7 +433,7 @@ class RegistryStore:
                 else:
                     raise self._c.fail(resp, f"blob {desc.digest}")
                 try:
-                    for chunk in resp.iter_bytes():
+                    for chunk in _body_chunks(resp, f"blob {desc.digest} from {self.reference.name}"):
                         if skip:
                             cut = min(skip, len(chunk))
                             chunk, skip = chunk[cut:], skip - cut

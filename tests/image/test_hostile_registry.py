@@ -10,8 +10,16 @@ import time
 from pathlib import Path
 
 import pytest
+import zstandard
 
-from ctr_remote.image import AuthError, DigestMismatchError, ImageError, open_store, parse_reference
+from ctr_remote.image import (
+    AuthError,
+    DigestMismatchError,
+    ImageError,
+    RegistryError,
+    open_store,
+    parse_reference,
+)
 from ctr_remote.image.registry import MAX_MANIFEST_SIZE
 from tests.helpers.faultproxy import Fault, FaultProxy
 from tests.helpers.oci import BuiltImage, build_image, push
@@ -201,3 +209,59 @@ def test_token_server_answering_garbage(
     expected = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
     assert realm.hits and all(h.headers.get("authorization") == expected for h in realm.hits)
     assert PASSWORD not in msg
+
+
+def test_redirect_loops_and_non_http_redirects_are_one_line_errors(
+    registry: RegistryServer, fault_proxy: FaultProxy, workdir: Path
+) -> None:
+    img = _img("loop")
+    _seed(registry, workdir, "loop:v1", img)
+    fault_proxy.add(
+        Fault(
+            "redirect", path="/blobs/", method="GET", times=-1, location=f"http://{fault_proxy.host}{{path}}"
+        )
+    )
+    with open_store(_via(fault_proxy, "loop:v1"), registry.options()) as s, pytest.raises(RegistryError) as e:
+        s.fetch_blob(img.layers[0].desc, workdir / "out")
+    _one_line(e, "too many redirects")
+    assert len(fault_proxy.hits) <= 21  # httpx's bound, not retried
+
+    fault_proxy.clear()
+    fault_proxy.add(Fault("redirect", path="/manifests/", times=-1, location="file:///etc/shadow"))
+    with open_store(_via(fault_proxy, "loop:v1"), registry.options()) as s, pytest.raises(RegistryError) as e:
+        s.resolve()
+    _one_line(e, "redirected to an unsupported URL")
+    assert len(fault_proxy.hits) == 1
+
+
+def _zstd_bomb(decoded: int) -> bytes:
+    return zstandard.ZstdCompressor(level=3).compress(b"\0" * decoded)
+
+
+@pytest.mark.parametrize("path", ["/manifests/", "/blobs/sha256:"])
+def test_content_encoding_not_asked_for_is_refused(
+    registry: RegistryServer, fault_proxy: FaultProxy, workdir: Path, path: str
+) -> None:
+    """The client asks for no transfer encoding (blobs are compressed already); a zstd body would be
+    decoded by httpx a chunk at a time with no bound (a 64 KiB chunk can hold gigabytes)."""
+    img = _img("enc")
+    _seed(registry, workdir, "enc:v1", img)
+    bomb = _zstd_bomb(64 << 20)
+    fault_proxy.add(
+        Fault(
+            "answer",
+            path=path,
+            method="GET",
+            times=-1,
+            status=200,
+            body=bomb,
+            headers={"Content-Encoding": "zstd"},
+        )
+    )
+    with open_store(_via(fault_proxy, "enc:v1"), registry.options()) as s, pytest.raises(RegistryError) as e:
+        if path == "/manifests/":
+            s.resolve()
+        else:
+            s.fetch_blob(img.layers[0].desc, workdir / "out")
+    _one_line(e, "Content-Encoding zstd")
+    assert fault_proxy.hits[0].headers["accept-encoding"] == "identity"
