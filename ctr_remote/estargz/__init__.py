@@ -17,7 +17,13 @@ Where we differ from upstream's `estargz.Build`, on purpose:
 - names, link targets, user/group names that are not UTF-8 are an error (a JSON TOC cannot hold
   them; upstream writes U+FFFD and so a TOC that names files the tar does not have);
 - PAX global headers holding only a `comment` (git archive) are dropped (upstream fails on any);
-- the output does not depend on the number of threads (upstream's does, #2341).
+- the output does not depend on the number of threads (upstream's does, #2341);
+- a hardlink whose target a later duplicate replaced gets the target moved before it (upstream
+  writes a blob its reader rejects); hardlink cycles are an error (upstream's reader overflows its
+  stack on them);
+- names and link targets longer than PATH_MAX (4096 bytes) are an error (no unpacker can create
+  them; Go allows 1 MiB each, which would let a small layer hold gigabytes of names in memory);
+- a run of over 1 MiB of headers without payload starts a new gzip member (memory stays bounded).
 """
 
 from ctr_remote.estargz.errors import EstargzError

@@ -6,7 +6,8 @@ occurrence wins); then `.prefetch.landmark`, or `.no.prefetch.landmark` when the
 the remaining entries in input order. One deliberate difference: a listed file whose parent
 directories have no entries (layers built by umoci) is still prioritized, preceded by directories
 we add as readers and unpackers assume them; upstream aborts there. Another: when no listed path
-is in the layer, the landmark is `.no.prefetch.landmark`, as for an empty list.
+is in the layer, the landmark is `.no.prefetch.landmark`, as for an empty list. And a hardlink always
+follows its target (moved up if a later duplicate replaced it), and hardlink cycles are refused.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ctr_remote.estargz.errors import EstargzError
 from ctr_remote.estargz.scan import Scanned
 from ctr_remote.estargz.tar import DIR, REG, clean_name
 from ctr_remote.estargz.toc import LANDMARK_CONTENTS, NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
@@ -40,6 +42,7 @@ def order_entries(
 ) -> tuple[list[Item], tuple[str, ...]]:
     """The output order, and the listed paths that are not in the layer."""
     index = {e.key: e for e in entries}
+    _check_hardlink_cycles(index)
     placed: set[str] = set()
     front: list[Item] = []
     missing: list[str] = []
@@ -79,5 +82,35 @@ def order_entries(
     # a prefetch landmark with nothing before it is a contradiction readers warn about.
     landmark = PREFETCH_LANDMARK if front else NO_PREFETCH_LANDMARK
     front.append(Generated(landmark, REG, 0, LANDMARK_CONTENTS))
-    front.extend(e for e in entries if e.key not in placed)
+
+    def place_rest(e: Scanned) -> None:
+        # A hardlink whose target comes later (the input linked to an entry that a later duplicate
+        # replaced) gets the target moved before it: readers resolve a hardlink to an entry already
+        # seen, and upstream's order there gives a blob its own reader rejects.
+        placed.add(e.key)
+        target = index.get(e.link_key) if e.link_key is not None else None
+        if target is not None and target.key not in placed:
+            place_rest(target)
+        front.append(e)
+
+    for e in entries:
+        if e.key not in placed:
+            place_rest(e)
     return front, tuple(missing)
+
+
+def _check_hardlink_cycles(index: dict[str, Scanned]) -> None:
+    """Refuse hardlinks that lead back to themselves (`a` -> `a`, or `a` -> `b` -> `a` once later
+    duplicates have replaced earlier entries): upstream's reader recurses on them until its stack
+    overflows, which would take down the snapshotter."""
+    done: set[str] = set()
+    for start in index.values():
+        chain: list[str] = []
+        e: Scanned | None = start
+        while e is not None and e.link_key is not None and e.key not in done:
+            if e.key in chain:
+                cycle = " -> ".join(repr(k) for k in [*chain[chain.index(e.key) :], e.key])
+                raise EstargzError(f"hardlink cycle in the layer: {cycle}")
+            chain.append(e.key)
+            e = index.get(e.link_key)
+        done.update(chain)

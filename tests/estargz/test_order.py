@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ctr_remote.estargz import open_estargz
+from ctr_remote.estargz import EstargzError, open_estargz
 from tests.estargz.layers import (
     SMALL_CHUNK,
     Entry,
@@ -183,3 +183,33 @@ def test_upstream_estargz_input_converts_like_its_source(oracle, oracle_gen: Pat
     oracle.check_blob(again, result.toc_digest)
     direct, _ = convert(tmp_path, layer, "direct.esgz", prioritized_files=listed)
     assert toc_names(again) == toc_names(direct)
+
+
+def test_hardlink_to_a_replaced_file_comes_after_its_target(oracle, tmp_path: Path) -> None:
+    """`b` links to `a`, which a later duplicate replaces (and so moves after `b`): upstream's order
+    keeps `b` first, a blob its own reader rejects ("hardlink target not listed before it")."""
+    layer = make_tar([f("a", b"old"), Entry("b", tarfile.LNKTYPE, linkname="a"), d("c/"), f("./a", b"new")])
+    path, result = convert(tmp_path, layer)
+    oracle.check_blob(path, result.toc_digest)
+    assert toc_names(path) == [".no.prefetch.landmark", "./a", "b", "c/"]
+
+
+@pytest.mark.parametrize(
+    ("entries", "cycle"),
+    [
+        ([d("a/"), Entry("a", tarfile.LNKTYPE, linkname="./a")], "'a' -> 'a'"),
+        (
+            [
+                f("a", b"1"),
+                Entry("b", tarfile.LNKTYPE, linkname="a"),
+                Entry("./a", tarfile.LNKTYPE, linkname="/b"),
+            ],
+            "'b' -> 'a' -> 'b'",
+        ),
+    ],
+    ids=["self", "through-a-replaced-file"],
+)
+def test_hardlink_cycles_are_refused(tmp_path: Path, entries: list[Entry], cycle: str) -> None:
+    """Upstream's reader (the snapshotter's) recurses on these until its stack overflows."""
+    with pytest.raises(EstargzError, match=f"^hardlink cycle in the layer: {cycle}$"):
+        convert(tmp_path, make_tar(entries))
