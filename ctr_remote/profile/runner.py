@@ -13,8 +13,8 @@ import contextlib
 import json
 import os
 import secrets
-import shutil
 import signal
+import subprocess
 import tempfile
 import threading
 import time
@@ -240,11 +240,24 @@ def _unmount(target: Path) -> None:
 
 
 def _sweep(work: Path) -> None:
-    """Last line of defence: nothing mounted below `work` survives, then `work` goes."""
+    """Last line of defence: nothing mounted below `work` survives, then `work` goes.
+
+    `rm -rf --one-file-system`, not shutil.rmtree: the workload may have built a tree in the upper
+    dir deeper than rmtree's recursion allows, and a mount that would not go is not descended into.
+    """
     for point in mounts.mountpoints_under(work):
         with contextlib.suppress(OSError):
             mounts.umount(point, lazy=True)
-    shutil.rmtree(work, ignore_errors=True)
+    done = subprocess.run(
+        ["rm", "-rf", "--one-file-system", "--", str(work)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        log.warning("could not remove the work directory", path=str(work), error=done.stderr.strip()[-300:])
 
 
 @contextlib.contextmanager

@@ -43,6 +43,10 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _MAX_CACHED_DIRS = 256
 MAX_REFUSALS_KEPT = 100
+PATH_MAX = 4096
+# Python 3.11's shutil.rmtree recurses once per level (its limit: ~1,000 frames), as does any tool
+# walking the tree recursively; no real image nests this deep.
+MAX_DEPTH = 512
 MAX_SPECIAL_HEADER = 1 << 20  # as Go's archive/tar (maxSpecialFileSize)
 _PAX_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE)
 _SPECIAL_HEADER_TYPES = (*_PAX_TYPES, tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
@@ -69,8 +73,9 @@ class UnpackedLayer:
         """Note a skipped entry; a layer made of millions of them costs neither memory nor log lines."""
         self.refused_count += 1
         if self.refused_count <= MAX_REFUSALS_KEPT:
-            self.refused.append(_shown(reason))
-            log.warning("refused layer entry", layer=what, entry=_shown(entry), reason=_shown(reason))
+            reason = _shown(reason, 1000)  # names in it are cut already; this bounds the rest
+            self.refused.append(reason)
+            log.warning("refused layer entry", layer=what, entry=_shown(entry), reason=reason)
 
 
 def _shown(text: str, limit: int = 300) -> str:
@@ -113,26 +118,38 @@ class _Tree:
         self._dirs.clear()
 
     def dir_fd(self, rel: str, *, create: bool) -> int:
+        """The directory `rel`, opened from its deepest cached ancestor down, one level at a time
+        (iteratively: a hostile name may be 2,000 directories deep)."""
         if rel == "":
             return self.root_fd
         fd = self._dirs.get(rel)
         if fd is not None:
             return fd
-        head, _, base = rel.rpartition("/")
-        parent = self.dir_fd(head, create=create)
+        parts = rel.split("/")
+        start, fd = 0, self.root_fd
+        for i in range(len(parts) - 1, 0, -1):
+            cached = self._dirs.get("/".join(parts[:i]))
+            if cached is not None:
+                start, fd = i, cached
+                break
+        for i in range(start, len(parts)):
+            fd = self._open_dir(fd, parts[i], "/".join(parts[: i + 1]), create=create)
+        return fd
+
+    def _open_dir(self, parent: int, base: str, rel: str, *, create: bool) -> int:
         try:
             fd = os.open(base, _DIR_FLAGS, dir_fd=parent)
         except FileNotFoundError:
             if not create:
-                raise _Refused(f"{rel} does not exist in this layer") from None
+                raise _Refused(f"{_shown(rel)} does not exist in this layer") from None
             os.mkdir(base, 0o755, dir_fd=parent)
             fd = os.open(base, _DIR_FLAGS, dir_fd=parent)
         except OSError as e:
             if e.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise _Refused(f"{rel} is a symlink or not a directory") from None
+                raise _Refused(f"{_shown(rel)} is a symlink or not a directory") from None
             raise
         if len(self._dirs) >= _MAX_CACHED_DIRS:
-            self.close()
+            self.close()  # `parent` is not needed any more
         self._dirs[rel] = fd
         return fd
 
@@ -218,6 +235,10 @@ def _unpack_member(tree: _Tree, tf: tarfile.TarFile, member: tarfile.TarInfo, la
     rel = clean_name(member.name)
     if rel == "":
         return  # the layer root itself: overlay takes the root's attributes from the upper dir
+    if len(rel.encode("utf-8", "surrogateescape")) >= PATH_MAX:
+        raise _Refused(f"{_shown(rel)}: longer than PATH_MAX, no path could reach it")
+    if rel.count("/") >= MAX_DEPTH:
+        raise _Refused(f"{_shown(rel)}: more than {MAX_DEPTH} directories deep")
     head, _, base = rel.rpartition("/")
     parent = tree.dir_fd(head, create=True)
 
@@ -228,7 +249,7 @@ def _unpack_member(tree: _Tree, tf: tarfile.TarFile, member: tarfile.TarInfo, la
     if base.startswith(WHITEOUT_PREFIX):
         name = base[len(WHITEOUT_PREFIX) :]
         if name in ("", ".", ".."):
-            raise _Refused(f"{rel}: whiteout without a name")
+            raise _Refused(f"{_shown(rel)}: whiteout without a name")
         tree.clear(parent, name, keep_dir=False)
         os.mknod(name, stat.S_IFCHR | 0o000, os.makedev(0, 0), dir_fd=parent)
         return
@@ -253,9 +274,9 @@ def _unpack_member(tree: _Tree, tf: tarfile.TarFile, member: tarfile.TarInfo, la
         try:
             st = os.stat(t_base, dir_fd=t_parent, follow_symlinks=False)
         except FileNotFoundError:
-            raise _Refused(f"hardlink {rel} -> {target}: target not in this layer") from None
+            raise _Refused(f"hardlink {_shown(rel)} -> {_shown(target)}: target not in this layer") from None
         if stat.S_ISDIR(st.st_mode):
-            raise _Refused(f"hardlink {rel} -> {target}: target is a directory")
+            raise _Refused(f"hardlink {_shown(rel)} -> {_shown(target)}: target is a directory")
         tree.clear(parent, base, keep_dir=False)
         os.link(t_base, base, src_dir_fd=t_parent, dst_dir_fd=parent, follow_symlinks=False)
         if target in layer.xattrs:
@@ -271,7 +292,7 @@ def _unpack_member(tree: _Tree, tf: tarfile.TarFile, member: tarfile.TarInfo, la
         elif member.isfifo():
             os.mkfifo(base, 0o600, dir_fd=parent)
         else:
-            raise _Refused(f"{rel}: unsupported tar entry type {member.type!r}")
+            raise _Refused(f"{_shown(rel)}: unsupported tar entry type {member.type!r}")
     _set_metadata(parent, base, member, xattrs)
     if xattrs:
         layer.xattrs[rel] = xattrs

@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 
 from ctr_remote.profile import ProfileError
-from ctr_remote.profile.unpack import MAX_REFUSALS_KEPT, OPAQUE_XATTR, unpack_layer
+from ctr_remote.profile.unpack import MAX_DEPTH, MAX_REFUSALS_KEPT, OPAQUE_XATTR, unpack_layer
 from tests.helpers.images import LayerBuilder
 from tests.profile.conftest import ROOT
+from tests.profile.test_failures import _mem_available
 from tests.profile.test_stop import workload_output
 
 ODD_NAMES = ["names/a,b", "names/c:d", "names/lowerdir=x,upperdir=y", "names/g\\h", "names/e\nf"]
@@ -264,7 +265,44 @@ def test_long_names_within_the_limit_still_unpack_and_errors_stay_short(tmp_path
     unpack_layer(ok, tmp_path / "ok")
     assert (tmp_path / "ok" / deep).read_bytes() == b"deep"
 
-    too_long = LayerBuilder().file("n" * 500_000, b"x").write(tmp_path / "long.tar.gz")
+    too_long = LayerBuilder().file("n" * 4000, b"x").write(tmp_path / "long.tar.gz")  # NAME_MAX is 255
     with pytest.raises(ProfileError) as e:
         unpack_layer(too_long, tmp_path / "out")
     assert len(str(e.value)) < 500 and str(e.value).endswith("File name too long")
+
+
+def test_names_too_deep_or_too_long_are_refused_without_recursion(tmp_path: Path) -> None:
+    """Directories were opened recursively, one frame per level: 1,000 levels was a RecursionError."""
+    ok = "d/" * (MAX_DEPTH - 1) + "file"
+    deep = "d/" * MAX_DEPTH + "file"
+    blob = (
+        LayerBuilder()
+        .add(_raw(ok), b"ok")
+        .add(_raw(deep), b"deep")
+        .add(
+            _raw("e/" * 1500 + "file"), b"deeper", parents=False
+        )  # 3,000+ characters: under PATH_MAX, too deep
+        .add(_raw("n" * 500_000), b"long", parents=False)
+        .write(tmp_path / "deep.tar.gz")
+    )
+    layer = unpack_layer(blob, tmp_path / "out")
+    assert (tmp_path / "out" / ok).read_bytes() == b"ok"
+    assert not (tmp_path / "out" / deep).exists() and not (tmp_path / "out" / "e").exists()
+    assert layer.refused_count == 3
+    assert layer.refused[0].endswith(f"more than {MAX_DEPTH} directories deep")
+    assert layer.refused[2].endswith("longer than PATH_MAX, no path could reach it")
+    assert max(len(r) for r in layer.refused) < 500
+
+
+def test_a_workload_building_a_very_deep_tree_is_cleaned_up(run, work: Path, tmp_path: Path) -> None:
+    """The upper dir (on the work directory's disk) gets a tree deeper than shutil.rmtree can remove."""
+    blob = LayerBuilder().file("data/x", b"x").write(tmp_path / "d.tar", compression=None)
+    with open(blob, "r+b") as f:  # holes after the archive: large enough to unpack on disk, not tmpfs
+        f.truncate(f.seek(0, os.SEEK_END) + _mem_available())
+    script = (
+        "cd /tmp; i=0; while [ $i -lt 1500 ]; do mkdir d && cd d || exit 1; i=$((i+1)); done; pwd | wc -c"
+    )
+    result = run(script, blob)
+    assert result.exit_code == 0
+    assert not [line for line in Path("/proc/mounts").read_text().splitlines() if str(work) in line]
+    assert os.listdir(work) == []
