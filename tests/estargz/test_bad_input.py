@@ -14,12 +14,14 @@ import zlib
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ctr_remote.errors import CtrRemoteError
-from ctr_remote.estargz import BuildOptions, EstargzError, build
+from ctr_remote.estargz import BuildOptions, EstargzError, build, open_estargz
 from ctr_remote.estargz.tar import encode_header
 from tests.conftest import ROOT
-from tests.estargz.layers import Entry, f, make_tar, pattern
+from tests.estargz.layers import Entry, compress, f, make_tar, pattern
 
 
 def _retype(layer: bytes, name: bytes, flag: bytes) -> bytes:
@@ -189,3 +191,51 @@ def test_zeros_after_the_end_of_archive_are_ignored(oracle, tmp_path: Path) -> N
         result = build(io.BytesIO(blob), dst, BuildOptions())
     report = oracle.check_blob(out, result.toc_digest)
     assert report["files"] == 4  # a, sock, b and the landmark
+
+
+_MUTATED_BASE = make_tar(
+    [f("a", pattern(300)), Entry("l", tarfile.SYMTYPE, linkname="a"), f("dir/" + "n" * 120, b"long"), f("e")]
+)
+
+
+@st.composite
+def _mutated_layers(draw: st.DrawFn) -> bytes:
+    """The base layer, maybe compressed, then truncated, bit-flipped, or followed by garbage."""
+    blob = compress(_MUTATED_BASE, draw(st.sampled_from(["none", "gzip", "zstd"])))
+    op = draw(st.sampled_from(["truncate", "flip", "flip", "append"]))
+    if op == "truncate":
+        return blob[: draw(st.integers(0, len(blob) - 1))]
+    if op == "append":
+        return blob + draw(st.sampled_from([bytes(10_000), b"\x1f\x8b", b"garbage", bytes(511) + b"x"]))
+    out = bytearray(blob)
+    for _ in range(draw(st.integers(1, 3))):
+        out[draw(st.integers(0, len(out) - 1))] ^= 1 << draw(st.integers(0, 7))
+    return bytes(out)
+
+
+@settings(max_examples=150, deadline=None, database=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(blob=_mutated_layers())
+def test_mutated_input_gives_a_valid_blob_or_one_error_line(oracle, tmp_path_factory, blob: bytes) -> None:
+    """Truncated, bit-flipped or padded tar, gzip and zstd layers: either a blob that passes the
+    upstream reader and ours, or one EstargzError line; never another exception, a leftover temp
+    file or thread."""
+    tmp = tmp_path_factory.mktemp("mutated")
+    threads = threading.active_count()
+    old_tempdir = tempfile.tempdir
+    tempfile.tempdir = str(tmp)
+    out = tmp / "out.esgz"
+    try:
+        with out.open("wb") as dst:
+            result = build(io.BytesIO(blob), dst, BuildOptions(chunk_size=128, workers=2))
+    except EstargzError as e:
+        assert "\n" not in str(e)
+        result = None
+    finally:
+        tempfile.tempdir = old_tempdir
+    assert threading.active_count() == threads
+    assert [p.name for p in tmp.iterdir()] == ["out.esgz"]
+    if result is not None:
+        oracle.check_blob(out, result.toc_digest)
+        with out.open("rb") as fh:
+            open_estargz(fh).verify(result.toc_digest)

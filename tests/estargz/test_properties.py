@@ -4,8 +4,9 @@ exactly what the layer says.
 Each example is a random tree of directories, files (sizes around a small chunk size), symlinks,
 hardlinks, devices and fifos, with duplicates, `./` and `/` prefixes, long and non-ASCII names,
 xattrs, in PAX, GNU or USTAR format, plain, gzip or zstd, with a random prioritized list drawn
-from its names plus missing ones. `ESTARGZ_PROPERTY_EXAMPLES` raises the example counts for a
-longer local run; examples are derandomized so CI runs are repeatable.
+from its names plus missing ones. `ESTARGZ_PROPERTY_EXAMPLES=N` multiplies the example counts for a
+longer local run, and `ESTARGZ_PROPERTY_RANDOM=1` draws new examples (with `--hypothesis-seed`);
+by default examples are derandomized so CI runs are repeatable.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ _SCALE = int(os.environ.get("ESTARGZ_PROPERTY_EXAMPLES", "1"))
 _SETTINGS = {
     "deadline": None,
     "database": None,
-    "derandomize": True,
+    "derandomize": not os.environ.get("ESTARGZ_PROPERTY_RANDOM"),
     "suppress_health_check": [
         HealthCheck.too_slow,
         HealthCheck.data_too_large,
