@@ -37,6 +37,9 @@ from ctr_remote.signals import signals_deferred
 
 log = structlog.get_logger()
 
+# overlayfs' OVL_MAX_STACK. Checked first: each layer costs a FUSE mount and a daemon thread, and a
+# manifest (up to 4 MiB) can list tens of thousands.
+MAX_LAYERS = 500
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 _ABORT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -65,6 +68,8 @@ def profile(
     Raises ProfileError on anything that prevents the run; a workload that exits non-zero is not an
     error (its exit code is in the result).
     """
+    if len(layers) > MAX_LAYERS:
+        raise ProfileError(f"the image has {len(layers)} layers; overlayfs stacks at most {MAX_LAYERS}")
     for blob in layers:
         if not os.access(blob, os.R_OK) or not Path(blob).is_file():
             raise ProfileError(f"layer blob {blob} does not exist or is not a readable file")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ctr_remote.profile import ProfileError
+from ctr_remote.profile import ProfileError, Workload, profile
 from tests.helpers.images import LayerBuilder, image_config
 from tests.profile.conftest import SENTINEL, start_driver
 from tests.profile.test_stop import _wait_for_line
@@ -135,3 +135,10 @@ def test_work_directory_full_from_the_start(run, work: Path) -> None:
         assert os.listdir(work) == ["filler"]
     finally:
         subprocess.run(["umount", str(work)], check=True)
+
+
+def test_more_layers_than_overlayfs_stacks_is_refused_up_front(work: Path, busybox_layer: Path) -> None:
+    """Before anything is started: each layer would cost a FUSE mount and a daemon thread first."""
+    with pytest.raises(ProfileError) as e:
+        profile([busybox_layer] * 501, image_config(cmd=["true"]), Workload(), workdir=work)
+    assert str(e.value) == "the image has 501 layers; overlayfs stacks at most 500"
