@@ -247,10 +247,26 @@ def test_out_of_space_is_a_one_line_error(tmp_path: Path) -> None:
         subprocess.run(["umount", str(small)], check=True)
 
 
-def test_user_lookup_never_follows_image_symlinks_to_the_host(run, tmp_path: Path) -> None:
-    """The image's /etc/passwd is a symlink to a host file naming a user: it must not be found there."""
-    host_passwd = tmp_path / "host-passwd"
-    host_passwd.write_text("mallory:x:4242:4242::/:/bin/sh\n")
-    layer = LayerBuilder().symlink("etc/passwd", str(host_passwd)).write(tmp_path / "l.tar")
+@pytest.mark.parametrize("how", ["absolute", "relative-chain", "etc-dir", "in-upper-via-lower-link"])
+def test_user_lookup_never_follows_image_symlinks_to_the_host(run, tmp_path: Path, how: str) -> None:
+    """The image's /etc/passwd leads, through symlinks, to a host file naming a user: it must not be
+    found there (links resolve inside the rootfs, as the container would see them)."""
+    host = tmp_path / "host-etc"
+    host.mkdir()
+    (host / "passwd").write_text("mallory:x:4242:4242::/:/bin/sh\n")
+    (host / "group").write_text("mallory:x:4242:\n")
+    b = LayerBuilder()
+    layers = []
+    if how == "absolute":
+        b.symlink("etc/passwd", str(host / "passwd"))
+    elif how == "relative-chain":
+        b.symlink("etc/passwd", "hop1").symlink("etc/hop1", "../hop2")
+        b.symlink("hop2", "../../../../../../../../.." + str(host / "passwd"))
+    elif how == "etc-dir":
+        b.symlink("etc", str(host))
+    else:  # a lower layer makes /etc a link; an upper one adds a link beside it
+        layers.append(LayerBuilder().symlink("etc", "real-etc").write(tmp_path / "lower.tar"))
+        b.symlink("real-etc", "../../../../../../.." + str(host))
+    layers.append(b.write(tmp_path / "l.tar"))
     with pytest.raises(ProfileError, match="user 'mallory' not found"):
-        run("id", layer, user="mallory")
+        run("id", *layers, user="mallory")
