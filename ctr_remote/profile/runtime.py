@@ -162,25 +162,26 @@ class Container:
                     raise ProfileError(f"{Path(self.runtime).name} could not start the workload: {msg}")
 
     def kill(self, sig: signal.Signals) -> None:
-        subprocess.run(
-            self._cmd("kill", "--all", self.container_id, str(int(sig))),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            timeout=KILL_TIMEOUT_SECONDS,
-            check=False,
-        )
+        self._control("kill", "--all", self.container_id, str(int(sig)))
 
     def delete(self) -> None:
         """Remove the container whatever its state; a container that was never created is fine."""
-        subprocess.run(
-            self._cmd("delete", "--force", self.container_id),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            timeout=KILL_TIMEOUT_SECONDS,
-            check=False,
-        )
+        self._control("delete", "--force", self.container_id)
+
+    def _control(self, *args: str) -> None:
+        """A runtime command during stop or cleanup: a runtime that hangs is given up on (logged), so
+        the rest of the cleanup still runs; the state dir goes with the work directory."""
+        try:
+            subprocess.run(
+                self._cmd(*args),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=KILL_TIMEOUT_SECONDS,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            log.warning("the runtime did not answer in time", command=args[0], timeout=KILL_TIMEOUT_SECONDS)
 
 
 @contextlib.contextmanager

@@ -142,3 +142,12 @@ def test_more_layers_than_overlayfs_stacks_is_refused_up_front(work: Path, busyb
     with pytest.raises(ProfileError) as e:
         profile([busybox_layer] * 501, image_config(cmd=["true"]), Workload(), workdir=work)
     assert str(e.value) == "the image has 501 layers; overlayfs stacks at most 500"
+
+
+def test_a_runtime_hanging_in_cleanup_is_given_up_on(run, tmp_path: Path) -> None:
+    """`delete` never answers: the run still returns its result, and the rest is cleaned up."""
+    wrapper = tmp_path / "hanging-runtime"
+    wrapper.write_text('#!/bin/sh\ncase "$*" in *" delete "*) exec sleep 600;; esac\nexec runc "$@"\n')
+    wrapper.chmod(0o755)
+    result = run("cat /etc/group", runtime=str(wrapper))
+    assert result.exit_code == 0 and "etc/group" in result.accessed[0]
