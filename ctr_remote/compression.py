@@ -59,15 +59,23 @@ class _Prefixed(io.RawIOBase):
         return len(data)
 
 
+# Compressed bytes handed to the zstd decoder per call. Its output per call is unbounded, and an
+# RLE block expands 4 bytes to 128 KiB: 2 KiB of input can give at most ~64 MiB, however hostile.
+_ZSTD_PIECE = 2 << 10
+
+
 class _ZstdReader(io.RawIOBase):
     """Decodes concatenated zstd frames; unlike zstandard's stream_reader, a truncated frame is an
-    error rather than a silent short read."""
+    error rather than a silent short read. Input goes in small pieces, so a zstd bomb (kilobytes
+    that decode to gigabytes) never sits in memory whole."""
 
     def __init__(self, raw: BinaryIO) -> None:
         self._raw = raw
         self._dctx = zstandard.ZstdDecompressor()
         self._obj = self._dctx.decompressobj()
         self._in_frame = False
+        self._input = b""
+        self._in_pos = 0
         self._pending = b""
         self._pos = 0
 
@@ -77,17 +85,18 @@ class _ZstdReader(io.RawIOBase):
     def readinto(self, b) -> int:  # type: ignore[no-untyped-def]
         while self._pos >= len(self._pending):
             self._pending, self._pos = b"", 0
-            chunk = self._raw.read(1 << 20)
-            if not chunk:
-                if self._in_frame:
-                    raise EOFError("stream ended inside a zstd frame")
-                return 0
-            while chunk:
-                self._in_frame = True
-                self._pending += self._obj.decompress(chunk)
-                if not self._obj.eof:
-                    break
-                chunk = self._obj.unused_data
+            if self._in_pos >= len(self._input):
+                self._input, self._in_pos = self._raw.read(1 << 20), 0
+                if not self._input:
+                    if self._in_frame:
+                        raise EOFError("stream ended inside a zstd frame")
+                    return 0
+            piece = self._input[self._in_pos : self._in_pos + _ZSTD_PIECE]
+            self._in_frame = True
+            self._pending = self._obj.decompress(piece)
+            self._in_pos += len(piece)
+            if self._obj.eof:  # the frame ended inside this piece: the rest starts the next one
+                self._in_pos -= len(self._obj.unused_data)
                 self._obj = self._dctx.decompressobj()
                 self._in_frame = False
         n = min(len(b), len(self._pending) - self._pos)
