@@ -46,19 +46,22 @@ def _interrupt(p: subprocess.Popen[str]) -> tuple[str, float]:
 
 def test_ctrl_c_during_conversion_stops_the_running_layers(workdir: Path) -> None:
     """Layers being converted give up at once rather than converting to the end first."""
-    text = b"".join(b"%08d the quick brown fox jumps over the lazy dog\n" % i for i in range(300_000))
+    text = b"".join(b"%08d the quick brown fox jumps over the lazy dog\n" % i for i in range(400_000))
     layers = [LayerBuilder().busybox(), *(LayerBuilder().file(f"data/{i}.txt", text) for i in range(3))]
+    image = runnable_image(layers)
+    big = {blob.desc.digest for blob in image.layers[1:]}  # ~20 MB of text each: >0.3 s to convert
     src, tmp = workdir / "src", workdir / "tmp"
     tmp.mkdir()
     with open_store(parse_reference(f"local://{src}")) as store:
-        publish(store, runnable_image(layers), workdir / "push")
+        publish(store, image, workdir / "push")
     p = _start(tmp, "--no-optimize", f"local://{src}", f"local://{workdir / 'dst'}")
     _wait_for(lambda: any(tmp.glob("*/out/layer-*")), "a conversion to start")
     err, _ = _interrupt(p)
     assert p.returncode == 130, err
-    assert json.loads(err.splitlines()[-1])["event"] == "interrupted"
-    events = [json.loads(line)["event"] for line in err.splitlines()]  # JSON lines only
-    assert "converted" not in events, events  # not even the layers that were running
+    events = [json.loads(line) for line in err.splitlines()]  # JSON lines only
+    assert events[-1]["event"] == "interrupted"
+    # The small busybox layer may have finished; the big ones, running or queued, never do.
+    assert not [e for e in events if e["event"] == "converted" and e["source"] in big], events
     assert list(tmp.iterdir()) == []
     assert not (workdir / "dst").exists()
 
