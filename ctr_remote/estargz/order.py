@@ -96,7 +96,22 @@ def order_entries(
     for e in entries:
         if e.key not in placed:
             place_rest(e)
+    _check_hardlinks_follow_targets(front, index)
     return front, tuple(missing)
+
+
+def _check_hardlinks_follow_targets(items: list[Item], index: dict[str, Scanned]) -> None:
+    """Readers resolve a hardlink to an entry already seen. Only a layer that puts entries under a
+    hardlink (`x` -> `x/y`) can defeat the ordering above; such a blob would be rejected."""
+    seen: set[str] = set()
+    for item in items:
+        if isinstance(item, Scanned):
+            if item.link_key is not None and item.link_key in index and item.link_key not in seen:
+                raise EstargzError(
+                    f"hardlink {item.key!r} cannot follow its target {item.link_key!r}: "
+                    "the layer has entries under a non-directory"
+                )
+            seen.add(item.key)
 
 
 def _check_hardlink_cycles(index: dict[str, Scanned]) -> None:
