@@ -154,9 +154,13 @@ def _pax_time(v: bytes) -> int:
 
 def _pax_int(v: bytes, key: str) -> int:
     try:
-        return int(v)
+        value = int(v)
     except ValueError:
         raise EstargzError(f"invalid tar PAX {key} {v!r}") from None
+    # Go's archive/tar (and the TOC's Go readers) hold these in an int64.
+    if not -(1 << 63) <= value < 1 << 63:
+        raise EstargzError(f"invalid tar PAX {key} {v!r}: out of the 64-bit range")
+    return value
 
 
 def _read_exact(r: Reader, n: int, what: str) -> bytes:

@@ -34,6 +34,15 @@ def _retype(layer: bytes, name: bytes, flag: bytes) -> bytes:
     return bytes(out)
 
 
+def _resize(layer: bytes, field: bytes) -> bytes:
+    """Replace the size field of the first header (and fix its checksum)."""
+    out = bytearray(layer)
+    out[124:136] = field
+    out[148:156] = b" " * 8
+    out[148:156] = b"%06o\x00 " % sum(out[:512])
+    return bytes(out)
+
+
 def _pax_global(records: dict[str, str]) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT, pax_headers=records) as tar:
@@ -71,6 +80,19 @@ BAD = {
     "link-target-over-path-max": (
         make_tar([Entry("l", tarfile.SYMTYPE, linkname="t" * 4097)]),
         "tar entry link target of 4097 bytes",
+    ),
+    "pax-uid-over-int64": (
+        make_tar([f("a", b"x", pax={"uid": str(1 << 63)})]),
+        "invalid tar PAX uid b'9223372036854775808': out of the 64-bit range",
+    ),
+    "pax-size-absurd": (make_tar([f("a", b"x", pax={"size": "9" * 40})]), "invalid tar PAX size b'9999"),
+    "octal-size-absurd": (
+        _resize(make_tar([f("a", b"x" * 10), f("b")], tarfile.GNU_FORMAT), b"77777777777\x00"),
+        "truncated tar: stream ended inside the payload of 'a'",
+    ),
+    "base256-size-negative": (
+        _resize(make_tar([f("a", b"x" * 10)], tarfile.GNU_FORMAT), b"\xff" * 12),
+        "invalid tar header for 'a': negative size",
     ),
     "global-header-with-path": (
         _pax_global({"path": "x"}),
