@@ -252,6 +252,7 @@ class _Pipeline:
             if self.record is not None:
                 self.record.write(record_lines(ProfileResult(accessed, None), img.manifest_desc.digest))
             return accessed
+        current().commit()  # the workload may write to the terminal the progress lines are on
         if self.workload.wait_on_signal:
             log.info("press Ctrl+C to terminate the container")
         elif self.workload.wait_on_line is None:

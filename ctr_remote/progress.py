@@ -7,6 +7,7 @@ CI, each finished step is one log line. Either way the caller only says `step(ke
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -52,12 +53,28 @@ class Progress:
         if not self.live and log_line:
             log.info(what, layer=key, seconds=round(elapsed, 2), **fields)
 
+    def commit(self) -> None:
+        """Leave the block drawn so far on the screen as it is: something else (the workload) is
+        about to write to the terminal, and a redraw would move up over its output and erase it."""
+        with self._lock:
+            self._drawn = 0
+            self._lines.clear()
+
+    def _width(self) -> int:
+        try:
+            return os.get_terminal_size(self.stream.fileno()).columns
+        except (OSError, ValueError, AttributeError):
+            return 0
+
     def _redraw(self) -> None:
         out = self.stream
         if self._drawn:
             out.write(f"\x1b[{self._drawn}F\x1b[J")
+        # A line wider than the terminal would take two rows and the next redraw would move up too
+        # few: cut each to the width (less one column, so the cursor never waits in the margin).
+        width = self._width()
         for line in self._lines.values():
-            out.write(f"{line}\n")
+            out.write(f"{line[: width - 1] if width > 1 else line}\n")
         self._drawn = len(self._lines)
         out.flush()
 

@@ -95,3 +95,43 @@ def test_sigterm_during_conversion_leaves_nothing(workdir: Path) -> None:
     assert "Traceback" not in rest
     assert list(tmp.iterdir()) == []
     assert not (workdir / "dst" / "index.json").exists()
+
+
+def test_live_lines_never_erase_the_workload_output(workdir: Path) -> None:
+    """stdout and stderr on one 60-column terminal: the live block is left in place before the
+    workload writes, so no redraw moves the cursor up over the workload's lines, and every live line
+    fits in one row (a wrapped one would make the next redraw move up too little)."""
+    import fcntl
+    import re
+    import struct
+    import termios
+
+    src = _source(workdir)
+    primary, secondary = pty.openpty()
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 60, 0, 0))
+    p = subprocess.Popen(
+        [sys.executable, "-m", "ctr_remote", "image", "optimize", "--period", "20", f"local://{src}",
+         f"local://{workdir / 'dst'}"],
+        stdin=subprocess.DEVNULL, stdout=secondary, stderr=secondary,
+    )  # fmt: skip
+    os.close(secondary)
+    chunks = []
+    while True:
+        try:
+            data = os.read(primary, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    p.wait(timeout=120)
+    os.close(primary)
+    screen = b"".join(chunks).decode()
+    assert p.returncode == 0, screen
+    after = screen.split("workload-done\r\n", 1)[1]
+    rows_below = 0  # how far the cursor is below the workload's last line
+    for token in re.findall(r"\x1b\[(\d+)F|(\n)", after):
+        rows_below += 1 if token[1] else -int(token[0])
+        assert rows_below >= 0, "a redraw moved up over the workload's output"
+    live = [line for line in re.split(r"\r\n|\x1b\[J", screen) if " done (" in line or line.endswith("...")]
+    assert live and all(len(re.sub(r"\x1b\[\d+F", "", line)) < 60 for line in live), live
