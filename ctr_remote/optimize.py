@@ -79,21 +79,28 @@ def optimize(source: str, target: str, options: OptimizeOptions, workload: Workl
 
 class _RecordFile:
     """`--record-out`: a temp file beside the target, created before any download so that an
-    unwritable path fails at once, and renamed over the target only once the record is complete."""
+    unwritable path fails at once, and renamed over the target only once the record is complete.
+    A target that is not a regular file (`/dev/stdout`, a FIFO) is written in place at the end."""
 
-    def __init__(self, target: Path, fd: int, temp: Path) -> None:
+    def __init__(self, target: Path, fd: int = -1, temp: Path | None = None) -> None:
         self.target, self._fd, self._temp = target, fd, temp
 
     @classmethod
     @contextlib.contextmanager
-    def create(cls, target: Path | None) -> Iterator[_RecordFile | None]:
-        if target is None:
+    def create(cls, path: Path | None) -> Iterator[_RecordFile | None]:
+        if path is None:
             yield None
             return
+        if path.exists() and not path.is_file():
+            if not os.access(path, os.W_OK):
+                raise CtrRemoteError(f"cannot write the record file {path}: permission denied")
+            yield cls(path)
+            return
+        target = Path(os.path.realpath(path))  # a symlink is followed, not replaced
         try:
             fd, name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
         except OSError as e:
-            raise CtrRemoteError(f"cannot write the record file {target}: {e.strerror}") from None
+            raise CtrRemoteError(f"cannot write the record file {path}: {e.strerror}") from None
         record = cls(target, fd, Path(name))
         try:
             yield record
@@ -101,11 +108,15 @@ class _RecordFile:
             record._discard()
 
     def write(self, lines: Iterable[dict[str, object]]) -> None:
+        text = "".join(json.dumps(line, separators=(",", ":")) + "\n" for line in lines)
         try:
+            if self._temp is None:
+                with open(self.target, "w") as f:
+                    f.write(text)
+                return
             with open(self._fd, "w", closefd=True) as f:
                 self._fd = -1
-                for line in lines:
-                    f.write(json.dumps(line, separators=(",", ":")) + "\n")
+                f.write(text)
             os.chmod(self._temp, 0o644)  # mkstemp's 0600 is not what `> file` would have given
             os.replace(self._temp, self.target)
         except OSError as e:
@@ -115,8 +126,9 @@ class _RecordFile:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-        with contextlib.suppress(FileNotFoundError):
-            self._temp.unlink()
+        if self._temp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self._temp.unlink()
 
 
 class _Pipeline:

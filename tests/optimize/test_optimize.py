@@ -353,3 +353,29 @@ def test_digest_is_alone_on_the_last_line_and_stderr_is_json(cli: Cli, workdir: 
     assert lines[-1] == run.digest and len(lines) == 3
     wrapped = [e for e in run.events if e["event"] == "workload output"]  # `events` parses every line
     assert [(e["stream"], e["line"]) for e in wrapped] == [("stderr", "oops")]
+
+
+def test_record_out_to_dev_stdout_and_through_a_symlink(cli: Cli, workdir: Path) -> None:
+    """`--record-out /dev/stdout` writes in place (never a file renamed over the device link); a
+    symlinked record path keeps its link and the file it names gets the record."""
+    src, plist = workdir / "src", workdir / "list"
+    with open_store(parse_reference(f"local://{src}")) as store:
+        publish(store, runnable_image(app_layers()), workdir / "push")
+    plist.write_text("app/data.txt\n")
+    run = cli.optimize(
+        "--prefetch-list",
+        str(plist),
+        "--record-out",
+        "/dev/stdout",
+        f"local://{src}",
+        f"local://{workdir / 'a'}",
+    )
+    *records, last = run.stdout.splitlines()
+    assert [json.loads(r)["path"] for r in records] == ["app/data.txt"] and last == run.digest
+    assert Path("/dev/stdout").is_symlink()
+    link, real = workdir / "link.json", workdir / "real.json"
+    link.symlink_to(real)
+    cli.optimize(
+        "--prefetch-list", str(plist), "--record-out", str(link), f"local://{src}", f"local://{workdir / 'b'}"
+    )
+    assert link.is_symlink() and json.loads(real.read_text())["path"] == "app/data.txt"
