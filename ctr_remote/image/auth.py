@@ -134,6 +134,12 @@ class Authenticator:
         realm = ch.params.get("realm")
         if not realm:
             raise AuthError(f"{self._where}: Bearer challenge without a realm")
+        try:
+            url = httpx.URL(realm)
+        except httpx.InvalidURL:
+            url = None
+        if url is None or url.scheme not in ("http", "https") or not url.host:
+            raise AuthError(f"{self._where}: Bearer challenge with an invalid realm {realm[:200]!r}")
         service = ch.params.get("service")
         if creds and creds.identity_token:
             form = {

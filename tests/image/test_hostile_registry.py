@@ -265,3 +265,30 @@ def test_content_encoding_not_asked_for_is_refused(
             s.fetch_blob(img.layers[0].desc, workdir / "out")
     _one_line(e, "Content-Encoding zstd")
     assert fault_proxy.hits[0].headers["accept-encoding"] == "identity"
+
+
+@pytest.mark.parametrize(
+    ("challenge", "message"),
+    [
+        ('Bearer realm="/token",service="svc"', "invalid realm '/token'"),
+        ('Bearer realm="file:///etc/passwd"', "invalid realm 'file:///etc/passwd'"),
+        ('Bearer realm="http://"', "invalid realm 'http://'"),
+        ('Bearer service="svc"', "Bearer challenge without a realm"),
+        ("Negotiate abc", "unsupported authentication"),
+        ("", "unsupported authentication"),
+    ],
+)
+def test_garbage_challenges_are_one_line_errors(
+    registry: RegistryServer, fault_proxy: FaultProxy, workdir: Path, challenge: str, message: str
+) -> None:
+    fault_proxy.add(
+        Fault("answer", path="/manifests/", times=-1, status=401, headers={"WWW-Authenticate": challenge})
+    )
+    config = write_docker_config(workdir / "cfg", basic_auths(fault_proxy.host, USER, PASSWORD))
+    with (
+        open_store(_via(fault_proxy, "chal:v1"), registry.options(docker_config=config)) as s,
+        pytest.raises(AuthError) as e,
+    ):
+        s.resolve()
+    _one_line(e, message)
+    assert len(fault_proxy.hits) == 1
