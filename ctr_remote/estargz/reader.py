@@ -7,6 +7,7 @@ import io
 import json
 import os
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -112,8 +113,11 @@ class EstargzReader:
         raw = read_header(_Prefixed(block, stream))
         if raw is None or raw.header.name != TOC_NAME or raw.header.typeflag != REG:
             raise EstargzError(f"invalid eStargz blob: an entry at {at} of the tar is not in the TOC")
-        toc_bytes = stream.read(raw.header.size + padding(raw.header.size))[: raw.header.size]
-        if "sha256:" + hashlib.sha256(toc_bytes).hexdigest() != self.toc_digest:
+        toc_hash = hashlib.sha256()
+        for data in _pieces(stream, raw.header.size, TOC_NAME):
+            toc_hash.update(data)
+        _skip(stream, padding(raw.header.size), TOC_NAME)
+        if "sha256:" + toc_hash.hexdigest() != self.toc_digest:
             raise EstargzError("invalid eStargz blob: the TOC in the tar stream differs from the one read")
         tail = 0
         while data := stream.read(1 << 20):
@@ -237,14 +241,24 @@ def _verify_file(stream: _Members, name: str, chunks: list[TOCEntry]) -> None:
             raise EstargzError(
                 f"the chunk of {name!r} at {c.chunk_offset} does not start the member at {c.offset}"
             )
-        data = stream.read(end - c.chunk_offset)
-        if len(data) != end - c.chunk_offset:
-            raise EstargzError(f"the blob's tar ends inside {name!r}")
-        if _sha256(data) != c.chunk_digest:
+        chunk_hash = hashlib.sha256()
+        for data in _pieces(stream, end - c.chunk_offset, name):
+            chunk_hash.update(data)
+            file_hash.update(data)
+        if "sha256:" + chunk_hash.hexdigest() != c.chunk_digest:
             raise EstargzError(f"chunk digest mismatch in {name!r} at offset {c.chunk_offset}")
-        file_hash.update(data)
     if chunks[0].digest and "sha256:" + file_hash.hexdigest() != chunks[0].digest:
         raise EstargzError(f"content digest mismatch in {name!r}")
+
+
+def _pieces(stream: _Members, n: int, name: str) -> Iterator[bytes]:
+    """The next `n` bytes of the stream, a piece at a time: a hostile TOC may claim any size."""
+    while n > 0:
+        data = stream.read(min(n, 1 << 20))
+        if not data:
+            raise EstargzError(f"the blob's tar ends inside {name!r}")
+        n -= len(data)
+        yield data
 
 
 def _skip(stream: _Members, n: int, name: str) -> None:

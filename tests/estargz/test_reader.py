@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import tarfile
+import tracemalloc
 import zlib
 from pathlib import Path
 
@@ -158,3 +159,17 @@ def test_every_byte_flip_fails_verify_unless_content_preserving(
         if i not in header_fields and _gunzip_all(bytes(flipped)) != content:
             passed.append(i)
     assert passed == [], f"flips at {passed} change the layer but pass verify"
+
+
+def test_verify_streams_large_chunks(tmp_path: Path) -> None:
+    """A chunk is hashed piece by piece: a TOC may claim (or a writer may choose) chunks of any size."""
+    path, result = convert(tmp_path, make_tar([f("zeros", bytes(96 << 20))]), chunk_size=1 << 30)
+    with path.open("rb") as fh:
+        reader = open_estargz(fh)
+        tracemalloc.start()
+        try:
+            reader.verify(result.toc_digest)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert peak < 16 << 20, f"verify peaked at {peak >> 20} MiB for one 96 MiB chunk"
