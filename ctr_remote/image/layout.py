@@ -13,9 +13,10 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import stat
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ctr_remote.image import mediatypes as mt
 from ctr_remote.image.digest import algorithm, encoded, verify_bytes
@@ -52,14 +53,29 @@ class LayoutStore:
     def _blob(self, digest: str) -> Path:
         return self.root / "blobs" / algorithm(digest) / encoded(digest)
 
-    def _read_index(self) -> tuple[bytes, dict[str, Any]]:
-        path = self.root / INDEX_FILE
+    def _open(self, path: Path, what: str) -> BinaryIO:
+        """`path` opened for reading if it is a regular file (links to one are fine): a fifo would
+        block forever and a link to a device could be endless."""
         try:
-            data = path.read_bytes()
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
         except FileNotFoundError:
-            raise LayoutError(f"{self.reference.name}: not an OCI image layout (no {INDEX_FILE})") from None
+            raise NotFoundError(f"{self.reference.name}: {what} not found") from None
         except OSError as e:
-            raise LayoutError(f"{self.reference.name}: cannot read {INDEX_FILE}: {e.strerror}") from None
+            raise LayoutError(f"{self.reference.name}: cannot read {what}: {e.strerror}") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise LayoutError(f"{self.reference.name}: {what} is not a regular file")
+        return os.fdopen(fd, "rb")
+
+    def _read_index(self) -> tuple[bytes, dict[str, Any]]:
+        try:
+            f = self._open(self.root / INDEX_FILE, INDEX_FILE)
+        except NotFoundError:
+            raise LayoutError(f"{self.reference.name}: not an OCI image layout (no {INDEX_FILE})") from None
+        with f:
+            data = f.read(MAX_MANIFEST_SIZE + 1)
+        if len(data) > MAX_MANIFEST_SIZE:
+            raise LayoutError(f"{self.reference.name}: {INDEX_FILE} is larger than {MAX_MANIFEST_SIZE} bytes")
         try:
             obj = json.loads(data)
         except ValueError as e:
@@ -98,19 +114,13 @@ class LayoutStore:
             return self._synthetic[desc.digest]
         if desc.size > MAX_MANIFEST_SIZE:
             raise ImageError(f"{desc.digest}: {desc.size} bytes is too large for a manifest or config")
-        try:
-            data = self._blob(desc.digest).read_bytes()
-        except FileNotFoundError:
-            raise NotFoundError(f"{self.reference.name}: blob {desc.digest} not found") from None
+        with self._open(self._blob(desc.digest), f"blob {desc.digest}") as f:
+            data = f.read(desc.size + 1)  # one byte more than promised is already a mismatch
         verify_bytes(f"{self.reference.name}: blob", data, desc.digest, desc.size)
         return data
 
     def fetch_blob(self, desc: Descriptor, dest: Path) -> None:
-        try:
-            f = self._blob(desc.digest).open("rb")
-        except FileNotFoundError:
-            raise NotFoundError(f"{self.reference.name}: blob {desc.digest} not found") from None
-        with f:
+        with self._open(self._blob(desc.digest), f"blob {desc.digest}") as f:
             copy_verified(read_chunks(f), dest, desc, f"{self.reference.name}: blob")
 
     def _ensure_layout(self) -> None:

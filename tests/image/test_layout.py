@@ -15,6 +15,7 @@ import pytest
 
 from ctr_remote.image import (
     DigestMismatchError,
+    ImageError,
     LayoutError,
     NotFoundError,
     open_store,
@@ -143,3 +144,32 @@ def test_killed_write_leaves_the_old_index_intact(workdir: Path) -> None:
     with open_store(parse_reference(f"local://{layout}")) as s:
         assert s.resolve().digest == old.manifest.desc.digest
         assert parse_index(index_before).manifests[0].digest == old.manifest.desc.digest
+
+
+@pytest.mark.parametrize("kind", ["fifo", "zero-device", "longer-file"])
+def test_layout_files_that_are_not_what_they_claim(workdir: Path, kind: str) -> None:
+    """A blob or index.json that is a fifo (open would block), a link to /dev/zero (endless) or far
+    longer than its descriptor: refused without reading it all."""
+    img = build_image([{"a": b"a" * 100}])
+    ref = parse_reference(f"local://{workdir}/lay")
+    with open_store(ref) as s:
+        push(s, img, workdir / "build")
+    config = workdir / "lay/blobs/sha256" / img.config.desc.digest.split(":")[1]
+    index = workdir / "lay/index.json"
+    for path in (config, index):
+        saved = path.read_bytes()
+        path.unlink()
+        if kind == "fifo":
+            os.mkfifo(path)
+        elif kind == "zero-device":
+            path.symlink_to("/dev/zero")
+        else:
+            path.write_bytes(saved + b" " * (80 << 20))
+        with open_store(ref) as s, pytest.raises(ImageError) as e:
+            read_image(s, s.resolve())
+        assert "\n" not in str(e.value)
+        expected = {"fifo": "is not a regular file", "zero-device": "is not a regular file"}.get(kind)
+        if expected:
+            assert expected in str(e.value)
+        path.unlink()
+        path.write_bytes(saved)
