@@ -79,7 +79,11 @@ def order_entries(
         else:
             missing.append(path)
     # Upstream writes `.prefetch.landmark` for a non-empty list even when none of it was found;
-    # a prefetch landmark with nothing before it is a contradiction readers warn about.
+    # a prefetch landmark with nothing before it is a contradiction readers warn about. The root
+    # directory alone (a list of `/`) counts as nothing: readers do not prefetch it.
+    if all(isinstance(item, Scanned) and item.key == "" for item in front):
+        front.clear()
+        placed.discard("")
     landmark = PREFETCH_LANDMARK if front else NO_PREFETCH_LANDMARK
     front.append(Generated(landmark, REG, 0, LANDMARK_CONTENTS))
 

@@ -227,3 +227,13 @@ def test_a_hardlink_that_is_the_parent_of_its_target_is_refused(tmp_path: Path) 
         EstargzError, match=r"^hardlink 'x' cannot follow its target 'x/y': the layer has entries"
     ):
         convert(tmp_path, make_tar(entries), prioritized_files=["a"])
+
+
+@pytest.mark.parametrize("layer_root", [True, False])
+def test_a_list_of_only_the_root_means_no_prefetch(oracle, tmp_path: Path, layer_root: bool) -> None:
+    """`/` alone put the root entry (or nothing) before `.prefetch.landmark`: readers warn that
+    nothing is prioritized."""
+    entries = [d("./")] * layer_root + [d("a/"), f("a/x", b"x")]
+    path, result = convert(tmp_path, make_tar(entries), prioritized_files=["/", "a/.."])
+    assert oracle.check_blob(path, result.toc_digest)["landmark"] == "no-prefetch"
+    assert toc_names(path) == [".no.prefetch.landmark", *(e.name for e in entries)]
