@@ -253,16 +253,20 @@ def _sweep(work: Path) -> None:
     for point in mounts.mountpoints_under(work):
         with contextlib.suppress(OSError):
             mounts.umount(point, lazy=True)
-    done = subprocess.run(
-        ["rm", "-rf", "--one-file-system", "--", str(work)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        log.warning("could not remove the work directory", path=str(work), error=done.stderr.strip()[-300:])
+    try:
+        done = subprocess.run(
+            ["rm", "-rf", "--one-file-system", "--", str(work)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            check=False,
+        )
+        error = done.stderr.strip()[-300:] if done.returncode else ""
+    except OSError as e:  # no `rm` on PATH
+        error = e.strerror or str(e)
+    if error:
+        log.warning("could not remove the work directory", path=str(work), error=error)
 
 
 @contextlib.contextmanager
