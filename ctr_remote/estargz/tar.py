@@ -121,6 +121,9 @@ def _checksum_ok(block: bytes) -> bool:
     return stored == unsigned - 256 * high
 
 
+_NUL_FREE_VALUES = {b"path", b"linkpath", b"uname", b"gname"}
+
+
 def _parse_pax(data: bytes) -> dict[str, bytes]:
     records: dict[str, bytes] = {}
     pos = 0
@@ -131,9 +134,12 @@ def _parse_pax(data: bytes) -> dict[str, bytes]:
         except ValueError:
             raise EstargzError("invalid tar PAX header: bad record length") from None
         rec = data[sp + 1 : pos + length]
-        if length <= 0 or pos + length > len(data) or not rec.endswith(b"\n") or b"=" not in rec:
+        if length < 5 or pos + length > len(data) or not rec.endswith(b"\n") or b"=" not in rec:
             raise EstargzError("invalid tar PAX header: malformed record")
         key, _, value = rec[:-1].partition(b"=")
+        # Go's archive/tar refuses these records (and so would every reader of the blob).
+        if not key or b"\0" in (value if key in _NUL_FREE_VALUES else key):
+            raise EstargzError(f"invalid tar PAX record {key!r}: empty key or NUL byte")
         records[_text(key, "PAX record key")] = value
         pos += length
     return records

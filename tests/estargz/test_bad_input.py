@@ -94,6 +94,12 @@ BAD = {
         _resize(make_tar([f("a", b"x" * 10)], tarfile.GNU_FORMAT), b"\xff" * 12),
         "invalid tar header for 'a': negative size",
     ),
+    "pax-path-with-nul": (make_tar([f("x", pax={"path": "a\x00b"})]), "invalid tar PAX record b'path'"),
+    "pax-uname-with-nul": (make_tar([f("x", pax={"uname": "r\x00t"})]), "invalid tar PAX record b'uname'"),
+    "pax-key-with-nul": (
+        make_tar([f("x", pax={"SCHILY.xattr.user.a\x00b": "v"})]),
+        "invalid tar PAX record b'SCHILY.xattr.user.a\\x00b': empty key or NUL byte",
+    ),
     "global-header-with-path": (
         _pax_global({"path": "x"}),
         "unsupported PAX global header with records ['path']",
