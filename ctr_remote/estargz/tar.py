@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import posixpath
+import re
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -89,14 +90,14 @@ def _num(b: bytes, what: str) -> int:
         value = int.from_bytes(bytes([b[0] & 0x7F]) + b[1:], "big")
         if b[0] & 0x40:
             value -= 1 << (len(b) * 8 - 1)
-        return value
-    s = b.strip(b" \x00")
-    if not s:
-        return 0
-    try:
-        return int(s, 8)
-    except ValueError:
-        raise EstargzError(f"invalid tar header: bad {what} field {bytes(b)!r}") from None
+    else:
+        s = b.strip(b" \x00")
+        if s and not _OCTAL.fullmatch(s):  # Python's int() would take `0o7`, `1_0` and `+7`; Go does not
+            raise EstargzError(f"invalid tar header: bad {what} field {bytes(b)!r}")
+        value = int(s, 8) if s else 0
+    if not _INT64_MIN <= value <= _INT64_MAX:
+        raise EstargzError(f"invalid tar header: {what} field {bytes(b)!r} is out of the 64-bit range")
+    return value
 
 
 def _text(b: bytes, what: str) -> str:
@@ -121,6 +122,9 @@ def _checksum_ok(block: bytes) -> bool:
     return stored == unsigned - 256 * high
 
 
+_OCTAL = re.compile(rb"[0-7]+")
+_DECIMAL = re.compile(rb"[+-]?[0-9]+")
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 _NUL_FREE_VALUES = {b"path", b"linkpath", b"uname", b"gname"}
 
 
@@ -145,26 +149,21 @@ def _parse_pax(data: bytes) -> dict[str, bytes]:
     return records
 
 
-def _pax_time(v: bytes) -> int:
-    s = v.decode("ascii", "replace")
-    secs, _, frac = s.partition(".")
-    try:
-        sec = int(secs)
-        if frac and not frac.isdigit():
-            raise ValueError
-    except ValueError:
-        raise EstargzError(f"invalid tar PAX mtime {v!r}") from None
-    nsec = int((frac + "000000000")[:9]) if frac else 0
-    return sec * 1_000_000_000 + (-nsec if secs.startswith("-") else nsec)
+def _pax_time(v: bytes, key: str = "mtime") -> int:
+    secs, _, frac = v.partition(b".")
+    if frac and not frac.isdigit():
+        raise EstargzError(f"invalid tar PAX {key} {v!r}")
+    sec = _pax_int(secs, key)
+    nsec = int((frac + b"000000000")[:9]) if frac else 0
+    return sec * 1_000_000_000 + (-nsec if secs.startswith(b"-") else nsec)
 
 
 def _pax_int(v: bytes, key: str) -> int:
-    try:
-        value = int(v)
-    except ValueError:
-        raise EstargzError(f"invalid tar PAX {key} {v!r}") from None
-    # Go's archive/tar (and the TOC's Go readers) hold these in an int64.
-    if not -(1 << 63) <= value < 1 << 63:
+    """A decimal PAX value the way Go's strconv.ParseInt(v, 10, 64) reads it."""
+    if not _DECIMAL.fullmatch(v):
+        raise EstargzError(f"invalid tar PAX {key} {v!r}")
+    value = int(v)
+    if not _INT64_MIN <= value <= _INT64_MAX:
         raise EstargzError(f"invalid tar PAX {key} {v!r}: out of the 64-bit range")
     return value
 
@@ -289,6 +288,9 @@ def _parse_main(
         h.size = _pax_int(pax["size"], "size")
     if pax.get("mtime"):
         h.mtime_ns = _pax_time(pax["mtime"])
+    for key in ("atime", "ctime"):  # unused, but Go refuses the entry when they do not parse
+        if pax.get(key):
+            _pax_time(pax[key], key)
     if long_name:
         name = long_name
     if long_link:

@@ -36,8 +36,13 @@ def _retype(layer: bytes, name: bytes, flag: bytes) -> bytes:
 
 def _resize(layer: bytes, field: bytes) -> bytes:
     """Replace the size field of the first header (and fix its checksum)."""
+    return _refield(layer, 124, field)
+
+
+def _refield(layer: bytes, at: int, field: bytes) -> bytes:
+    """Replace a field of the first header (and fix its checksum)."""
     out = bytearray(layer)
-    out[124:136] = field
+    out[at : at + len(field)] = field
     out[148:156] = b" " * 8
     out[148:156] = b"%06o\x00 " % sum(out[:512])
     return bytes(out)
@@ -99,6 +104,19 @@ BAD = {
     "pax-key-with-nul": (
         make_tar([f("x", pax={"SCHILY.xattr.user.a\x00b": "v"})]),
         "invalid tar PAX record b'SCHILY.xattr.user.a\\x00b': empty key or NUL byte",
+    ),
+    # Python's int() reads these, Go's archive/tar refuses them (so the blob was unreadable).
+    "pax-mtime-underscores": (
+        make_tar([f("a", b"x", pax={"mtime": "1_700_000_000"})]),
+        "invalid tar PAX mtime b'1_700_000_000'",
+    ),
+    "pax-atime-garbage": (
+        make_tar([f("a", b"x", pax={"atime": "garbage"})]),
+        "invalid tar PAX atime b'garbage'",
+    ),
+    "octal-with-0o-prefix": (
+        _refield(make_tar([f("a", b"x")], tarfile.USTAR_FORMAT), 100, b"0o00644\x00"),
+        "invalid tar header: bad mode field b'0o00644\\x00'",
     ),
     "global-header-with-path": (
         _pax_global({"path": "x"}),
