@@ -42,7 +42,7 @@ def order_entries(
 ) -> tuple[list[Item], tuple[str, ...]]:
     """The output order, and the listed paths that are not in the layer."""
     index = {e.key: e for e in entries}
-    _check_hardlink_cycles(index)
+    _check_hardlinks(index)
     placed: set[str] = set()
     front: list[Item] = []
     missing: list[str] = []
@@ -118,10 +118,16 @@ def _check_hardlinks_follow_targets(items: list[Item], index: dict[str, Scanned]
             seen.add(item.key)
 
 
-def _check_hardlink_cycles(index: dict[str, Scanned]) -> None:
-    """Refuse hardlinks that lead back to themselves (`a` -> `a`, or `a` -> `b` -> `a` once later
-    duplicates have replaced earlier entries): upstream's reader recurses on them until its stack
-    overflows, which would take down the snapshotter."""
+def _check_hardlinks(index: dict[str, Scanned]) -> None:
+    """Refuse hardlinks to entries the layer does not have (upstream's reader, the snapshotter's,
+    refuses to open such a blob, and unpacking fails on it too), and hardlinks that lead back to
+    themselves (`a` -> `a`, or `a` -> `b` -> `a` once later duplicates have replaced earlier
+    entries): upstream's reader recurses on them until its stack overflows."""
+    for entry in index.values():
+        if entry.link_key is not None and entry.link_key not in index:
+            raise EstargzError(
+                f"hardlink {entry.key!r} points at {entry.link_key!r}, which is not in the layer"
+            )
     done: set[str] = set()
     for start in index.values():
         chain: list[str] = []

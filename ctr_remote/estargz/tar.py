@@ -91,7 +91,7 @@ def _num(b: bytes, what: str) -> int:
         if b[0] & 0x40:
             value -= 1 << (len(b) * 8 - 1)
     else:
-        s = b.strip(b" \x00")
+        s = _cstr(b.strip(b" \x00"))  # Go trims spaces and NULs, then stops at a NUL
         if s and not _OCTAL.fullmatch(s):  # Python's int() would take `0o7`, `1_0` and `+7`; Go does not
             raise EstargzError(f"invalid tar header: bad {what} field {bytes(b)!r}")
         value = int(s, 8) if s else 0
@@ -214,6 +214,7 @@ def read_header(r: Reader) -> RawEntry | None:
         flag = chr(block[156])
         size = _num(block[124:136], "size")
         if flag in ("x", "g", "L", "K"):
+            _parse_main_numbers(block)  # Go parses (and checks) these in every header block
             if size > MAX_EXTENSION_SIZE:
                 raise EstargzError(f"invalid tar: extension header of {size} bytes (Go's limit is 1 MiB)")
             data = _read_ext_data(r, size)
@@ -242,6 +243,32 @@ def parse_headers(raw: bytes) -> TarHeader:
     return entry.header
 
 
+def _parse_main_numbers(block: bytes) -> tuple[int, int]:
+    """Check the numeric fields Go parses in every header block (an error there fails the whole
+    entry for Go); the device numbers, which only USTAR, PAX, GNU and STAR blocks have."""
+    for what, raw in (("size", block[124:136]), ("mode", block[100:108]), ("uid", block[108:116]),
+                      ("gid", block[116:124]), ("mtime", block[136:148])):  # fmt: skip
+        _num(raw, what)
+    magic = block[257:263]
+    if magic != b"ustar\x00" and not (magic == b"ustar " and block[263:265] == b" \x00"):
+        return 0, 0
+    if magic == b"ustar\x00" and block[508:512] == b"tar\x00":  # STAR: access and change times
+        _num(block[476:488], "atime")
+        _num(block[488:500], "ctime")
+    return _num(block[329:337], "devmajor"), _num(block[337:345], "devminor")
+
+
+def _gnu_times_ok(block: bytes) -> bool:
+    """Whether a GNU header's atime and ctime fields (when set) parse."""
+    try:
+        for field in (block[345:357], block[357:369]):
+            if field[0]:
+                _num(field, "time")
+    except EstargzError:
+        return False
+    return True
+
+
 def _parse_main(
     block: bytes, flag: str, pax: dict[str, bytes], long_name: bytes | None, long_link: bytes | None
 ) -> TarHeader:
@@ -252,13 +279,16 @@ def _parse_main(
     devmajor = devminor = 0
     if magic == b"ustar\x00" or (magic == b"ustar " and version == b" \x00"):
         uname, gname = _cstr(block[265:297]), _cstr(block[297:329])
-        devmajor = _num(block[329:337], "devmajor")
-        devminor = _num(block[337:345], "devminor")
+        devmajor, devminor = _parse_main_numbers(block)
+        prefix = b""
         if magic == b"ustar\x00":
             star = block[508:512] == b"tar\x00"
             prefix = _cstr(block[345:476] if star else block[345:500])
-            if prefix:
-                name = prefix + b"/" + name
+        elif not _gnu_times_ok(block) and _cstr(block[345:500]).isascii():
+            # Go's reading of files from its pre-1.8 writer, which put a prefix in GNU headers.
+            prefix = _cstr(block[345:500])
+        if prefix:
+            name = prefix + b"/" + name
     h = TarHeader(
         name="",
         typeflag=flag,

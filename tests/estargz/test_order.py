@@ -61,13 +61,24 @@ def test_no_list_puts_the_no_prefetch_landmark_first(oracle_gen: Path, tmp_path:
 
 
 def test_missing_paths_are_reported(oracle, tmp_path: Path) -> None:
+    layer = make_tar([d("etc/"), f("etc/passwd", b"root")])
+    listed = ["nope", "/etc/passwd", "etc/passwd/", "etc/nope/deeper"]
+    path, result = convert(tmp_path, layer, prioritized_files=listed)
+    oracle.check_blob(path, result.toc_digest)
+    assert result.missing_prioritized == ("nope", "etc/nope/deeper")
+    assert toc_names(path)[:3] == ["etc/", "etc/passwd", ".prefetch.landmark"]
+
+
+def test_a_hardlink_to_nothing_is_refused(tmp_path: Path) -> None:
+    """Upstream's builder writes it; upstream's reader (the snapshotter's) then refuses to open the
+    blob ("is a hardlink but the linkname isn't found")."""
     layer = make_tar(
         [d("etc/"), f("etc/passwd", b"root"), Entry("etc/dangling", tarfile.LNKTYPE, linkname="gone")]
     )
-    listed = ["nope", "/etc/passwd", "etc/dangling", "etc/passwd/", "etc/nope/deeper"]
-    path, result = convert(tmp_path, layer, prioritized_files=listed)
-    assert result.missing_prioritized == ("nope", "etc/dangling", "etc/nope/deeper")
-    assert toc_names(path)[:3] == ["etc/", "etc/passwd", ".prefetch.landmark"]
+    with pytest.raises(
+        EstargzError, match=r"^hardlink 'etc/dangling' points at 'gone', which is not in the layer$"
+    ):
+        convert(tmp_path, layer)
 
 
 def test_a_list_with_nothing_found_means_no_prefetch(oracle, tmp_path: Path) -> None:
