@@ -118,6 +118,10 @@ BAD = {
         _refield(make_tar([f("a", b"x")], tarfile.USTAR_FORMAT), 100, b"0o00644\x00"),
         "invalid tar header: bad mode field b'0o00644\\x00'",
     ),
+    "extension-header-bad-number": (
+        _refield(make_tar([f("x" * 120, b"x")]), 108, b"00/0000\x00"),  # the PAX header's own uid
+        "invalid tar header: bad uid field b'00/0000\\x00'",
+    ),
     "global-header-with-path": (
         _pax_global({"path": "x"}),
         "unsupported PAX global header with records ['path']",

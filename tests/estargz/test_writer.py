@@ -338,3 +338,15 @@ def test_gnu_tar_archives_of_a_real_tree(oracle, tmp_path: Path, fmt: str) -> No
         "char", 1, 3)  # fmt: skip
     if fmt != "ustar":
         assert entries["./dir/file"].xattrs == {"user.bytes": b"\xff\x00value"}
+
+
+def test_octal_fields_read_up_to_their_nul_as_go_does(oracle, tmp_path: Path) -> None:
+    """`0000644\\0junk`: Go trims spaces and NULs at the ends, then stops at the first NUL."""
+    layer = bytearray(make_tar([f("a", b"x", mode=0o644)], tarfile.USTAR_FORMAT))
+    layer[100:108] = b"644\x00x\x00  "
+    layer[148:156] = b" " * 8
+    layer[148:156] = b"%06o\x00 " % sum(layer[:512])
+    path, result = convert(tmp_path, bytes(layer))
+    check(oracle, path, result)
+    with path.open("rb") as fh:
+        assert [e.mode for e in open_estargz(fh).entries if e.name == "a"] == [0o644]
