@@ -25,12 +25,14 @@ from ctr_remote.compression import open_tar_stream
 from ctr_remote.errors import CtrRemoteError
 from ctr_remote.estargz import BuildOptions, EstargzError, build, open_estargz
 from ctr_remote.image import (
+    CancelToken,
     Descriptor,
     ImageBlobs,
     ImageStore,
     Index,
     Platform,
     StoreOptions,
+    config_platform,
     fetch_blobs,
     host_platform,
     media_types,
@@ -155,7 +157,12 @@ class _Pipeline:
         if media_types.is_index(top.media_type):
             index = parse_index(top_bytes, top.media_type, what=f"index {top.digest}")
             entries = self._image_entries(index)
-            chosen = select_manifests(entries, platforms, all_platforms=self.options.all_platforms)
+            chosen = select_manifests(
+                entries,
+                platforms,
+                all_platforms=self.options.all_platforms,
+                platform_of=config_platform(self.src),
+            )
             images = [read_image(self.src, d) for d in chosen]
         else:
             log.info("index not found; treating as a thin image with ignoring the platform option")
@@ -220,16 +227,8 @@ class _Pipeline:
                 nested = parse_index(self.src.read_manifest(entry), media, what=f"index {entry.digest}")
                 out.extend(self._image_entries(nested, depth + 1))
             else:
-                out.append(self._with_platform(entry))
+                out.append(entry)
         return out
-
-    def _with_platform(self, entry: Descriptor) -> Descriptor:
-        """An index entry without a platform gets its config's, if that names one (containerd keeps
-        such entries; platform selection needs to know what they are)."""
-        if entry.platform is not None:
-            return entry
-        plat = read_image(self.src, entry).config.platform
-        return replace(entry, platform=plat) if plat.os and plat.architecture else entry
 
     def _layer_file(self, desc: Descriptor) -> Path:
         return self.work / "in" / encoded(desc.digest)
@@ -419,17 +418,17 @@ class _Reporting:
     def __getattr__(self, name: str) -> object:  # everything but blob transfers goes straight through
         return getattr(self._store, name)
 
-    def fetch_blob(self, desc: Descriptor, dest: Path) -> None:
+    def fetch_blob(self, desc: Descriptor, dest: Path, *, cancel: CancelToken | None = None) -> None:
         self._progress.step(desc.digest, "pull")
-        self._store.fetch_blob(desc, dest)
+        self._store.fetch_blob(desc, dest, cancel=cancel)
         self._progress.done(desc.digest, "pull", size=desc.size)
 
-    def push_blob(self, src: Path, desc: Descriptor) -> None:
+    def push_blob(self, src: Path, desc: Descriptor, *, cancel: CancelToken | None = None) -> None:
         if not media_types.is_layer(desc.media_type):
-            self._store.push_blob(src, desc)
+            self._store.push_blob(src, desc, cancel=cancel)
             return
         self._progress.step(desc.digest, "push")
-        self._store.push_blob(src, desc)
+        self._store.push_blob(src, desc, cancel=cancel)
         self._progress.done(desc.digest, "push", pushed=desc.digest, size=desc.size)
 
 

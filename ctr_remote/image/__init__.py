@@ -8,6 +8,7 @@ platforms, and one store interface over registries (OCI distribution) and OCI la
 """
 
 from ctr_remote.image import mediatypes as media_types
+from ctr_remote.image.cancel import CancelToken
 from ctr_remote.image.digest import digest_bytes
 from ctr_remote.image.errors import (
     AuthError,
@@ -19,6 +20,7 @@ from ctr_remote.image.errors import (
     PlatformError,
     RegistryError,
     RetriesExhaustedError,
+    TransferCancelled,
     UnsupportedMediaTypeError,
 )
 from ctr_remote.image.manifest import (
@@ -54,6 +56,7 @@ from ctr_remote.image.reference import Kind, Reference, parse_reference
 from ctr_remote.image.store import ImageStore, StoreOptions, open_store
 from ctr_remote.image.transfer import (
     ImageBlobs,
+    config_platform,
     copy_image,
     fetch_blobs,
     push_blobs,
@@ -74,6 +77,7 @@ __all__ = [
     "OCI_LAYER_ZSTD",
     "OCI_MANIFEST",
     "AuthError",
+    "CancelToken",
     "Descriptor",
     "DigestMismatchError",
     "ImageBlobs",
@@ -92,7 +96,9 @@ __all__ = [
     "RegistryError",
     "RetriesExhaustedError",
     "StoreOptions",
+    "TransferCancelled",
     "UnsupportedMediaTypeError",
+    "config_platform",
     "copy_image",
     "digest_bytes",
     "fetch_blobs",

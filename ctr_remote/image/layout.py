@@ -1,8 +1,9 @@
 """OCI image layout directories (`local://DIR[:NAME]`), read and written through the ImageStore verbs.
 
 Reading: `index.json` lists the images. With a NAME, the entry whose
-`org.opencontainers.image.ref.name` is NAME; without, the only entry, or, when there are several,
-`index.json` itself as the top-level index (as upstream's old tool read layouts).
+`org.opencontainers.image.ref.name` is NAME; without, the only entry, or, when the entries are the
+platform manifests of one image (no names, distinct platforms), `index.json` itself as that image's
+index (as upstream's ggcr-based tool read layouts). Several images without a NAME are refused.
 Writing: blobs under `blobs/<alg>/<hex>` (each written to a temp file and renamed), `oci-layout`, and
 last `index.json`, rewritten through a temp file and a rename, with the new entry replacing any entry
 of the same ref.name (or the unnamed entry, when writing without a NAME). Other images stay.
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ctr_remote.image import mediatypes as mt
+from ctr_remote.image.cancel import CancelToken, checked
 from ctr_remote.image.digest import algorithm, encoded, verify_bytes
 from ctr_remote.image.errors import ImageError, LayoutError, NotFoundError
 from ctr_remote.image.files import copy_verified, read_chunks, write_atomic
@@ -99,6 +101,14 @@ class LayoutStore:
             raise NotFoundError(f"{self.reference.name}: the layout holds no image")
         if len(entries) == 1:
             return self._typed(entries[0])
+        if not _one_image(entries):
+            names = ", ".join(_label(e) for e in entries)
+            raise LayoutError(
+                f"{self.reference.name} holds {len(entries)} images ({names}): "
+                f"pick one with {self.reference.name}:NAME"
+            )
+        # The platform manifests of one image listed directly in index.json (as ggcr writes a
+        # multi-platform image): index.json is that image's index.
         desc = Descriptor.of(data, mt.OCI_INDEX)
         self._synthetic[desc.digest] = data
         return desc
@@ -119,9 +129,10 @@ class LayoutStore:
         verify_bytes(f"{self.reference.name}: blob", data, desc.digest, desc.size)
         return data
 
-    def fetch_blob(self, desc: Descriptor, dest: Path) -> None:
+    def fetch_blob(self, desc: Descriptor, dest: Path, *, cancel: CancelToken | None = None) -> None:
+        what = f"{self.reference.name}: blob"
         with self._open(self._blob(desc.digest), f"blob {desc.digest}") as f:
-            copy_verified(read_chunks(f), dest, desc, f"{self.reference.name}: blob")
+            copy_verified(checked(read_chunks(f), cancel, f"{what} {desc.digest}"), dest, desc, what)
 
     def _ensure_layout(self) -> None:
         try:
@@ -132,13 +143,13 @@ class LayoutStore:
         except OSError as e:
             raise LayoutError(f"{self.reference.name}: cannot create the layout: {e.strerror}") from None
 
-    def push_blob(self, src: Path, desc: Descriptor) -> None:
+    def push_blob(self, src: Path, desc: Descriptor, *, cancel: CancelToken | None = None) -> None:
         self._ensure_layout()
         target = self._blob(desc.digest)
         if target.exists() and target.stat().st_size == desc.size:
             return
         with src.open("rb") as f:
-            copy_verified(read_chunks(f), target, desc, f"blob {src}")
+            copy_verified(checked(read_chunks(f), cancel, f"blob {src}"), target, desc, f"blob {src}")
 
     def push_manifest(self, data: bytes, desc: Descriptor, *, top: bool = False) -> None:
         verify_bytes("manifest", data, desc.digest, desc.size)
@@ -167,6 +178,24 @@ class LayoutStore:
             ]
             obj["manifests"] = [*kept, entry.to_json()]
             write_atomic(self.root / INDEX_FILE, json.dumps(obj, indent=2).encode())
+
+
+def _label(entry: Descriptor) -> str:
+    name = (entry.annotations or {}).get(ANNOTATION_REF_NAME)
+    return name if name else f"unnamed {entry.digest[:19]}"
+
+
+def _one_image(entries: list[Descriptor]) -> bool:
+    """True if `entries` are the platform manifests of one image: no names, all manifests, each
+    with a platform none of the others has."""
+    platforms = []
+    for e in entries:
+        if (e.annotations or {}).get(ANNOTATION_REF_NAME) or not mt.is_manifest(e.media_type):
+            return False
+        if e.platform is None or any(e.platform.matches(p) for p in platforms):
+            return False
+        platforms.append(e.platform)
+    return True
 
 
 class _DirLock:

@@ -7,8 +7,9 @@ variant must be equal once defaults are filled in (`arm` defaults to `v7`, `arm6
 
 from __future__ import annotations
 
+import dataclasses
 import platform as _host
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -117,14 +118,23 @@ _Entry = TypeVar("_Entry", bound=_HasPlatform)
 
 
 def select_manifests(
-    manifests: Sequence[_Entry], platforms: Sequence[Platform] | None = None, *, all_platforms: bool = False
+    manifests: Sequence[_Entry],
+    platforms: Sequence[Platform] | None = None,
+    *,
+    all_platforms: bool = False,
+    platform_of: Callable[[_Entry], Platform | None] | None = None,
 ) -> list[_Entry]:
     """The descriptors of `manifests` (in index order) for the requested platforms.
 
     `all_platforms` keeps every entry; otherwise an entry is kept when its platform matches one of
-    `platforms` (default: the host platform). Entries without a platform only survive `all_platforms`.
-    Raises PlatformError if nothing matches.
+    `platforms` (default: the host platform). An entry that names no platform is, as containerd
+    does, what its image config says: `platform_of(entry)` (e.g. `transfer.config_platform`) is
+    asked, and the entry is returned with that platform filled in (entries must then be
+    dataclasses, as Descriptor is). Without `platform_of`, or if it knows none either, such an
+    entry only survives `all_platforms`. Raises PlatformError if nothing matches.
     """
+    if platform_of is not None:
+        manifests = [_with_platform(m, platform_of) for m in manifests]
     if all_platforms:
         return list(manifests)
     wanted = list(platforms) if platforms else [host_platform()]
@@ -134,3 +144,12 @@ def select_manifests(
         want = ", ".join(str(w) for w in wanted)
         raise PlatformError(f"no manifest for platform {want} in the index (it has: {have})")
     return chosen
+
+
+def _with_platform(entry: _Entry, platform_of: Callable[[_Entry], Platform | None]) -> _Entry:
+    if entry.platform is not None:
+        return entry
+    plat = platform_of(entry)
+    if plat is None or not (plat.os and plat.architecture):
+        return entry
+    return dataclasses.replace(entry, platform=plat)  # type: ignore[type-var]

@@ -6,13 +6,19 @@ times (Retry-After honoured, capped at `backoff_max`); a 401 is answered once (B
 Blob downloads stream to disk and are checked against their descriptor; uploads stream from disk,
 monolithic up to `chunk_size` bytes and in PATCH chunks above, and a broken upload session is
 restarted once from a fresh one.
+
+Blob transfers take a CancelToken: once it is set they stop before their next request, backoff or
+chunk, and a request blocked on the network is woken by shutting down this store's connections.
+A refused connection is retried only `REFUSED_RETRIES` times: nothing listens, and waiting longer
+rarely changes that (resets, timeouts, 429 and 5xx keep the full `StoreOptions.retries`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import socket
 import ssl
-import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -22,6 +28,7 @@ import structlog
 from ctr_remote import __version__
 from ctr_remote.image import mediatypes as mt
 from ctr_remote.image.auth import Authenticator, pull_scope, push_scope
+from ctr_remote.image.cancel import CancelToken
 from ctr_remote.image.digest import digest_bytes, verify_bytes
 from ctr_remote.image.errors import (
     AuthError,
@@ -47,6 +54,7 @@ MAX_MANIFEST_SIZE = 4 * 1048 * 1048
 MAX_CONFIG_SIZE = 16 << 20
 MAX_TOKEN_RESPONSE_SIZE = 1 << 20
 Body = bytes | Callable[[], Iterable[bytes]] | None
+REFUSED_RETRIES = 2
 
 
 def ssl_context(ref: Reference, certs_dir: Path) -> ssl.SSLContext:
@@ -73,6 +81,15 @@ def _is_tls_failure(e: Exception) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return "SSL" in str(e) or "CERTIFICATE" in str(e)
+
+
+def _is_refused(e: Exception) -> bool:
+    seen: BaseException | None = e
+    while seen is not None:
+        if isinstance(seen, ConnectionRefusedError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _line(e: Exception) -> str:
@@ -142,12 +159,16 @@ def _same_origin(a: httpx.URL, b: httpx.URL) -> bool:
     return (a.scheme, a.host, a.port) == (b.scheme, b.host, b.port)
 
 
-def _file_range(path: Path, offset: int, length: int) -> Callable[[], Iterator[bytes]]:
+def _file_range(
+    path: Path, offset: int, length: int, cancel: CancelToken | None
+) -> Callable[[], Iterator[bytes]]:
     def chunks() -> Iterator[bytes]:
         with path.open("rb") as f:
             f.seek(offset)
             left = length
             while left > 0:
+                if cancel is not None:
+                    cancel.check(f"upload of {path}")
                 chunk = f.read(min(CHUNK, left))
                 if not chunk:
                     raise ImageError(f"{path}: file shrank while uploading")
@@ -174,6 +195,21 @@ class _Client:
         self.auth = Authenticator(
             ref.registry, ref.repository, options.config_dir(), self._send_token_request
         )
+        # The connections this client opened, so that a cancel can wake requests blocked on them.
+        self._streams: weakref.WeakSet[object] = weakref.WeakSet()
+
+    def _trace(self, event: str, info: dict[str, object]) -> None:
+        if event == "connection.connect_tcp.complete" and info.get("return_value") is not None:
+            self._streams.add(info["return_value"])
+
+    def abort(self) -> None:
+        """Shut down every connection of this client (from any thread): requests blocked on one
+        fail at once with a transport error. Closing alone would not wake a blocked recv."""
+        for stream in list(self._streams):
+            sock = stream.get_extra_info("socket")  # type: ignore[attr-defined]
+            if isinstance(sock, socket.socket):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
 
     @property
     def where(self) -> str:
@@ -182,11 +218,13 @@ class _Client:
     def url(self, path: str) -> str:
         return f"{self.ref.base_url}/v2/{self.ref.repository}/{path}"
 
-    def backoff(self, attempt: int, resp: httpx.Response | None) -> None:
+    def backoff(
+        self, attempt: int, resp: httpx.Response | None, cancel: CancelToken | None = None, what: str = ""
+    ) -> None:
         delay = min(self.options.backoff * (2 ** (attempt - 1)), self.options.backoff_max)
         if resp is not None and (after := _retry_after(resp)) is not None:
             delay = min(after, self.options.backoff_max)
-        time.sleep(delay)  # backoff between attempts, not synchronisation
+        (cancel or CancelToken()).sleep(delay, what or self.where)  # backoff, not synchronisation
 
     def _send_token_request(self, req: httpx.Request) -> httpx.Response:
         def too_large(size: str) -> ImageError:
@@ -243,20 +281,28 @@ class _Client:
         headers: dict[str, str] | None = None,
         body: Body = None,
         stream: bool = False,
+        cancel: CancelToken | None = None,
     ) -> httpx.Response:
         """Send with retries on transient failures and one answer to a 401 challenge. The caller
-        checks the status (and closes a streamed response). `scopes=None`: no registry auth."""
+        checks the status (and closes a streamed response). `scopes=None`: no registry auth.
+        Once `cancel` is set no request is sent any more, and one in flight is cut off."""
         failures = 0
         answered = False
         path = httpx.URL(url).path
+        cancel = cancel or CancelToken()
+        what = f"{method} {path} on {self.ref.api_host}"
         while True:
+            cancel.check(what)
             hdrs = dict(headers or {})
             if scopes is not None and (authz := self.auth.header(scopes)):
                 hdrs["Authorization"] = authz
             content = body() if callable(body) else body
-            req = self.http.build_request(method, url, headers=hdrs, content=content)
+            req = self.http.build_request(
+                method, url, headers=hdrs, content=content, extensions={"trace": self._trace}
+            )
             try:
-                resp = self.http.send(req, stream=stream)
+                with cancel.on_cancel(self.abort):
+                    resp = self.http.send(req, stream=stream)
             except httpx.TooManyRedirects:
                 raise RegistryError(f"{method} {path} on {self.ref.api_host}: too many redirects") from None
             except httpx.UnsupportedProtocol as e:  # e.g. a redirect to file:// or ftp://
@@ -264,6 +310,7 @@ class _Client:
                     f"{method} {path} on {self.ref.api_host}: redirected to an unsupported URL ({_line(e)})"
                 ) from None
             except httpx.TransportError as e:
+                cancel.check(what)  # the failure may be the cancel's own doing
                 if _is_tls_failure(e):
                     raise RegistryError(
                         f"TLS connection to {self.ref.api_host} failed: {_line(e)} "
@@ -271,12 +318,13 @@ class _Client:
                     ) from None
                 failures += 1
                 log.warning("registry request failed", method=method, path=path, error=type(e).__name__)
-                if failures > self.options.retries:
+                limit = min(self.options.retries, REFUSED_RETRIES) if _is_refused(e) else self.options.retries
+                if failures > limit:
                     raise RetriesExhaustedError(
                         f"{method} {path} on {self.ref.api_host}: giving up after {failures} attempts "
                         f"(last: {type(e).__name__}: {_line(e)})"
                     ) from None
-                self.backoff(failures, None)
+                self.backoff(failures, None, cancel, what)
                 continue
             status = resp.status_code
             log.debug("registry request", method=method, path=path, status=status)
@@ -303,7 +351,7 @@ class _Client:
                         f"{method} {path} on {self.ref.api_host}: giving up after {failures} attempts "
                         f"(last: HTTP {status})"
                     )
-                self.backoff(failures, resp)
+                self.backoff(failures, resp, cancel, what)
                 continue
             return resp
 
@@ -413,10 +461,12 @@ class RegistryStore:
         verify_bytes(f"{self.reference.name}: blob", data, desc.digest, desc.size)
         return data
 
-    def fetch_blob(self, desc: Descriptor, dest: Path) -> None:
-        copy_verified(self._blob_chunks(desc), dest, desc, f"{self.reference.name}: blob")
+    def fetch_blob(self, desc: Descriptor, dest: Path, *, cancel: CancelToken | None = None) -> None:
+        copy_verified(
+            self._blob_chunks(desc, cancel or CancelToken()), dest, desc, f"{self.reference.name}: blob"
+        )
 
-    def _blob_chunks(self, desc: Descriptor) -> Iterator[bytes]:
+    def _blob_chunks(self, desc: Descriptor, cancel: CancelToken) -> Iterator[bytes]:
         """The blob's bytes. A body that breaks off mid-way is resumed with a Range request from
         where it stopped (or re-read and the known part skipped, if the registry ignores Range);
         interruptions count against the retry bound."""
@@ -424,7 +474,7 @@ class RegistryStore:
         received = failures = 0
         while True:
             headers = {"Range": f"bytes={received}-"} if received else None
-            resp = self._c.request("GET", url, scopes=self._read, headers=headers, stream=True)
+            resp = self._c.request("GET", url, scopes=self._read, headers=headers, stream=True, cancel=cancel)
             try:
                 if resp.status_code == 206 and received:
                     skip = 0
@@ -440,8 +490,10 @@ class RegistryStore:
                         received += len(chunk)
                         if chunk:
                             yield chunk
+                        cancel.check(f"download of blob {desc.digest}")
                     return
                 except httpx.TransportError as e:
+                    cancel.check(f"download of blob {desc.digest}")
                     failures += 1
                     log.warning(
                         "blob download interrupted", digest=desc.digest, at=received, error=type(e).__name__
@@ -451,14 +503,14 @@ class RegistryStore:
                             f"download of blob {desc.digest} from {self.reference.name}: giving up after "
                             f"{failures} interruptions (last: {type(e).__name__})"
                         ) from None
-                    self._c.backoff(failures, None)
+                    self._c.backoff(failures, None, cancel, f"download of blob {desc.digest}")
             finally:
                 resp.close()
 
     # ---- writing
 
-    def _blob_exists(self, desc: Descriptor) -> bool:
-        resp = self._c.request("HEAD", self._c.url(f"blobs/{desc.digest}"), scopes=self._write)
+    def _blob_exists(self, desc: Descriptor, cancel: CancelToken) -> bool:
+        resp = self._c.request("HEAD", self._c.url(f"blobs/{desc.digest}"), scopes=self._write, cancel=cancel)
         resp.close()
         if resp.status_code == 200:
             return True
@@ -473,7 +525,7 @@ class RegistryStore:
             return None
         return src if src.plain_http == ref.plain_http else None
 
-    def _start_upload(self, desc: Descriptor) -> str | None:
+    def _start_upload(self, desc: Descriptor, cancel: CancelToken) -> str | None:
         """Open an upload session (or mount the blob: then None)."""
         src = self._mount_source()
         url = self._c.url("blobs/uploads/")
@@ -481,7 +533,9 @@ class RegistryStore:
         if src is not None:
             url += f"?mount={desc.digest}&from={src.repository}"
             scopes = [*scopes, pull_scope(src.repository)]
-        resp = self._c.request("POST", url, scopes=scopes, headers={"Content-Length": "0"}, body=b"")
+        resp = self._c.request(
+            "POST", url, scopes=scopes, headers={"Content-Length": "0"}, body=b"", cancel=cancel
+        )
         resp.close()
         if resp.status_code == 201 and src is not None:
             log.debug("blob mounted", digest=desc.digest, source=src.repository)
@@ -493,8 +547,8 @@ class RegistryStore:
     def _location(self, resp: httpx.Response) -> str:
         return str(resp.request.url.join(resp.headers["location"]))
 
-    def _upload(self, src: Path, desc: Descriptor) -> None:
-        location = self._start_upload(desc)
+    def _upload(self, src: Path, desc: Descriptor, cancel: CancelToken) -> None:
+        location = self._start_upload(desc, cancel)
         if location is None:
             return
         size = src.stat().st_size
@@ -504,7 +558,7 @@ class RegistryStore:
             )
         final_body: Body = b""
         if size <= self.options.chunk_size:
-            final_body = _file_range(src, 0, size)
+            final_body = _file_range(src, 0, size, cancel)
             final_len = size
         else:
             offset = 0
@@ -519,7 +573,8 @@ class RegistryStore:
                         "Content-Length": str(n),
                         "Content-Range": f"{offset}-{offset + n - 1}",
                     },
-                    body=_file_range(src, offset, n),
+                    body=_file_range(src, offset, n, cancel),
+                    cancel=cancel,
                 )
                 resp.close()
                 if resp.status_code != 202:
@@ -534,20 +589,22 @@ class RegistryStore:
             scopes=self._write,
             headers={"Content-Type": "application/octet-stream", "Content-Length": str(final_len)},
             body=final_body,
+            cancel=cancel,
         )
         resp.close()
         if resp.status_code not in (201, 204):
             raise self._c.fail(resp, f"upload of blob {desc.digest}")
 
-    def push_blob(self, src: Path, desc: Descriptor) -> None:
+    def push_blob(self, src: Path, desc: Descriptor, *, cancel: CancelToken | None = None) -> None:
         """Skip if present, mount if the source repository is on this registry, else upload. The
         registry checks digest and size when the upload completes (no extra hashing pass here); a
         mismatch is a DigestMismatchError naming the blob."""
+        cancel = cancel or CancelToken()
         for attempt in (1, 2):
-            if self._blob_exists(desc):
+            if self._blob_exists(desc, cancel):
                 return
             try:
-                self._upload(src, desc)
+                self._upload(src, desc, cancel)
                 return
             except (RegistryError, NotFoundError) as e:
                 # A broken session (lost PATCH, unknown upload, rejected range): start a fresh one once.

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from ctr_remote.image.cancel import CancelToken
 from ctr_remote.image.manifest import Descriptor
 from ctr_remote.image.reference import Reference
 
@@ -59,12 +60,14 @@ class ImageStore(Protocol):
         """The bytes of a manifest, index or config blob, digest and size verified."""
         ...
 
-    def fetch_blob(self, desc: Descriptor, dest: Path) -> None:
-        """Stream a blob to `dest` (replaced atomically), digest and size verified."""
+    def fetch_blob(self, desc: Descriptor, dest: Path, *, cancel: CancelToken | None = None) -> None:
+        """Stream a blob to `dest` (replaced atomically), digest and size verified. Once `cancel` is
+        set the download stops (TransferCancelled) at its next request or chunk, leaving no file."""
         ...
 
-    def push_blob(self, src: Path, desc: Descriptor) -> None:
-        """Upload a blob (layer or config) unless it is already there; mount it when possible."""
+    def push_blob(self, src: Path, desc: Descriptor, *, cancel: CancelToken | None = None) -> None:
+        """Upload a blob (layer or config) unless it is already there; mount it when possible.
+        Once `cancel` is set the upload stops (TransferCancelled) at its next request or chunk."""
         ...
 
     def push_manifest(self, data: bytes, desc: Descriptor, *, top: bool = False) -> None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ctr_remote.image import mediatypes as mt
+from ctr_remote.image.cancel import CancelToken
 from ctr_remote.image.digest import encoded
 from ctr_remote.image.errors import UnsupportedMediaTypeError
 from ctr_remote.image.files import write_atomic
@@ -47,32 +48,51 @@ def read_image(store: ImageStore, desc: Descriptor) -> ImageBlobs:
     )
 
 
-def _run_parallel(jobs: Sequence[Callable[[], None]], workers: int) -> None:
-    """Run `jobs` on a thread pool; the first failure cancels what has not started and is raised."""
+def config_platform(store: ImageStore) -> Callable[[Descriptor], Platform | None]:
+    """For `select_manifests(platform_of=...)`: the platform an image's config names (containerd's
+    answer for an index entry without one); None for an entry that is not an image manifest."""
+
+    def platform_of(desc: Descriptor) -> Platform | None:
+        if not mt.is_manifest(desc.media_type):
+            return None
+        return read_image(store, desc).config.platform
+
+    return platform_of
+
+
+def _run_parallel(jobs: Sequence[Callable[[CancelToken], None]], workers: int) -> None:
+    """Run `jobs` on a thread pool. The first failure, or an interrupt of the calling thread
+    (KeyboardInterrupt, Terminated), stops everything promptly: queued jobs never start and the
+    running ones are cancelled through their token, at their next request or chunk (a request
+    blocked on the network is cut off). Only then is the failure raised, so that no transfer goes
+    on, or leaves a temp file, behind the caller's back."""
     if not jobs:
         return
-    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(jobs)))) as pool:
-        futures = [pool.submit(job) for job in jobs]
-        _, pending = wait(futures, return_when=FIRST_EXCEPTION)
-        for f in pending:
-            f.cancel()
-        errors = [e for f in futures if f.done() and not f.cancelled() and (e := f.exception()) is not None]
+    cancel = CancelToken()
+    pool = ThreadPoolExecutor(max_workers=max(1, min(workers, len(jobs))))
+    try:
+        futures = [pool.submit(job, cancel) for job in jobs]
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        errors = [e for f in futures if f in done and (e := f.exception()) is not None]
         if errors:
             raise errors[0]
+    finally:
+        cancel.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def fetch_blobs(
     store: ImageStore, items: Sequence[tuple[Descriptor, Path]], *, workers: int = DEFAULT_WORKERS
 ) -> None:
     """Download each (descriptor, destination) in parallel, every blob verified."""
-    _run_parallel([lambda d=d, p=p: store.fetch_blob(d, p) for d, p in items], workers)
+    _run_parallel([lambda c, d=d, p=p: store.fetch_blob(d, p, cancel=c) for d, p in items], workers)
 
 
 def push_blobs(
     store: ImageStore, items: Sequence[tuple[Path, Descriptor]], *, workers: int = DEFAULT_WORKERS
 ) -> None:
     """Upload each (file, descriptor) in parallel (existing blobs are skipped by the store)."""
-    _run_parallel([lambda p=p, d=d: store.push_blob(p, d) for p, d in items], workers)
+    _run_parallel([lambda c, p=p, d=d: store.push_blob(p, d, cancel=c) for p, d in items], workers)
 
 
 def write_image(
@@ -109,7 +129,11 @@ def copy_image(
     images: list[ImageBlobs]
     if mt.is_index(top.media_type):
         index = parse_index(data, top.media_type, what=f"index {top.digest}")
-        chosen = select_manifests(index.manifests, platforms, all_platforms=all_platforms)
+        # Filling in platforms from configs would rewrite an index that is copied whole.
+        platform_of = None if all_platforms else config_platform(src)
+        chosen = select_manifests(
+            index.manifests, platforms, all_platforms=all_platforms, platform_of=platform_of
+        )
         for d in chosen:
             if not mt.is_manifest(d.media_type):
                 raise UnsupportedMediaTypeError(

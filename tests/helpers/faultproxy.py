@@ -2,7 +2,9 @@
 socket: answer 500/429 without forwarding, drop the connection, cut a response body short, flip a
 byte of a response body, forward a request but lose its answer ("lost": the registry acted, the
 client cannot know), or hold requests at a barrier until `parties` of them are in flight at once
-(proves a client transfers in parallel; a barrier that times out answers 504). Hostile answers, also
+(proves a client transfers in parallel; a barrier that times out answers 504), or "hold" them,
+never forwarded, until `release()` or `timeout` (then 504), `wait_hits(n)` telling when n arrived.
+Hostile answers, also
 without forwarding: "redirect" (307 to `location`, `{path}` replaced by the request's path),
 "answer" (`status`, `headers` and `body` as given), "flood" (200 with an endless body, chunked, or
 with `flood_length` claimed as Content-Length), "resize" (forward, then send `size_delta` more or
@@ -38,7 +40,17 @@ HOP_BY_HOP = {
 @dataclass
 class Fault:
     kind: Literal[
-        "status", "drop", "lost", "truncate", "corrupt", "barrier", "redirect", "answer", "flood", "resize"
+        "status",
+        "drop",
+        "lost",
+        "truncate",
+        "corrupt",
+        "barrier",
+        "hold",
+        "redirect",
+        "answer",
+        "flood",
+        "resize",
     ]
     path: str = ""  # regex searched in the request path (with query)
     method: str | None = None
@@ -46,7 +58,7 @@ class Fault:
     status: int = 500
     retry_after: str | None = None
     parties: int = 2  # for "barrier"
-    timeout: float = 20.0  # for "barrier"
+    timeout: float = 20.0  # for "barrier" and "hold"
     location: str = ""  # for "redirect"
     headers: dict[str, str] = field(default_factory=dict)  # for "answer"
     body: bytes = b""  # for "answer"
@@ -55,6 +67,20 @@ class Fault:
     hits: int = 0
     passed: bool = False  # a barrier that released its parties
     _barrier: threading.Barrier | None = None
+    _arrived: threading.Condition = field(default_factory=threading.Condition)
+    _released: threading.Event = field(default_factory=threading.Event)
+
+    def wait_hits(self, n: int, timeout: float = 20.0) -> bool:
+        """Block until `n` requests matched this fault; False on timeout."""
+        with self._arrived:
+            return self._arrived.wait_for(lambda: self.hits >= n, timeout)
+
+    def release(self) -> None:
+        """Let held requests go (answered 504, still not forwarded)."""
+        self._released.set()
+
+    def hold(self) -> None:
+        self._released.wait(self.timeout)
 
     def wait(self) -> bool:
         """Barrier faults: block until `parties` requests wait here; False if that never happened."""
@@ -88,6 +114,7 @@ class FaultProxy:
     hits: list[Hit] = field(default_factory=list)
     ignore_range: bool = False  # forward without Range headers: a server that always sends it all
     bind: str = "127.0.0.1"  # another loopback address (127.0.0.2) makes the proxy "another host"
+    arrivals: int = 0  # requests that reached the proxy, counted as they arrive (hits: as answered)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _server: ThreadingHTTPServer | None = None
 
@@ -110,7 +137,9 @@ class FaultProxy:
         with self._lock:
             for f in self.faults:
                 if f.matches(method, path):
-                    f.hits += 1
+                    with f._arrived:
+                        f.hits += 1
+                        f._arrived.notify_all()
                     if f.kind == "barrier" and f._barrier is None:
                         f._barrier = threading.Barrier(f.parties, timeout=f.timeout)
                     return f
@@ -187,8 +216,13 @@ class FaultProxy:
 
             def _handle(self) -> None:
                 method, path = self.command, self.path
+                with proxy._lock:
+                    proxy.arrivals += 1
                 body = self._body()
                 fault = proxy._take(method, path)
+                if fault and fault.kind == "hold":
+                    fault.hold()
+                    fault = Fault("status", status=504)
                 if fault and fault.kind == "drop":
                     self._hit(0, "drop")
                     self._drop()
@@ -264,6 +298,8 @@ class FaultProxy:
         threading.Thread(target=self._server.serve_forever, name="fault-proxy", daemon=True).start()
 
     def stop(self) -> None:
+        for f in self.faults:
+            f.release()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

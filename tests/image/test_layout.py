@@ -18,12 +18,14 @@ from ctr_remote.image import (
     ImageError,
     LayoutError,
     NotFoundError,
+    copy_image,
     open_store,
     parse_index,
+    parse_platform,
     parse_reference,
     read_image,
 )
-from tests.helpers.oci import build_image, push
+from tests.helpers.oci import build_image, build_index, push
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -173,3 +175,60 @@ def test_layout_files_that_are_not_what_they_claim(workdir: Path, kind: str) -> 
             assert expected in str(e.value)
         path.unlink()
         path.write_bytes(saved)
+
+
+def test_several_images_without_a_name_are_refused(workdir: Path) -> None:
+    lay = workdir / "lay"
+    for name in ("a", "b", "c"):
+        with open_store(parse_reference(f"local://{lay}:{name}")) as s:
+            push(s, build_image([{name: name.encode() * 100}]), workdir / "build")
+    with open_store(parse_reference(f"local://{lay}")) as s, pytest.raises(LayoutError) as e:
+        s.resolve()
+    assert str(e.value) == f"local://{lay} holds 3 images (a, b, c): pick one with local://{lay}:NAME"
+    with open_store(parse_reference(f"local://{lay}:b")) as s:
+        assert s.resolve().media_type == "application/vnd.oci.image.manifest.v1+json"
+
+    # unnamed entries for the same platform are not one image's platforms either
+    index = json.loads((lay / "index.json").read_text())
+    for entry in index["manifests"][:2]:
+        del entry["annotations"]
+        entry["platform"] = {"os": "linux", "architecture": "amd64"}
+    (lay / "index.json").write_text(json.dumps({**index, "manifests": index["manifests"][:2]}))
+    with open_store(parse_reference(f"local://{lay}")) as s, pytest.raises(LayoutError, match="2 images"):
+        s.resolve()
+
+    p = subprocess.run(
+        [sys.executable, "-m", "ctr_remote", "image", "optimize", "--no-optimize", f"local://{lay}",
+         f"local://{workdir}/out"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert p.returncode != 0 and p.stderr.strip().splitlines() == [
+        f"ctr-remote: local://{lay} holds 2 images (unnamed {index['manifests'][0]['digest'][:19]}, "
+        f"unnamed {index['manifests'][1]['digest'][:19]}): pick one with local://{lay}:NAME"
+    ]
+    assert not (workdir / "out").exists()
+
+
+def test_index_json_listing_one_images_platforms_is_its_index(workdir: Path) -> None:
+    """As ggcr writes a multi-platform image: its platform manifests straight in index.json."""
+    amd = build_image([{"amd": b"x" * 100}], platform="linux/amd64")
+    arm = build_image([{"arm": b"y" * 100}], platform="linux/arm64")
+    idx = build_index([amd, arm])
+    lay = workdir / "lay"
+    with open_store(parse_reference(f"local://{lay}:tmp")) as s:
+        push(s, idx, workdir / "build")
+    (lay / "index.json").write_bytes(idx.index.data)
+    with open_store(parse_reference(f"local://{lay}")) as s:
+        top = s.resolve()
+        assert top.media_type == "application/vnd.oci.image.index.v1+json"
+        got = parse_index(s.read_manifest(top))
+        assert [str(e.platform) for e in got.manifests] == ["linux/amd64", "linux/arm64"]
+        out = parse_reference(f"local://{workdir}/out")
+        with open_store(out) as dst:
+            written = copy_image(
+                s, dst, workdir / "cache", platforms=[parse_platform("linux/arm64")], all_platforms=False
+            )
+        with open_store(out) as dst:
+            copied = parse_index(dst.read_manifest(dst.resolve()))
+    assert written.media_type == top.media_type
+    assert [e.digest for e in copied.manifests] == [arm.manifest.desc.digest]

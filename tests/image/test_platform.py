@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from ctr_remote.image import (
     Descriptor,
     Platform,
     PlatformError,
+    copy_image,
+    digest_bytes,
     host_platform,
+    open_store,
+    parse_index,
     parse_platform,
+    parse_reference,
     select_manifests,
 )
+from tests.helpers.oci import Blob, BuiltIndex, build_image, build_index, push
 
 
 def _entry(plat: str | None) -> Descriptor:
@@ -48,3 +57,40 @@ def test_select_by_platform() -> None:
     ]
     with pytest.raises(PlatformError, match="no manifest for platform linux/s390x"):
         select_manifests(entries, [parse_platform("linux/s390x")])
+
+
+def test_entry_without_platform_is_what_its_config_says() -> None:
+    unlabelled = _entry(None)
+    entries = [_entry("linux/s390x"), unlabelled]
+    arm = parse_platform("linux/arm64")
+
+    def platform_of(entry: Descriptor) -> Platform | None:
+        assert entry is unlabelled  # only asked about entries that name no platform
+        return arm
+
+    got = select_manifests(entries, [arm], platform_of=platform_of)
+    assert [(e.digest, e.platform) for e in got] == [(unlabelled.digest, arm)]
+    assert select_manifests(entries, all_platforms=True, platform_of=platform_of)[1].platform == arm
+    with pytest.raises(PlatformError):
+        select_manifests(entries, [arm])  # nobody to ask: the entry cannot be chosen
+    with pytest.raises(PlatformError, match="it has: linux/s390x"):
+        select_manifests(entries, [arm], platform_of=lambda e: None)
+
+
+def test_copy_filters_an_index_entry_without_platform_by_its_config(workdir: Path) -> None:
+    amd = build_image([{"amd": b"x" * 100}], platform="linux/amd64")
+    arm = build_image([{"arm": b"y" * 100}], platform="linux/arm64")
+    doc = json.loads(build_index([amd, arm]).index.data)
+    for entry in doc["manifests"]:
+        del entry["platform"]
+    data = json.dumps(doc).encode()
+    index = Blob(data, Descriptor(doc["mediaType"], digest_bytes(data), len(data)))
+    src = parse_reference(f"local://{workdir}/src:app")
+    with open_store(src) as s:
+        push(s, BuiltIndex((amd, arm), index), workdir / "build")
+    dst = parse_reference(f"local://{workdir}/dst:app")
+    with open_store(src) as s, open_store(dst) as d:
+        copy_image(s, d, workdir / "cache", platforms=[parse_platform("linux/arm64")], all_platforms=False)
+    with open_store(dst) as d:
+        got = parse_index(d.read_manifest(d.resolve()))
+    assert [(e.digest, str(e.platform)) for e in got.manifests] == [(arm.manifest.desc.digest, "linux/arm64")]
