@@ -18,7 +18,7 @@ from ctr_remote.image import (
 )
 from tests.helpers.faultproxy import Fault, FaultProxy
 from tests.helpers.oci import BuiltImage, build_image, build_index, push
-from tests.helpers.registry import RegistryServer
+from tests.helpers.registry import RegistryServer, free_port
 
 
 def _via(proxy: FaultProxy, repo_tag: str):
@@ -246,3 +246,19 @@ def test_pushing_content_that_does_not_match_its_descriptor(registry: RegistrySe
     with open_store(layout) as s, pytest.raises(DigestMismatchError, match=layer.desc.digest):
         s.push_blob(wrong, layer.desc)
     assert not list((workdir / "lay/blobs/sha256").iterdir())
+
+
+def test_refused_connection_fails_fast_but_resets_keep_the_full_budget(
+    registry: RegistryServer, fault_proxy: FaultProxy, workdir: Path
+) -> None:
+    port = free_port()  # nothing listens there
+    ref = parse_reference(f"http://127.0.0.1:{port}/app:v1", plain_http=True)
+    with open_store(ref, registry.options()) as s, pytest.raises(RetriesExhaustedError) as e:
+        s.resolve()
+    assert "giving up after 3 attempts" in str(e.value) and "ConnectError" in str(e.value)
+
+    fault_proxy.add(Fault("drop", path="/manifests/", method="GET", times=5))  # resets: 5 retries
+    _seed(registry, workdir, "reset:v1", _img("reset", 1))
+    with open_store(_via(fault_proxy, "reset:v1"), registry.options(backoff=0.01)) as s:
+        s.resolve()
+    assert _statuses(fault_proxy, "GET", "/manifests/") == [0, 0, 0, 0, 0, 200]
