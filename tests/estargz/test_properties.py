@@ -265,7 +265,9 @@ def test_random_layers_order_like_upstream_and_reconvert(
     listed = [p for p in layer.prioritized if "," not in p]
     ours, result = convert(tmp, layer_tar, chunk_size=CHUNK, prioritized_files=listed)
     check_blob(oracle, ours, result, layer_tar)
-    theirs, _ = upstream_layer(oracle_gen, tmp, layer_tar, listed)
+    theirs, their_toc_digest = upstream_layer(oracle_gen, tmp, layer_tar, listed)
+    with theirs.open("rb") as fh:  # our reader accepts upstream's blob as it is
+        open_estargz(fh).verify(their_toc_digest)
     mine, upstream = toc_names(ours), toc_names(theirs)
     again, result2 = convert(
         tmp, theirs.read_bytes(), "again.esgz", chunk_size=CHUNK, prioritized_files=listed
