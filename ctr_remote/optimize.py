@@ -21,7 +21,6 @@ from typing import BinaryIO
 
 import structlog
 
-from ctr_remote.compression import open_tar_stream
 from ctr_remote.errors import CtrRemoteError
 from ctr_remote.estargz import BuildOptions, EstargzError, build, open_estargz
 from ctr_remote.image import (
@@ -46,6 +45,7 @@ from ctr_remote.image import (
 )
 from ctr_remote.image.digest import encoded
 from ctr_remote.image.manifest import sniff_media_type
+from ctr_remote.layertar import members, open_layer
 from ctr_remote.options import OptimizeOptions
 from ctr_remote.prefetch_list import PrefetchList, visible_per_layer
 from ctr_remote.profile import ProfileResult, Workload, check_requirements, profile, record_lines
@@ -445,10 +445,8 @@ def _is_attestation(entry: Descriptor) -> bool:
 
 def _layer_entries(path: Path) -> list[tuple[str, bool]]:
     """(name, is a directory) of each entry of a layer blob, in order (for a prefetch list)."""
-    with open(path, "rb") as raw:
-        stream, _ = open_tar_stream(raw, what=f"layer {path.name}")
-        try:
-            with tarfile.open(fileobj=stream, mode="r|", errors="surrogateescape") as tf:
-                return [(m.name, m.isdir()) for m in tf]
-        except tarfile.TarError as e:
-            raise CtrRemoteError(f"layer {path.name}: not a tar archive: {e}") from None
+    try:
+        with open_layer(path, f"layer {path.name}") as tf:
+            return [(m.name, m.isdir()) for m in members(tf)]
+    except tarfile.TarError as e:
+        raise CtrRemoteError(f"layer {path.name}: not a valid tar archive: {e}") from None

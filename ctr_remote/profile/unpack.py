@@ -24,13 +24,12 @@ import posixpath
 import shutil
 import stat
 import tarfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
 
-from ctr_remote.compression import open_tar_stream
+from ctr_remote.layertar import members, open_layer
 from ctr_remote.profile.errors import ProfileError
 
 log = structlog.get_logger()
@@ -47,9 +46,6 @@ PATH_MAX = 4096
 # Python 3.11's shutil.rmtree recurses once per level (its limit: ~1,000 frames), as does any tool
 # walking the tree recursively; no real image nests this deep.
 MAX_DEPTH = 512
-MAX_SPECIAL_HEADER = 1 << 20  # as Go's archive/tar (maxSpecialFileSize)
-_PAX_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE)
-_SPECIAL_HEADER_TYPES = (*_PAX_TYPES, tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
 # overlayfs reads its state from trusted.overlay.* (and user.overlay.* when mounted with userxattr):
 # from a tar they would redirect, hide or whiteout as if the overlay had written them.
 _DROPPED_XATTR_PREFIXES = ("trusted.", "user.overlay.")
@@ -81,19 +77,6 @@ class UnpackedLayer:
 def _shown(text: str, limit: int = 300) -> str:
     """Names in messages and logs cut short: a tar name may be up to MAX_SPECIAL_HEADER bytes."""
     return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
-
-
-class _BoundedTarInfo(tarfile.TarInfo):
-    """tarfile reads a PAX header or a GNU long name into memory whatever its size (a 1 MB gzip blob
-    made the unpacker take 2 GB); refused above Go archive/tar's limit for them."""
-
-    def _proc_member(self, archive: tarfile.TarFile) -> tarfile.TarInfo:  # tarfile's own hook
-        if self.type in _SPECIAL_HEADER_TYPES and self.size > MAX_SPECIAL_HEADER:
-            raise tarfile.ReadError(
-                f"a {'PAX header' if self.type in _PAX_TYPES else 'GNU long name'} of {self.size} bytes, "
-                f"more than the limit of {MAX_SPECIAL_HEADER}"
-            )
-        return super()._proc_member(archive)  # type: ignore[misc]
 
 
 class _Refused(Exception):
@@ -298,14 +281,6 @@ def _unpack_member(tree: _Tree, tf: tarfile.TarFile, member: tarfile.TarInfo, la
         layer.xattrs[rel] = xattrs
 
 
-def _members(tf: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
-    """The archive's entries one by one. Iterating the TarFile itself would keep every entry in
-    `tf.members` (~450 bytes each: gigabytes for a small blob of millions of empty entries)."""
-    while (member := tf.next()) is not None:
-        tf.members.clear()
-        yield member
-
-
 def unpack_layer(blob: Path, dest: Path, what: str = "layer") -> UnpackedLayer:
     """Unpack `blob` (tar, tar+gzip or tar+zstd) into the new directory `dest`.
 
@@ -318,21 +293,19 @@ def unpack_layer(blob: Path, dest: Path, what: str = "layer") -> UnpackedLayer:
     tree = _Tree(root_fd)
     dir_times: list[tuple[str, int]] = []
     try:
-        with open(blob, "rb") as raw:
-            stream, _ = open_tar_stream(raw, what)
-            with tarfile.open(fileobj=stream, mode="r|", errorlevel=1, tarinfo=_BoundedTarInfo) as tf:
-                for member in _members(tf):
-                    try:
-                        _unpack_member(tree, tf, member, layer)
-                    except (_Refused, ValueError, OverflowError) as e:  # the latter: absurd device numbers
-                        layer.refuse(what, member.name, str(e))
-                        continue
-                    except OSError as e:
-                        raise ProfileError(
-                            f"{what}: cannot unpack {_shown(repr(member.name))}: {e.strerror}"
-                        ) from None
-                    if member.isdir() and clean_name(member.name):
-                        dir_times.append((clean_name(member.name), int(member.mtime * 1_000_000_000)))
+        with open_layer(blob, what) as tf:
+            for member in members(tf):
+                try:
+                    _unpack_member(tree, tf, member, layer)
+                except (_Refused, ValueError, OverflowError) as e:  # the latter: absurd device numbers
+                    layer.refuse(what, member.name, str(e))
+                    continue
+                except OSError as e:
+                    raise ProfileError(
+                        f"{what}: cannot unpack {_shown(repr(member.name))}: {e.strerror}"
+                    ) from None
+                if member.isdir() and clean_name(member.name):
+                    dir_times.append((clean_name(member.name), int(member.mtime * 1_000_000_000)))
         # Directory mtimes last: creating their children changed them.
         if layer.refused_count > MAX_REFUSALS_KEPT:
             log.warning("refused layer entries in all", layer=what, count=layer.refused_count)

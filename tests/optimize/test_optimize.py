@@ -379,3 +379,25 @@ def test_record_out_to_dev_stdout_and_through_a_symlink(cli: Cli, workdir: Path)
         "--prefetch-list", str(plist), "--record-out", str(link), f"local://{src}", f"local://{workdir / 'b'}"
     )
     assert link.is_symlink() and json.loads(real.read_text())["path"] == "app/data.txt"
+
+
+def test_prefetch_list_on_a_layer_with_a_huge_pax_header_is_one_line(cli: Cli, workdir: Path) -> None:
+    """The prefetch-list path reads layers with the same bounded tar reader as the unpacker."""
+    import tarfile
+
+    from tests.helpers.images import LayerBuilder
+
+    bomb = tarfile.TarInfo("app/bomb.txt")
+    bomb.pax_headers = {"comment": "x" * (2 << 20)}
+    layers = [*app_layers(), LayerBuilder().add(bomb, b"boom")]
+    src, plist = workdir / "src", workdir / "list"
+    with open_store(parse_reference(f"local://{src}")) as store:
+        publish(store, runnable_image(layers), workdir / "push")
+    plist.write_text("app/data.txt\n")
+    run = cli.optimize(
+        "--prefetch-list", str(plist), f"local://{src}", f"local://{workdir / 'dst'}", check=False
+    )
+    assert run.returncode == 1
+    last = run.stderr.strip().splitlines()[-1]
+    assert "not a valid tar archive" in last and "PAX header" in last, run.stderr
+    assert not (workdir / "dst" / "index.json").exists()
