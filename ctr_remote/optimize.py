@@ -300,7 +300,10 @@ class _Pipeline:
         pool = ThreadPoolExecutor(max_workers=min(len(unique), os.cpu_count() or 1))
         try:
             futures = {key: pool.submit(self._convert_layer, *job) for key, job in unique.items()}
-            wait(futures.values(), return_when=FIRST_EXCEPTION)
+            done, _ = wait(futures.values(), return_when=FIRST_EXCEPTION)
+            failed = next((f for f in done if f.exception() is not None), None)
+            if failed is not None:
+                raise failed.exception()  # type: ignore[misc]  # before waiting on the others (finally)
             return {key: f.result() for key, f in futures.items()}
         finally:
             # On Ctrl-C, SIGTERM or a failed layer, stop at once: queued layers never start and

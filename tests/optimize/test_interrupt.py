@@ -88,3 +88,27 @@ def test_ctrl_c_during_push_leaves_the_target_tag(registry: RegistryServer, work
         headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
     )
     assert head.headers["Docker-Content-Digest"] == before.digest
+
+
+def test_a_failing_layer_stops_the_others_and_is_the_error_shown(workdir: Path) -> None:
+    """The first layer is slow, the second fails at once: the run ends with the second's error and the
+    first is not converted to the end."""
+    import tarfile
+
+    text = b"".join(b"%08d the quick brown fox jumps over the lazy dog\n" % i for i in range(400_000))
+    slow = LayerBuilder()
+    for i in range(3):
+        slow.file(f"data/{i}.txt", text)
+    bad = LayerBuilder().add(tarfile.TarInfo("bad-\udcff-name"), b"x")  # non-UTF-8: refused by the writer
+    image = runnable_image([slow, bad])
+    src, tmp = workdir / "src", workdir / "tmp"
+    tmp.mkdir()
+    with open_store(parse_reference(f"local://{src}")) as store:
+        publish(store, image, workdir / "push")
+    p = _start(tmp, "--no-optimize", f"local://{src}", f"local://{workdir / 'dst'}")
+    _, err = p.communicate(timeout=WAIT_SECONDS)
+    assert p.returncode == 1, err
+    events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert not [e for e in events if e["event"] == "converted"], events  # the slow layer gave up
+    assert "UTF-8" in events[-1]["event"], events[-1]
+    assert list(tmp.iterdir()) == []
