@@ -341,7 +341,6 @@ class _Pipeline:
                 digest=desc.digest,
                 missing=list(res.missing_prioritized),
             )
-        annotations.pop(TOC_DIGEST_ANNOTATION, None)
         annotations[TOC_DIGEST_ANNOTATION] = res.toc_digest
         annotations[UNCOMPRESSED_SIZE_ANNOTATION] = str(res.uncompressed_size)
         new = Descriptor(

@@ -8,19 +8,9 @@ import zstandard
 
 from ctr_remote.compression import Compression, CorruptLayerError, open_tar_stream
 from tests.conftest import ROOT
+from tests.helpers.streams import OneWay
 
 DATA = b"layer bytes " * 50_000
-
-
-class _Unseekable(io.RawIOBase):
-    def __init__(self, data: bytes) -> None:
-        self._b = io.BytesIO(data)
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b) -> int:  # type: ignore[no-untyped-def]
-        return self._b.readinto(b)
 
 
 @pytest.mark.parametrize(
@@ -37,7 +27,7 @@ class _Unseekable(io.RawIOBase):
     ],
 )
 def test_detect_and_decompress_unseekable(blob: bytes, kind: Compression) -> None:
-    stream, detected = open_tar_stream(_Unseekable(blob))
+    stream, detected = open_tar_stream(OneWay(blob))
     assert detected is kind
     assert stream.read() == DATA
 

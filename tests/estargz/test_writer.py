@@ -28,6 +28,7 @@ from tests.estargz.layers import (
     tar_contents,
     toc_names,
 )
+from tests.helpers.streams import OneWay
 
 LANDMARK_DIGEST = "sha256:dc0e9c3658a1a3ed1ec94274d8b19925c93e1abb7ddba294923ad9bde30f8cb8"
 
@@ -212,16 +213,6 @@ def test_output_is_identical_whatever_the_number_of_workers(oracle, tmp_path: Pa
 
 
 def test_unseekable_streams_in_and_out(oracle, tmp_path: Path) -> None:
-    class OneWay(io.RawIOBase):
-        def __init__(self, data: bytes) -> None:
-            self._b = io.BytesIO(data)
-
-        def readable(self) -> bool:
-            return True
-
-        def readinto(self, b) -> int:  # type: ignore[no-untyped-def]
-            return self._b.readinto(b)
-
     class Sink(io.RawIOBase):
         def __init__(self) -> None:
             self.data = bytearray()

@@ -21,6 +21,20 @@ def _source(workdir: Path) -> Path:
     return src
 
 
+def _read_terminal(primary: int) -> str:
+    """Everything written to the pseudo-terminal until the child closes it."""
+    chunks = []
+    while True:
+        try:
+            data = os.read(primary, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    return b"".join(chunks).decode()
+
+
 def test_ci_gets_one_log_line_per_layer_step(cli: Cli, workdir: Path) -> None:
     src = _source(workdir)
     run = cli.optimize("--no-optimize", f"local://{src}", f"local://{workdir / 'dst'}")
@@ -38,18 +52,9 @@ def test_terminal_gets_live_layer_lines(workdir: Path) -> None:
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=secondary,
     )  # fmt: skip
     os.close(secondary)
-    chunks = []
-    while True:
-        try:
-            data = os.read(primary, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not data:
-            break
-        chunks.append(data)
+    screen = _read_terminal(primary)
     out, _ = p.communicate(timeout=120)
     os.close(primary)
-    screen = b"".join(chunks).decode()
     assert p.returncode == 0, screen
     assert out.decode().startswith("sha256:")  # the digest alone on stdout
     assert "\x1b[" in screen  # lines redrawn in place
@@ -115,18 +120,9 @@ def test_live_lines_never_erase_the_workload_output(workdir: Path) -> None:
         stdin=subprocess.DEVNULL, stdout=secondary, stderr=secondary,
     )  # fmt: skip
     os.close(secondary)
-    chunks = []
-    while True:
-        try:
-            data = os.read(primary, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not data:
-            break
-        chunks.append(data)
+    screen = _read_terminal(primary)
     p.wait(timeout=120)
     os.close(primary)
-    screen = b"".join(chunks).decode()
     assert p.returncode == 0, screen
     after = screen.split("workload-done\r\n", 1)[1]
     rows_below = 0  # how far the cursor is below the workload's last line
