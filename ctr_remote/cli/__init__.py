@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import datetime
-import json
 import signal
 import sys
 from typing import ClassVar, NoReturn
 
 import click
+import structlog
 
 from ctr_remote import __version__
 from ctr_remote.errors import CtrRemoteError, Terminated
@@ -73,13 +72,12 @@ def _terminate(signum: int, _frame: object) -> None:
 def _fail(message: str, exit_code: int) -> NoReturn:
     """The one error line: plain text, or a JSON object once `--log-format json` is in force."""
     if current_format() is LogFormat.JSON:
-        now = datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
-        line = json.dumps({"event": message, "level": "error", "exit_code": exit_code, "timestamp": now})
+        structlog.get_logger().error(message, exit_code=exit_code)
     else:
         line = f"ctr-remote: {message}"
         if exit_code == 130 and sys.stderr.isatty():
             line = "\n" + line  # below the terminal's ^C
-    click.echo(line, err=True)
+        click.echo(line, err=True)
     sys.exit(exit_code)
 
 
