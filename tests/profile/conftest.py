@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 
 from ctr_remote.profile import ProfileResult, Workload, profile
-from tests.helpers.images import LayerBuilder
+from tests.helpers.images import LayerBuilder, image_config
 
 ROOT = Path(__file__).resolve().parents[2]
 SENTINEL = "987654"  # tests that must be interrupted sleep this long; no such process may survive
@@ -100,3 +101,40 @@ def start_driver(
     """Start profile() in a separate process; returns (process, result file)."""
     cmd, result = driver_command(tmp_path, work, layers, config, workload)
     return subprocess.Popen(cmd, cwd=ROOT, env=DRIVER_ENV, **popen), result
+
+
+LINE_TIMEOUT = 60.0
+
+
+def wait_for_line(proc: subprocess.Popen, text: str) -> list[str]:
+    """Read the driver's stdout until a line contains `text` (the workload's readiness marker)."""
+    assert proc.stdout is not None
+    seen = []
+    deadline = time.monotonic() + LINE_TIMEOUT
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline().decode(errors="replace")
+        if not line:
+            raise AssertionError(f"driver ended before printing {text!r}: {seen}")
+        seen.append(line)
+        if text in line:
+            return seen
+    raise AssertionError(f"no {text!r} within {LINE_TIMEOUT}s: {seen}")
+
+
+def start_sleeping_workload(
+    tmp_path: Path, work: Path, layers: Sequence[Path]
+) -> tuple[subprocess.Popen, Path]:
+    """profile() in a separate process on a workload that reads /data/before.txt, says READY and then
+    sleeps through a 600 s period; returns once READY was printed (the caller stops it)."""
+    script = f"cat /data/before.txt; echo; echo READY; sleep {SENTINEL}"
+    proc, result = start_driver(
+        tmp_path, work, layers, image_config(cmd=["/bin/sh", "-c", script]), {"period": 600},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        wait_for_line(proc, "READY")
+    except BaseException:
+        proc.kill()
+        proc.communicate()
+        raise
+    return proc, result

@@ -14,8 +14,7 @@ import pytest
 
 from ctr_remote.profile import ProfileError, Workload, profile
 from tests.helpers.images import LayerBuilder, image_config
-from tests.profile.conftest import SENTINEL, start_driver
-from tests.profile.test_stop import _wait_for_line
+from tests.profile.conftest import start_sleeping_workload
 
 
 def _descendant(root: int, needle: str) -> int:
@@ -67,18 +66,8 @@ def data_layer(tmp_path: Path) -> Path:
 def test_a_part_killed_mid_run_is_a_one_line_error_and_cleaned_up(
     tmp_path: Path, work: Path, busybox_layer: Path, data_layer: Path, needle: str, message: str
 ) -> None:
-    script = f"cat /data/before.txt; echo; echo READY; sleep {SENTINEL}"
-    proc, result_file = start_driver(
-        tmp_path,
-        work,
-        [busybox_layer, data_layer],
-        image_config(cmd=["/bin/sh", "-c", script]),
-        {"period": 600},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    proc, result_file = start_sleeping_workload(tmp_path, work, [busybox_layer, data_layer])
     try:
-        _wait_for_line(proc, "READY")
         os.kill(_descendant(proc.pid, needle), signal.SIGKILL)
         _, err = proc.communicate(timeout=90)  # well under the 600 s period: the run ended at once
     finally:

@@ -13,30 +13,14 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.images import LayerBuilder, image_config
-from tests.profile.conftest import SENTINEL, start_driver
+from tests.profile.conftest import SENTINEL, start_driver, start_sleeping_workload, wait_for_line
 
-LINE_TIMEOUT = 60.0
 _LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[")
 
 
 def workload_output(out: str) -> list[str]:
     """Captured stdout without the profiler's own log lines."""
     return [line for line in out.splitlines() if not _LOG_LINE.match(line)]
-
-
-def _wait_for_line(proc: subprocess.Popen, text: str) -> list[str]:
-    """Read the driver's stdout until a line contains `text` (the workload's readiness marker)."""
-    assert proc.stdout is not None
-    seen = []
-    deadline = time.monotonic() + LINE_TIMEOUT
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline().decode(errors="replace")
-        if not line:
-            raise AssertionError(f"driver ended before printing {text!r}: {seen}")
-        seen.append(line)
-        if text in line:
-            return seen
-    raise AssertionError(f"no {text!r} within {LINE_TIMEOUT}s: {seen}")
 
 
 def test_period_ends_a_running_workload(run) -> None:
@@ -99,8 +83,8 @@ def test_wait_on_signal_ignores_the_period_and_stops_on_sigint(
         stdout=subprocess.PIPE,
     )
     try:
-        _wait_for_line(proc, "LATER")
-        _wait_for_line(proc, "a")
+        wait_for_line(proc, "LATER")
+        wait_for_line(proc, "a")
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0
     finally:
@@ -119,18 +103,8 @@ def test_interrupting_the_profiler_mid_workload_cleans_up(
     tmp_path: Path, work: Path, busybox_layer: Path, data_layer: Path, sig: signal.Signals, status: int
 ) -> None:
     """The `work` fixture then checks: no mounts, no processes (FUSE, runc, the workload), no files."""
-    script = f"cat /data/before.txt; echo; echo READY; sleep {SENTINEL}"
-    proc, result_file = start_driver(
-        tmp_path,
-        work,
-        [busybox_layer, data_layer],
-        image_config(cmd=["/bin/sh", "-c", script]),
-        {"period": 600},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    proc, result_file = start_sleeping_workload(tmp_path, work, [busybox_layer, data_layer])
     try:
-        _wait_for_line(proc, "READY")
         assert any(str(work) in line for line in Path("/proc/mounts").read_text().splitlines())
         (state_root,) = work.glob("ctr-remote-profile-*/runc")
         running = subprocess.run(
