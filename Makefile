@@ -3,17 +3,21 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 ORACLE  := build/estargz-check
 STARGZ_GRPC := build/stargz-grpc
+TRIXIE  := build/trixie/.fetched
 
 .PHONY: install test lint bench demo clean
 
-install: $(VENV)/.installed $(ORACLE) $(STARGZ_GRPC)
+install: $(VENV)/.installed $(TRIXIE) $(ORACLE) $(STARGZ_GRPC)
 
 $(VENV)/.installed: pyproject.toml scripts/setup.sh
 	scripts/setup.sh system
 	scripts/setup.sh venv $(VENV)
 	touch $@
 
-$(ORACLE): $(VENV)/.installed
+$(TRIXIE): scripts/setup.sh | $(VENV)/.installed
+	scripts/setup.sh trixie build/trixie
+
+$(ORACLE): $(VENV)/.installed $(TRIXIE)
 	scripts/setup.sh oracle build
 
 $(STARGZ_GRPC): $(VENV)/.installed

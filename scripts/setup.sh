@@ -4,6 +4,8 @@
 #   setup.sh venv DIR      Python virtualenv with the project and its test extras
 #   setup.sh oracle DIR    build the upstream Go eStargz reader (estargz-check) and generator into DIR
 #   setup.sh stargz-grpc DIR  build the real lazy-pulling stargz snapshotter (tests/lazypull, bench) into DIR
+#   setup.sh trixie DIR    Debian 13's upstream v0.14.3 (Go source and ctr-remote) unpacked into DIR/root,
+#                          through a private apt state in DIR: nothing is installed system-wide
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 
@@ -12,6 +14,9 @@ APT_PACKAGES=(
   golang-go golang-github-containerd-stargz-snapshotter-dev stargz-snapshotter containerd
   busybox-static python3-venv ca-certificates openssl apache2-utils
 )
+# Upstream v0.14.3 from Debian 13, as a second reference: its Go source (estargz with external TOC and
+# min chunk size) and its ctr-remote binary (needs only libc6 >= 2.34, which Debian 12 has).
+TRIXIE_PACKAGES=(golang-github-containerd-stargz-snapshotter-dev stargz-snapshotter)
 
 case "${1:-}" in
   system)
@@ -40,6 +45,28 @@ case "${1:-}" in
     mkdir -p "$dir"
     sh "$here/../shared/tools/stargz-grpc/build.sh" "$dir/stargz-grpc"
     ;;
+  trixie)
+    dir=${2:?trixie DIR}
+    [ -f "$dir/.fetched" ] && exit 0
+    dir=$(mkdir -p "$dir" && cd "$dir" && pwd)
+    rm -rf "$dir/apt" "$dir/debs" "$dir/root"
+    mkdir -p "$dir/apt/lists/partial" "$dir/apt/cache/archives/partial" "$dir/apt/parts" "$dir/debs" "$dir/root"
+    # The mirror this machine already uses for its own release, with Debian 13's suite instead.
+    codename=$(. /etc/os-release && echo "$VERSION_CODENAME")
+    uri=$(apt-get indextargets --format '$(RELEASE) $(REPO_URI)' | awk -v c="$codename" '$1 == c {print $2; exit}')
+    [ -n "$uri" ] || { echo "setup.sh: no apt source for $codename to take the mirror from (run apt-get update)" >&2; exit 1; }
+    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $uri trixie main" > "$dir/apt/sources.list"
+    : > "$dir/apt/status"
+    apt_private=(-o "Dir::State=$dir/apt" -o "Dir::State::Lists=$dir/apt/lists" -o "Dir::State::status=$dir/apt/status"
+      -o "Dir::Cache=$dir/apt/cache" -o "Dir::Etc::SourceList=$dir/apt/sources.list"
+      -o "Dir::Etc::SourceParts=$dir/apt/parts" -o "Dir::Etc::Preferences=$dir/apt/none"
+      -o "Dir::Etc::PreferencesParts=$dir/apt/parts" -o APT::Sandbox::User=root -q)
+    apt-get "${apt_private[@]}" update >/dev/null
+    (cd "$dir/debs" && apt-get "${apt_private[@]}" download "${TRIXIE_PACKAGES[@]}" >/dev/null)
+    for deb in "$dir"/debs/*.deb; do dpkg-deb -x "$deb" "$dir/root"; done
+    touch "$dir/.fetched"
+    echo "fetched ${TRIXIE_PACKAGES[*]} (Debian 13) into $dir/root"
+    ;;
   *)
-    echo "usage: setup.sh system | venv DIR | oracle DIR | stargz-grpc DIR" >&2; exit 2 ;;
+    echo "usage: setup.sh system | venv DIR | oracle DIR | stargz-grpc DIR | trixie DIR" >&2; exit 2 ;;
 esac
