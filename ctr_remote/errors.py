@@ -11,3 +11,9 @@ class Terminated(CtrRemoteError):
     """SIGTERM arrived: raised where the program was, so every cleanup on the way out still runs."""
 
     exit_code = 143
+
+
+class UsageError(CtrRemoteError):
+    """Flags or arguments that cannot work together or are malformed: exit 2, as click's own."""
+
+    exit_code = 2

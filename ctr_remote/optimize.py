@@ -22,7 +22,14 @@ from typing import BinaryIO
 import structlog
 
 from ctr_remote.errors import CtrRemoteError
-from ctr_remote.estargz import BuildOptions, EstargzError, build, open_estargz
+from ctr_remote.estargz import (
+    TOC_DIGEST_ANNOTATION,
+    UNCOMPRESSED_SIZE_ANNOTATION,
+    BuildOptions,
+    EstargzError,
+    build,
+    open_estargz,
+)
 from ctr_remote.image import (
     CancelToken,
     Descriptor,
@@ -31,20 +38,16 @@ from ctr_remote.image import (
     Index,
     Platform,
     StoreOptions,
-    config_platform,
     fetch_blobs,
     host_platform,
     media_types,
     open_store,
-    parse_index,
     parse_platforms,
     parse_reference,
-    read_image,
-    select_manifests,
     write_image,
 )
 from ctr_remote.image.digest import encoded
-from ctr_remote.image.manifest import sniff_media_type
+from ctr_remote.image.resolve import resolve_images
 from ctr_remote.layertar import members, open_layer
 from ctr_remote.options import OptimizeOptions
 from ctr_remote.prefetch_list import PrefetchList, visible_per_layer
@@ -52,9 +55,6 @@ from ctr_remote.profile import ProfileResult, Workload, check_requirements, prof
 from ctr_remote.progress import Progress, current
 
 log = structlog.get_logger()
-
-TOC_DIGEST_ANNOTATION = "containerd.io/snapshot/stargz/toc.digest"
-UNCOMPRESSED_SIZE_ANNOTATION = "io.containers.estargz.uncompressed-size"
 
 
 @dataclass(frozen=True)
@@ -151,22 +151,10 @@ class _Pipeline:
         (work / "out").mkdir()
 
     def run(self, platforms: Sequence[Platform]) -> str:
-        top = self.src.resolve()
-        top_bytes = self.src.read_manifest(top)
-        index: Index | None = None
-        if media_types.is_index(top.media_type):
-            index = parse_index(top_bytes, top.media_type, what=f"index {top.digest}")
-            entries = self._image_entries(index)
-            chosen = select_manifests(
-                entries,
-                platforms,
-                all_platforms=self.options.all_platforms,
-                platform_of=config_platform(self.src),
-            )
-            images = [read_image(self.src, d) for d in chosen]
-        else:
+        resolved = resolve_images(self.src, platforms, all_platforms=self.options.all_platforms)
+        index, images = resolved.index, resolved.images
+        if index is None:
             log.info("index not found; treating as a thin image with ignoring the platform option")
-            images = [read_image(self.src, top)]
 
         host = self._host_image(images)
         if host is not None and self.options.runs_workload:
@@ -206,29 +194,6 @@ class _Pipeline:
         return written.digest
 
     # -- inputs -------------------------------------------------------------------------------
-
-    def _image_entries(self, index: Index, depth: int = 0) -> list[Descriptor]:
-        """The image manifests of `index`, nested indexes flattened (their platforms kept), without
-        the attestation manifests BuildKit adds: those describe the source manifests, which the
-        converted index no longer holds, and their in-toto layers are not file systems."""
-        if depth > _MAX_INDEX_DEPTH:
-            raise CtrRemoteError(f"indexes nested more than {_MAX_INDEX_DEPTH} deep")
-        out: list[Descriptor] = []
-        for entry in index.manifests:
-            if _is_attestation(entry):
-                log.info("dropping attestation manifest of the source image", digest=entry.digest)
-                continue
-            media = entry.media_type
-            if not media:
-                media = sniff_media_type(self.src.read_manifest(entry))
-                entry = replace(entry, media_type=media)
-            if media_types.is_index(media):
-                log.info("flattening nested index", digest=entry.digest)
-                nested = parse_index(self.src.read_manifest(entry), media, what=f"index {entry.digest}")
-                out.extend(self._image_entries(nested, depth + 1))
-            else:
-                out.append(entry)
-        return out
 
     def _layer_file(self, desc: Descriptor) -> Path:
         return self.work / "in" / encoded(desc.digest)
@@ -432,17 +397,6 @@ class _Reporting:
         self._progress.step(desc.digest, "push")
         self._store.push_blob(src, desc, cancel=cancel)
         self._progress.done(desc.digest, "push", pushed=desc.digest, size=desc.size)
-
-
-_MAX_INDEX_DEPTH = 8
-ATTESTATION_TYPE_ANNOTATION = "vnd.docker.reference.type"
-
-
-def _is_attestation(entry: Descriptor) -> bool:
-    """BuildKit's attestation manifests: annotated as such, and on the `unknown/unknown` platform."""
-    if (entry.annotations or {}).get(ATTESTATION_TYPE_ANNOTATION) == "attestation-manifest":
-        return True
-    return entry.platform is not None and entry.platform.os == "unknown"
 
 
 def _layer_entries(path: Path) -> list[tuple[str, bool]]:

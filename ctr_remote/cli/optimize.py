@@ -8,7 +8,7 @@ import click
 
 from ctr_remote.cli import flags
 from ctr_remote.cli.streams import WorkloadStreams
-from ctr_remote.errors import CtrRemoteError
+from ctr_remote.errors import CtrRemoteError, UsageError
 from ctr_remote.log import LogFormat
 from ctr_remote.options import DEFAULT_CHUNK_SIZE, OptimizeOptions
 from ctr_remote.prefetch_list import PrefetchList, PrefetchListError
@@ -21,12 +21,6 @@ from ctr_remote.profile.workload import (
     NetworkMode,
     Workload,
 )
-
-
-class UsageError(CtrRemoteError):
-    """Flags or arguments that cannot work together or are malformed: exit 2, as click's own."""
-
-    exit_code = 2
 
 
 class Interrupted(CtrRemoteError):

@@ -28,11 +28,13 @@ Where we differ from upstream's `estargz.Build`, on purpose:
 
 from ctr_remote.estargz.errors import EstargzError
 from ctr_remote.estargz.options import BuildOptions, BuildResult
-from ctr_remote.estargz.reader import EstargzReader, is_estargz, open_estargz
+from ctr_remote.estargz.reader import EstargzReader, Verified, is_estargz, open_estargz
 from ctr_remote.estargz.toc import (
     NO_PREFETCH_LANDMARK,
     PREFETCH_LANDMARK,
+    TOC_DIGEST_ANNOTATION,
     TOC_NAME,
+    UNCOMPRESSED_SIZE_ANNOTATION,
     TOCEntry,
 )
 from ctr_remote.estargz.writer import build
@@ -40,12 +42,15 @@ from ctr_remote.estargz.writer import build
 __all__ = [
     "NO_PREFETCH_LANDMARK",
     "PREFETCH_LANDMARK",
+    "TOC_DIGEST_ANNOTATION",
     "TOC_NAME",
+    "UNCOMPRESSED_SIZE_ANNOTATION",
     "BuildOptions",
     "BuildResult",
     "EstargzError",
     "EstargzReader",
     "TOCEntry",
+    "Verified",
     "build",
     "is_estargz",
     "open_estargz",

@@ -8,7 +8,7 @@ import json
 import os
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from ctr_remote.estargz.errors import EstargzError
@@ -50,7 +50,18 @@ def open_estargz(f: BinaryIO) -> EstargzReader:
     if not isinstance(doc, dict) or doc.get("version") != 1 or not isinstance(doc.get("entries"), list):
         raise EstargzError("invalid eStargz TOC: expected version 1 with an entries list")
     entries = tuple(TOCEntry.from_json(e) for e in doc["entries"])
-    return EstargzReader(f, size, toc_offset, "sha256:" + hashlib.sha256(toc_bytes).hexdigest(), entries)
+    digest = "sha256:" + hashlib.sha256(toc_bytes).hexdigest()
+    return EstargzReader(f, size, toc_offset, digest, entries, toc_bytes)
+
+
+@dataclass(frozen=True)
+class Verified:
+    """What reading a whole blob measured: the plain tar's digest and size (what a runtime that
+    knows nothing of eStargz unpacks) and how many chunks were checked against their digests."""
+
+    diff_id: str
+    uncompressed_size: int
+    chunks: int
 
 
 @dataclass
@@ -62,8 +73,9 @@ class EstargzReader:
     toc_offset: int
     toc_digest: str
     entries: tuple[TOCEntry, ...]
+    toc_json: bytes = field(default=b"", repr=False)  # the TOC exactly as stored
 
-    def verify(self, expected_toc_digest: str | None = None) -> None:
+    def verify(self, expected_toc_digest: str | None = None) -> Verified:
         """Check the TOC digest (when given), then read the whole blob as a plain tar.gz would be
         read and check that it is the blob the TOC describes: every gzip member intact (CRC and
         size), the tar entries those of the TOC in its order with the same names, types, sizes,
@@ -71,7 +83,8 @@ class EstargzReader:
         `offset` and matching its digest, the TOC last, and the footer exact.
 
         Only bytes that carry nothing (gzip header MTIME, XFL and OS fields) may differ from what
-        the TOC implies. Raises EstargzError naming the first thing that does not match.
+        the TOC implies. Raises EstargzError naming the first thing that does not match; returns
+        what the whole read measured.
         """
         if expected_toc_digest is not None and expected_toc_digest != self.toc_digest:
             raise EstargzError(
@@ -100,6 +113,11 @@ class EstargzReader:
             i += len(chunks) - 1
             _skip(stream, padding(e.size), e.name)
         self._verify_tail(stream)
+        return Verified(
+            diff_id="sha256:" + stream.hash.hexdigest(),
+            uncompressed_size=stream.total,
+            chunks=sum(1 for e in self.entries if e.chunk_digest),
+        )
 
     def _verify_tail(self, stream: _Members) -> None:
         """After the entries: (the end-of-archive of a lossless blob), the TOC member, the footer."""
@@ -290,6 +308,8 @@ class _Members:
         self._d: Any = None
         self._out = bytearray()
         self.pos = 0  # uncompressed offset of the next byte read() returns
+        self.hash = hashlib.sha256()  # of everything decompressed so far: the diff ID at the end
+        self.total = 0
         self._starts: dict[int, list[int]] = {}
         f.seek(0)
 
@@ -322,9 +342,12 @@ class _Members:
             self._d = zlib.decompressobj(31)
             self._starts.setdefault(self.pos + len(self._out), []).append(self._cpos)
         try:
-            self._out += self._d.decompress(self._input, 1 << 20)
+            data = self._d.decompress(self._input, 1 << 20)
         except zlib.error as e:
             raise EstargzError(f"corrupt gzip member after offset {self._cpos}: {e}") from None
+        self._out += data
+        self.hash.update(data)
+        self.total += len(data)
         rest = self._d.unused_data if self._d.eof else self._d.unconsumed_tail
         self._cpos += len(self._input) - len(rest)
         self._input = rest

@@ -17,6 +17,11 @@ PREFETCH_LANDMARK = ".prefetch.landmark"
 NO_PREFETCH_LANDMARK = ".no.prefetch.landmark"
 LANDMARK_CONTENTS = b"\x0f"
 
+# The layer descriptor annotations lazy pulling reads (upstream's estargz/types.go): the sha256 of
+# the TOC JSON, which the snapshotter verifies the TOC against, and the size of the plain tar.
+TOC_DIGEST_ANNOTATION = "containerd.io/snapshot/stargz/toc.digest"
+UNCOMPRESSED_SIZE_ANNOTATION = "io.containers.estargz.uncompressed-size"
+
 FOOTER_SIZE = 51
 _FOOTER_HEAD = (
     bytes([0x1F, 0x8B, 8, 4, 0, 0, 0, 0, 0, 0xFF]) + struct.pack("<H", 26) + b"SG" + struct.pack("<H", 22)
