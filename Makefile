@@ -9,9 +9,15 @@ TRIXIE  := build/trixie/.fetched
 
 install: $(VENV)/.installed $(TRIXIE) $(ORACLE) $(STARGZ_GRPC)
 
-$(VENV)/.installed: pyproject.toml scripts/setup.sh
-	scripts/setup.sh system
+# The demo needs only what ctr-remote itself runs on; the tests need everything.
+$(VENV)/.runtime: pyproject.toml scripts/setup.sh
+	scripts/setup.sh system runtime
 	scripts/setup.sh venv $(VENV)
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.runtime
+	scripts/setup.sh system all
+	scripts/setup.sh venv $(VENV) test
 	touch $@
 
 $(TRIXIE): scripts/setup.sh | $(VENV)/.installed
@@ -34,7 +40,7 @@ lint: install
 bench: install
 	$(PY) -m bench $(BENCH)
 
-demo: install
+demo: $(VENV)/.runtime
 	scripts/demo.sh
 
 clean:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One place for every install step, so `make install`, CI and the demo all do the same.
-#   setup.sh system        apt packages (root)
-#   setup.sh venv DIR      Python virtualenv with the project and its test extras
+#   setup.sh system [runtime|all]  apt packages (root): what ctr-remote and the demo need, or
+#                          everything the tests need too (default)
+#   setup.sh venv DIR [test]       Python virtualenv with the project (and its test extras)
 #   setup.sh oracle DIR    build the upstream Go eStargz reader (estargz-check) and generator into DIR
 #   setup.sh stargz-grpc DIR  build the real lazy-pulling stargz snapshotter (tests/lazypull, bench) into DIR
 #   setup.sh trixie DIR    Debian 13's upstream v0.14.3 (Go source and ctr-remote) unpacked into DIR/root,
@@ -9,10 +10,13 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 
-APT_PACKAGES=(
-  runc fuse3 docker-registry skopeo containernetworking-plugins iproute2
+# What `ctr-remote image optimize` runs on, and what the demo starts (a registry, a busybox image).
+RUNTIME_PACKAGES=(runc fuse3 docker-registry busybox-static python3-venv ca-certificates)
+# The tests' real parts: skopeo, CNI plugins, the Go oracle's sources, containerd and upstream's tool.
+TEST_PACKAGES=(
+  skopeo containernetworking-plugins iproute2
   golang-go golang-github-containerd-stargz-snapshotter-dev stargz-snapshotter containerd
-  busybox-static python3-venv ca-certificates openssl apache2-utils
+  openssl apache2-utils
 )
 # Upstream v0.14.3 from Debian 13, as a second reference: its Go source (estargz with external TOC and
 # min chunk size) and its ctr-remote binary (needs only libc6 >= 2.34, which Debian 12 has).
@@ -20,8 +24,14 @@ TRIXIE_PACKAGES=(golang-github-containerd-stargz-snapshotter-dev stargz-snapshot
 
 case "${1:-}" in
   system)
+    packages=("${RUNTIME_PACKAGES[@]}")
+    case "${2:-all}" in
+      runtime) ;;
+      all) packages+=("${TEST_PACKAGES[@]}") ;;
+      *) echo "setup.sh system: runtime or all, not ${2}" >&2; exit 2 ;;
+    esac
     missing=()
-    for p in "${APT_PACKAGES[@]}"; do
+    for p in "${packages[@]}"; do
       dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
     done
     if [ ${#missing[@]} -gt 0 ]; then
@@ -32,8 +42,9 @@ case "${1:-}" in
     ;;
   venv)
     dir=${2:?venv DIR}
+    extras=${3:+[$3]}
     [ -x "$dir/bin/python" ] || python3 -m venv "$dir"
-    "$dir/bin/pip" install -q --disable-pip-version-check -e "$here[test]"
+    "$dir/bin/pip" install -q --disable-pip-version-check -e "$here$extras"
     ;;
   oracle)
     dir=${2:?oracle DIR}
