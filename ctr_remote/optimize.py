@@ -37,7 +37,7 @@ from ctr_remote.image import (
     ImageStore,
     Index,
     Platform,
-    StoreOptions,
+    RegistryOptions,
     fetch_blobs,
     host_platform,
     media_types,
@@ -74,7 +74,7 @@ def optimize(source: str, target: str, options: OptimizeOptions, workload: Workl
         _RecordFile.create(options.record_out) as record,
         tempfile.TemporaryDirectory(prefix="ctr-remote-") as tmp,
         open_store(src_ref) as src,
-        open_store(dst_ref, StoreOptions(mount_from=src_ref)) as dst,
+        open_store(dst_ref, RegistryOptions(mount_from=src_ref)) as dst,
     ):
         return _Pipeline(Path(tmp), src, dst, options, workload, prefetch, record).run(platforms)
 
@@ -331,10 +331,9 @@ class _Pipeline:
         return True
 
     def _rewrite(self, img: ImageBlobs, layers: list[_Converted]) -> tuple[Descriptor, bytes, _Converted]:
-        """The converted image's config and manifest (history and unknown fields kept)."""
-        config = img.config
-        config.diff_ids = [c.diff_id for c in layers]
-        config_bytes = config.to_bytes()
+        """The converted image's config and manifest (history and unknown fields kept); `img` is
+        left as it was read."""
+        config_bytes = img.config.with_diff_ids([c.diff_id for c in layers]).to_bytes()
         config_media = img.manifest.config.media_type
         if self.options.oci and media_types.is_docker(config_media):
             config_media = media_types.OCI_CONFIG
@@ -342,11 +341,12 @@ class _Pipeline:
         config_path = self.work / "out" / f"config-{encoded(config_desc.digest)}"
         config_path.write_bytes(config_bytes)
 
-        manifest = img.manifest
-        manifest.config = config_desc
-        manifest.layers = [c.desc for c in layers]
-        if self.options.oci:
-            manifest.media_type = media_types.OCI_MANIFEST
+        manifest = replace(
+            img.manifest,
+            config=config_desc,
+            layers=[c.desc for c in layers],
+            media_type=media_types.OCI_MANIFEST if self.options.oci else img.manifest.media_type,
+        )
         data = manifest.to_bytes()
         desc = Descriptor.of(data, manifest.media_type)
         return desc, data, _Converted(config_path, config_desc, "")

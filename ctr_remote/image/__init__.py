@@ -45,6 +45,7 @@ from ctr_remote.image.mediatypes import (
     OCI_LAYER_ZSTD,
     OCI_MANIFEST,
 )
+from ctr_remote.image.open import open_store
 from ctr_remote.image.platform import (
     Platform,
     host_platform,
@@ -53,7 +54,8 @@ from ctr_remote.image.platform import (
     select_manifests,
 )
 from ctr_remote.image.reference import Kind, Reference, parse_reference
-from ctr_remote.image.store import ImageStore, StoreOptions, open_store
+from ctr_remote.image.registry import RegistryOptions
+from ctr_remote.image.store import ImageStore
 from ctr_remote.image.transfer import (
     ImageBlobs,
     config_platform,
@@ -94,8 +96,8 @@ __all__ = [
     "PlatformError",
     "Reference",
     "RegistryError",
+    "RegistryOptions",
     "RetriesExhaustedError",
-    "StoreOptions",
     "TransferCancelled",
     "UnsupportedMediaTypeError",
     "config_platform",

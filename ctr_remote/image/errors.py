@@ -10,7 +10,12 @@ from ctr_remote.errors import CtrRemoteError
 
 
 class ImageError(CtrRemoteError):
-    """Anything that went wrong reading or writing an image."""
+    """Anything that went wrong reading or writing an image. `status` is the HTTP status of the
+    registry answer that caused it, when there was one (callers may act on 404 or 401)."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class InvalidReferenceError(ImageError):

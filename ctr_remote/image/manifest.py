@@ -129,8 +129,8 @@ class Index:
 
 @dataclass
 class ImageConfig:
-    """An image config. `raw` is the whole document; the typed fields are views the tool reads and
-    edits, written back into `raw` by `to_bytes`."""
+    """An image config. `raw` is the whole document; the typed fields are views of it. Changes give
+    a new config (`with_diff_ids`), as go-containerregistry's `mutate`: the source stays as read."""
 
     raw: dict[str, Any]
 
@@ -152,17 +152,12 @@ class ImageConfig:
     def diff_ids(self) -> list[str]:
         return list((self.raw.get("rootfs") or {}).get("diff_ids") or [])
 
-    @diff_ids.setter
-    def diff_ids(self, value: list[str]) -> None:
-        self.raw["rootfs"] = {"type": "layers", "diff_ids": list(value)}
+    def with_diff_ids(self, value: list[str]) -> ImageConfig:
+        return ImageConfig({**self.raw, "rootfs": {"type": "layers", "diff_ids": list(value)}})
 
     @property
     def history(self) -> list[dict[str, Any]]:
         return list(self.raw.get("history") or [])
-
-    @history.setter
-    def history(self, value: list[dict[str, Any]]) -> None:
-        self.raw["history"] = list(value)
 
     def to_bytes(self) -> bytes:
         return _dumps(self.raw)

@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from ctr_remote.image import Reference, StoreOptions, parse_reference
+from ctr_remote.image import Reference, RegistryOptions, parse_reference
 from tests.helpers.pki import CertKey, issue_server_cert, make_ca
 from tests.helpers.tokenserver import ISSUER, SERVICE, TokenServer, start_token_server
 
@@ -84,9 +84,9 @@ class RegistryServer:
     def reference(self, repo_tag: str) -> Reference:
         return parse_reference(self.ref(repo_tag), plain_http=True)
 
-    def options(self, **kw: Any) -> StoreOptions:
+    def options(self, **kw: Any) -> RegistryOptions:
         """Store options that reach this registry quickly: its certs, its credentials, fast backoff."""
-        base = StoreOptions(
+        base = RegistryOptions(
             docker_config=self.docker_config or self.workdir / "no-docker-config",
             certs_dir=self.certs_dir or self.workdir / "no-certs.d",
             backoff=0.01,

@@ -80,9 +80,10 @@ def test_config_views() -> None:
     )
     assert cfg.platform == Platform("linux", "arm64")
     assert cfg.container_config["Env"] == ["A=1"] and cfg.diff_ids == []
-    cfg.diff_ids = [D1]
-    cfg.history = [{}]
-    assert json.loads(cfg.to_bytes())["rootfs"] == {"type": "layers", "diff_ids": [D1]}
+    new = cfg.with_diff_ids([D1])
+    assert json.loads(new.to_bytes())["rootfs"] == {"type": "layers", "diff_ids": [D1]}
+    assert new.container_config["Env"] == ["A=1"]
+    assert cfg.diff_ids == [] and "rootfs" not in cfg.raw  # the source config is left as read
 
 
 def test_challenges() -> None:

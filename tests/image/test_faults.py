@@ -150,6 +150,7 @@ def test_retries_exhausted_is_a_clear_error(
     ):
         s.fetch_blob(img.layers[0].desc, workdir / "out")
     assert "giving up after 4 attempts" in str(e.value) and "HTTP 500" in str(e.value)
+    assert e.value.status == 500  # the status travels with the error, for callers to act on
     assert "\n" not in str(e.value)
     assert len(_statuses(fault_proxy, "GET", "/blobs/")) == 4
     assert not (workdir / "out").exists()
@@ -188,9 +189,10 @@ def test_corrupt_blob_is_refused_and_nothing_is_pushed(
         copy_image(src, dst, workdir / "cache2")
     with (
         open_store(registry.reference("corrupt-copy:v1"), registry.options()) as s,
-        pytest.raises(NotFoundError),
+        pytest.raises(NotFoundError) as missing,
     ):
         s.resolve()
+    assert missing.value.status == 404
 
 
 def test_failed_push_leaves_the_tag_on_the_old_image(
@@ -256,6 +258,7 @@ def test_refused_connection_fails_fast_but_resets_keep_the_full_budget(
     with open_store(ref, registry.options()) as s, pytest.raises(RetriesExhaustedError) as e:
         s.resolve()
     assert "giving up after 3 attempts" in str(e.value) and "ConnectError" in str(e.value)
+    assert e.value.status is None  # no answer, no status
 
     fault_proxy.add(Fault("drop", path="/manifests/", method="GET", times=5))  # resets: 5 retries
     _seed(registry, workdir, "reset:v1", _img("reset", 1))

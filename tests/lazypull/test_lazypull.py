@@ -9,7 +9,7 @@ import hashlib
 import random
 from pathlib import Path
 
-from ctr_remote.image import StoreOptions, open_store, parse_reference
+from ctr_remote.image import RegistryOptions, open_store, parse_reference
 from tests.conftest import Oracle
 from tests.helpers.sample import app_layers, publish, runnable_image
 from tests.lazypull.stack import StargzStack
@@ -28,7 +28,7 @@ def test_lazy_pull_of_our_image(stack: StargzStack, workdir: Path, oracle: Oracl
     layers[2].file(COLD_PATH, COLD)
     with open_store(
         parse_reference(f"http://{stack.ref('app:src')}", plain_http=True),
-        StoreOptions(docker_config=workdir / "docker-config"),
+        RegistryOptions(docker_config=workdir / "docker-config"),
     ) as store:
         publish(store, runnable_image(layers), workdir / "push")
     run = Cli(workdir / "tmpdir", workdir / "docker-config").optimize(

@@ -1,16 +1,12 @@
-"""A registry repository as an ImageStore: the OCI distribution spec over httpx.
+"""The HTTP side of a registry: httpx with authentication, retries, backoff and abort.
 
-Every request goes through `_Client.request`, the one place for auth challenges and retries:
-connection errors, 429 and 5xx are retried with exponential backoff up to `StoreOptions.retries`
+Every request goes through `RegistryClient.request`, the one place for auth challenges and retries:
+connection errors, 429 and 5xx are retried with exponential backoff up to `RegistryOptions.retries`
 times (Retry-After honoured, capped at `backoff_max`); a 401 is answered once (Basic or Bearer).
-Blob downloads stream to disk and are checked against their descriptor; uploads stream from disk,
-monolithic up to `chunk_size` bytes and in PATCH chunks above, and a broken upload session is
-restarted once from a fresh one.
-
-Blob transfers take a CancelToken: once it is set they stop before their next request, backoff or
-chunk, and a request blocked on the network is woken by shutting down this store's connections.
+Requests take a CancelToken: once it is set no request is sent any more, backoff stops, and a
+request blocked on the network is woken by shutting down this client's connections.
 A refused connection is retried only `REFUSED_RETRIES` times: nothing listens, and waiting longer
-rarely changes that (resets, timeouts, 429 and 5xx keep the full `StoreOptions.retries`).
+rarely changes that (resets, timeouts, 429 and 5xx keep the full `RegistryOptions.retries`).
 """
 
 from __future__ import annotations
@@ -26,10 +22,8 @@ import httpx
 import structlog
 
 from ctr_remote import __version__
-from ctr_remote.image import mediatypes as mt
-from ctr_remote.image.auth import Authenticator, pull_scope, push_scope
+from ctr_remote.image.auth import Authenticator
 from ctr_remote.image.cancel import CancelToken
-from ctr_remote.image.digest import digest_bytes, verify_bytes
 from ctr_remote.image.errors import (
     AuthError,
     DigestMismatchError,
@@ -37,12 +31,10 @@ from ctr_remote.image.errors import (
     NotFoundError,
     RegistryError,
     RetriesExhaustedError,
-    UnsupportedMediaTypeError,
 )
-from ctr_remote.image.files import CHUNK, copy_verified
-from ctr_remote.image.manifest import Descriptor, sniff_media_type
+from ctr_remote.image.files import CHUNK
 from ctr_remote.image.reference import Reference
-from ctr_remote.image.store import StoreOptions
+from ctr_remote.image.registry.options import RegistryOptions
 
 log = structlog.get_logger(__name__)
 
@@ -131,7 +123,7 @@ def _check_encoding(resp: httpx.Response, where: str) -> None:
         raise RegistryError(f"{where}: the answer has Content-Encoding {encoding}, which was not asked for")
 
 
-def _body_chunks(resp: httpx.Response, where: str) -> Iterator[bytes]:
+def body_chunks(resp: httpx.Response, where: str) -> Iterator[bytes]:
     """A streamed response's body, decoded; a body that cannot be decoded is a one-line error."""
     _check_encoding(resp, where)
     try:
@@ -148,7 +140,7 @@ def _read_capped(
     if declared is not None and declared > limit:
         raise too_large(f"{declared} bytes, more than the limit of {limit}")
     data = bytearray()
-    for chunk in _body_chunks(resp, where):
+    for chunk in body_chunks(resp, where):
         data += chunk
         if len(data) > limit:
             raise too_large(f"more than the limit of {limit} bytes")
@@ -159,7 +151,7 @@ def _same_origin(a: httpx.URL, b: httpx.URL) -> bool:
     return (a.scheme, a.host, a.port) == (b.scheme, b.host, b.port)
 
 
-def _file_range(
+def file_range(
     path: Path, offset: int, length: int, cancel: CancelToken | None
 ) -> Callable[[], Iterator[bytes]]:
     def chunks() -> Iterator[bytes]:
@@ -178,10 +170,10 @@ def _file_range(
     return chunks
 
 
-class _Client:
+class RegistryClient:
     """httpx plus auth and retries, for one repository."""
 
-    def __init__(self, ref: Reference, options: StoreOptions) -> None:
+    def __init__(self, ref: Reference, options: RegistryOptions) -> None:
         self.ref = ref
         self.options = options
         verify: ssl.SSLContext | bool = False if ref.plain_http else ssl_context(ref, options.certs_dir)
@@ -349,7 +341,8 @@ class _Client:
                 if failures > self.options.retries:
                     raise RetriesExhaustedError(
                         f"{method} {path} on {self.ref.api_host}: giving up after {failures} attempts "
-                        f"(last: HTTP {status})"
+                        f"(last: HTTP {status})",
+                        status=status,
                     )
                 self.backoff(failures, resp, cancel, what)
                 continue
@@ -364,272 +357,15 @@ class _Client:
         msg = _registry_message(resp)
         if resp.status_code == 400 and msg.startswith(("DIGEST_INVALID", "SIZE_INVALID")):
             return DigestMismatchError(
-                f"{what}: the registry {self.ref.api_host} found the content does not match ({msg})"
+                f"{what}: the registry {self.ref.api_host} found the content does not match ({msg})",
+                status=400,
             )
-        if resp.status_code == 404:
-            return NotFoundError(f"{what}: not found in {self.where} ({msg})")
-        if resp.status_code in (401, 403):
-            return AuthError(f"access denied to {self.where}: {what} ({msg})")
-        return RegistryError(f"{self.where}: {what}: unexpected answer {msg}")
+        status = resp.status_code
+        if status == 404:
+            return NotFoundError(f"{what}: not found in {self.where} ({msg})", status=status)
+        if status in (401, 403):
+            return AuthError(f"access denied to {self.where}: {what} ({msg})", status=status)
+        return RegistryError(f"{self.where}: {what}: unexpected answer {msg}", status=status)
 
     def close(self) -> None:
         self.http.close()
-
-
-class RegistryStore:
-    """A repository in a registry."""
-
-    def __init__(self, ref: Reference, options: StoreOptions) -> None:
-        self.reference = ref
-        self.options = options
-        self._c = _Client(ref, options)
-        self._manifests: dict[str, bytes] = {}  # verified manifest bytes by digest (from resolve)
-
-    def __enter__(self) -> RegistryStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._c.close()
-
-    @property
-    def _read(self) -> list[str]:
-        return [pull_scope(self.reference.repository)]
-
-    @property
-    def _write(self) -> list[str]:
-        return [push_scope(self.reference.repository)]
-
-    # ---- reading
-
-    def _document(
-        self, path: str, what: str, limit: int, headers: dict[str, str] | None = None
-    ) -> tuple[httpx.Headers, bytes]:
-        def too_large(size: str) -> ImageError:
-            return ImageError(f"{self.reference.name}: {what} is too large ({size})")
-
-        status, resp_headers, data = self._c.read_document(
-            "GET", self._c.url(path), scopes=self._read, headers=headers, limit=limit, too_large=too_large
-        )
-        if status != 200:
-            raise self._c.fail(httpx.Response(status, headers=resp_headers, content=data), what)
-        return resp_headers, data
-
-    def _get_manifest(self, ident: str) -> tuple[bytes, str, str | None]:
-        headers, data = self._document(
-            f"manifests/{ident}", f"manifest {ident}", MAX_MANIFEST_SIZE, {"Accept": mt.MANIFEST_ACCEPT}
-        )
-        ctype = headers.get("content-type", "").split(";")[0].strip()
-        return data, ctype, headers.get("docker-content-digest")
-
-    def resolve(self) -> Descriptor:
-        ref = self.reference
-        ident = ref.digest or ref.tag or "latest"
-        data, ctype, header_digest = self._get_manifest(ident)
-        media = ctype if (mt.is_index(ctype) or mt.is_manifest(ctype)) else sniff_media_type(data)
-        if media in mt.SCHEMA1_TYPES:
-            raise UnsupportedMediaTypeError(f"{ref}: Docker schema 1 manifests are not supported")
-        if ref.digest:
-            verify_bytes(f"{ref.name}: manifest", data, ref.digest, len(data))
-            digest = ref.digest
-        else:
-            digest = digest_bytes(data)
-            if header_digest and header_digest.startswith("sha256:") and header_digest != digest:
-                raise DigestMismatchError(
-                    f"{ref}: manifest digest mismatch: registry says {header_digest}, content is {digest}"
-                )
-        self._manifests[digest] = data
-        return Descriptor(media, digest, len(data))
-
-    def read_manifest(self, desc: Descriptor) -> bytes:
-        document = mt.is_index(desc.media_type) or mt.is_manifest(desc.media_type)
-        limit = MAX_MANIFEST_SIZE if document else MAX_CONFIG_SIZE
-        if desc.size > limit:
-            raise ImageError(
-                f"{self.reference.name}: {desc.digest}: {desc.size} bytes is more than the limit of "
-                f"{limit} for a {'manifest' if document else 'config'}"
-            )
-        data = self._manifests.get(desc.digest)
-        if data is None:
-            if document:
-                data = self._get_manifest(desc.digest)[0]
-            else:
-                # Read no more than the descriptor promises: one byte over is already a mismatch.
-                data = self._document(f"blobs/{desc.digest}", f"blob {desc.digest}", desc.size)[1]
-        verify_bytes(f"{self.reference.name}: blob", data, desc.digest, desc.size)
-        return data
-
-    def fetch_blob(self, desc: Descriptor, dest: Path, *, cancel: CancelToken | None = None) -> None:
-        copy_verified(
-            self._blob_chunks(desc, cancel or CancelToken()), dest, desc, f"{self.reference.name}: blob"
-        )
-
-    def _blob_chunks(self, desc: Descriptor, cancel: CancelToken) -> Iterator[bytes]:
-        """The blob's bytes. A body that breaks off mid-way is resumed with a Range request from
-        where it stopped (or re-read and the known part skipped, if the registry ignores Range);
-        interruptions count against the retry bound."""
-        url = self._c.url(f"blobs/{desc.digest}")
-        received = failures = 0
-        while True:
-            headers = {"Range": f"bytes={received}-"} if received else None
-            resp = self._c.request("GET", url, scopes=self._read, headers=headers, stream=True, cancel=cancel)
-            try:
-                if resp.status_code == 206 and received:
-                    skip = 0
-                elif resp.status_code == 200:
-                    skip = received
-                else:
-                    raise self._c.fail(resp, f"blob {desc.digest}")
-                try:
-                    for chunk in _body_chunks(resp, f"blob {desc.digest} from {self.reference.name}"):
-                        if skip:
-                            cut = min(skip, len(chunk))
-                            chunk, skip = chunk[cut:], skip - cut
-                        received += len(chunk)
-                        if chunk:
-                            yield chunk
-                        cancel.check(f"download of blob {desc.digest}")
-                    return
-                except httpx.TransportError as e:
-                    cancel.check(f"download of blob {desc.digest}")
-                    failures += 1
-                    log.warning(
-                        "blob download interrupted", digest=desc.digest, at=received, error=type(e).__name__
-                    )
-                    if failures > self.options.retries:
-                        raise RetriesExhaustedError(
-                            f"download of blob {desc.digest} from {self.reference.name}: giving up after "
-                            f"{failures} interruptions (last: {type(e).__name__})"
-                        ) from None
-                    self._c.backoff(failures, None, cancel, f"download of blob {desc.digest}")
-            finally:
-                resp.close()
-
-    # ---- writing
-
-    def _blob_exists(self, desc: Descriptor, cancel: CancelToken) -> bool:
-        resp = self._c.request("HEAD", self._c.url(f"blobs/{desc.digest}"), scopes=self._write, cancel=cancel)
-        resp.close()
-        if resp.status_code == 200:
-            return True
-        if resp.status_code == 404:
-            return False
-        raise self._c.fail(resp, f"blob {desc.digest}")
-
-    def _mount_source(self) -> Reference | None:
-        src = self.options.mount_from
-        ref = self.reference
-        if src is None or src.is_layout or src.registry != ref.registry or src.repository == ref.repository:
-            return None
-        return src if src.plain_http == ref.plain_http else None
-
-    def _start_upload(self, desc: Descriptor, cancel: CancelToken) -> str | None:
-        """Open an upload session (or mount the blob: then None)."""
-        src = self._mount_source()
-        url = self._c.url("blobs/uploads/")
-        scopes = self._write
-        if src is not None:
-            url += f"?mount={desc.digest}&from={src.repository}"
-            scopes = [*scopes, pull_scope(src.repository)]
-        resp = self._c.request(
-            "POST", url, scopes=scopes, headers={"Content-Length": "0"}, body=b"", cancel=cancel
-        )
-        resp.close()
-        if resp.status_code == 201 and src is not None:
-            log.debug("blob mounted", digest=desc.digest, source=src.repository)
-            return None
-        if resp.status_code != 202 or "location" not in resp.headers:
-            raise self._c.fail(resp, f"upload of blob {desc.digest}")
-        return self._location(resp)
-
-    def _location(self, resp: httpx.Response) -> str:
-        return str(resp.request.url.join(resp.headers["location"]))
-
-    def _upload(self, src: Path, desc: Descriptor, cancel: CancelToken) -> None:
-        location = self._start_upload(desc, cancel)
-        if location is None:
-            return
-        size = src.stat().st_size
-        if size != desc.size:
-            raise DigestMismatchError(
-                f"blob {desc.digest}: {src} has {size} bytes, descriptor says {desc.size}"
-            )
-        final_body: Body = b""
-        if size <= self.options.chunk_size:
-            final_body = _file_range(src, 0, size, cancel)
-            final_len = size
-        else:
-            offset = 0
-            while offset < size:
-                n = min(self.options.chunk_size, size - offset)
-                resp = self._c.request(
-                    "PATCH",
-                    location,
-                    scopes=self._write,
-                    headers={
-                        "Content-Type": "application/octet-stream",
-                        "Content-Length": str(n),
-                        "Content-Range": f"{offset}-{offset + n - 1}",
-                    },
-                    body=_file_range(src, offset, n, cancel),
-                    cancel=cancel,
-                )
-                resp.close()
-                if resp.status_code != 202:
-                    raise self._c.fail(resp, f"upload of blob {desc.digest}")
-                location = self._location(resp)
-                offset += n
-            final_len = 0
-        url = httpx.URL(location).copy_merge_params({"digest": desc.digest})
-        resp = self._c.request(
-            "PUT",
-            str(url),
-            scopes=self._write,
-            headers={"Content-Type": "application/octet-stream", "Content-Length": str(final_len)},
-            body=final_body,
-            cancel=cancel,
-        )
-        resp.close()
-        if resp.status_code not in (201, 204):
-            raise self._c.fail(resp, f"upload of blob {desc.digest}")
-
-    def push_blob(self, src: Path, desc: Descriptor, *, cancel: CancelToken | None = None) -> None:
-        """Skip if present, mount if the source repository is on this registry, else upload. The
-        registry checks digest and size when the upload completes (no extra hashing pass here); a
-        mismatch is a DigestMismatchError naming the blob."""
-        cancel = cancel or CancelToken()
-        for attempt in (1, 2):
-            if self._blob_exists(desc, cancel):
-                return
-            try:
-                self._upload(src, desc, cancel)
-                return
-            except (RegistryError, NotFoundError) as e:
-                # A broken session (lost PATCH, unknown upload, rejected range): start a fresh one once.
-                if attempt == 2:
-                    raise
-                log.warning("restarting blob upload", digest=desc.digest, error=str(e))
-
-    def push_manifest(self, data: bytes, desc: Descriptor, *, top: bool = False) -> None:
-        verify_bytes("manifest", data, desc.digest, desc.size)
-        ref = self.reference
-        ident = desc.digest
-        if top:
-            if ref.digest and ref.digest != desc.digest:
-                raise ImageError(f"{ref}: the image to push has digest {desc.digest}, not {ref.digest}")
-            ident = ref.tag or desc.digest
-        resp = self._c.request(
-            "PUT",
-            self._c.url(f"manifests/{ident}"),
-            scopes=self._write,
-            headers={"Content-Type": desc.media_type},
-            body=data,
-        )
-        resp.close()
-        if resp.status_code not in (200, 201, 202):
-            raise self._c.fail(resp, f"push of manifest {desc.digest}")
-        said = resp.headers.get("docker-content-digest")
-        if said and said != desc.digest:
-            raise DigestMismatchError(f"{ref.name}: registry stored manifest {desc.digest} as {said}")
