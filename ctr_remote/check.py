@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ctr_remote.compression import Compression, CorruptLayerError, open_tar_stream
 from ctr_remote.errors import CtrRemoteError
 from ctr_remote.estargz import (
     NO_PREFETCH_LANDMARK,
@@ -35,6 +34,7 @@ from ctr_remote.estargz import (
 from ctr_remote.image import Descriptor, ImageStore, Platform, fetch_blobs, open_store, parse_reference
 from ctr_remote.image.digest import encoded
 from ctr_remote.image.resolve import resolve_images
+from ctr_remote.layer.compression import Compression, CorruptLayerError, open_tar_stream
 
 
 @dataclass

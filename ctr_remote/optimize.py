@@ -48,7 +48,7 @@ from ctr_remote.image import (
 )
 from ctr_remote.image.digest import encoded
 from ctr_remote.image.resolve import resolve_images
-from ctr_remote.layertar import members, open_layer
+from ctr_remote.layer.archive import members, open_layer
 from ctr_remote.options import OptimizeOptions
 from ctr_remote.prefetch_list import PrefetchList, visible_per_layer
 from ctr_remote.profile import ProfileResult, Workload, check_requirements, profile, record_lines

@@ -1,6 +1,7 @@
 """`--prefetch-list FILE`: paths or globs to prioritize without running the workload (upstream v0.18).
 
-One pattern per line; blank lines and `#` comments are ignored; a leading `/` or `./` is dropped.
+One pattern per line; blank lines and `#` comments are ignored; names are cleaned as tar entry names
+are (`layer.paths.clean_name`: a leading `/` or `./`, `//` and `/./` dropped).
 `*` and `?` match within one path segment, `[...]` is a character class, `**` spans any number of
 segments. Patterns keep their order: the files a pattern matches come in the layer's own order.
 """
@@ -13,17 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ctr_remote.errors import CtrRemoteError
+from ctr_remote.layer.paths import OPAQUE_MARKER, clean_name, whiteout_target
 
 
 class PrefetchListError(CtrRemoteError):
     pass
-
-
-def normalize(path: str) -> str:
-    """Layer-relative form of a path, as tar entries are compared (no leading `/` or `./`)."""
-    while path.startswith(("./", "/")):
-        path = path[2:] if path.startswith("./") else path[1:]
-    return path.rstrip("/")
 
 
 def _translate(pattern: str) -> re.Pattern[str]:
@@ -72,7 +67,7 @@ class PrefetchList:
         except (OSError, UnicodeDecodeError) as e:
             raise PrefetchListError(f"cannot read prefetch list {path}: {e}") from None
         lines = (line.strip() for line in text.splitlines())
-        patterns = tuple(normalize(line) for line in lines if line and not line.startswith("#"))
+        patterns = tuple(clean_name(line) for line in lines if line and not line.startswith("#"))
         for p in patterns:
             if any(ch in p for ch in "*?["):
                 _translate(p)  # fail early on a malformed glob
@@ -80,7 +75,7 @@ class PrefetchList:
 
     def select(self, names: Sequence[str]) -> list[str]:
         """The names (layer-relative, in layer order) this list prioritizes, in priority order."""
-        present = {normalize(n): None for n in names}
+        present = {clean_name(n): None for n in names}
         chosen: dict[str, None] = {}
         for pattern in self.patterns:
             if not any(ch in pattern for ch in "*?["):
@@ -92,10 +87,6 @@ class PrefetchList:
                 if rx.match(name):
                     chosen.setdefault(name, None)
         return list(chosen)
-
-
-WHITEOUT_PREFIX = ".wh."
-OPAQUE_MARKER = ".wh..wh..opq"
 
 
 def _ancestors(path: str) -> Iterator[str]:
@@ -119,13 +110,13 @@ def visible_per_layer(layers: Sequence[Sequence[tuple[str, bool]]]) -> list[list
         new_hidden: set[str] = set()
         new_opaque: set[str] = set()
         for raw, is_dir in layers[i]:
-            name = normalize(raw)
+            name = clean_name(raw)
             parent, _, base = name.rpartition("/")
             if base == OPAQUE_MARKER:
                 new_opaque.add(parent)
                 continue
-            if base.startswith(WHITEOUT_PREFIX):
-                new_hidden.add(f"{parent}/{base[len(WHITEOUT_PREFIX) :]}".lstrip("/"))
+            if (deleted := whiteout_target(name)) is not None:
+                new_hidden.add(deleted)
                 continue
             if name in taken or name in hidden or any(a in hidden or a in opaque for a in _ancestors(name)):
                 continue

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 from ctr_remote.estargz.errors import EstargzError
 from ctr_remote.estargz.scan import Scanned
-from ctr_remote.estargz.tar import DIR, REG, clean_name
+from ctr_remote.estargz.tar import DIR, REG
 from ctr_remote.estargz.toc import LANDMARK_CONTENTS, NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
+from ctr_remote.layer.paths import clean_name
 
 IMPLIED_DIR_MODE = 0o755
 

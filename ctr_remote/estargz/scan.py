@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from typing import IO, BinaryIO
 
 from ctr_remote.estargz.errors import EstargzError
-from ctr_remote.estargz.tar import HARDLINK, REG, clean_name, padding, read_header
+from ctr_remote.estargz.tar import HARDLINK, REG, padding, read_header
 from ctr_remote.estargz.toc import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOC_NAME
+from ctr_remote.layer.paths import clean_name
 
 _PIECE = 1 << 20
 #: Input entries dropped on conversion: they are regenerated (idempotent re-conversion).

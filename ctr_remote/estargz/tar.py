@@ -9,7 +9,6 @@ rules: GNU long names, PAX records, the USTAR prefix, base-256 numbers, `\\0` ty
 from __future__ import annotations
 
 import io
-import posixpath
 import re
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -69,11 +68,6 @@ class TarHeader:
     @property
     def xattrs(self) -> dict[str, bytes]:
         return {k[len(PAX_XATTR) :]: v for k, v in self.pax.items() if k.startswith(PAX_XATTR)}
-
-
-def clean_name(name: str) -> str:
-    """The identity of a tar name, as upstream compares them: `./a/b/`, `/a//b` -> `a/b`; root -> ``."""
-    return posixpath.normpath("/" + name).lstrip("/")
 
 
 def padding(size: int) -> int:

@@ -27,7 +27,6 @@ from typing import IO, BinaryIO
 import deflate
 from zlib_ng import zlib_ng
 
-from ctr_remote.compression import CorruptLayerError, open_tar_stream
 from ctr_remote.estargz.errors import EstargzError
 from ctr_remote.estargz.options import BuildOptions, BuildResult
 from ctr_remote.estargz.order import Generated, Item, order_entries
@@ -52,6 +51,7 @@ from ctr_remote.estargz.toc import (
     toc_json_head,
     toc_json_tail,
 )
+from ctr_remote.layer.compression import CorruptLayerError, open_tar_stream
 
 _GZIP_WBITS = 31  # deflate with a gzip header and trailer: one complete member
 _JOB_BYTES = 1 << 20  # small members are batched into jobs of about this size

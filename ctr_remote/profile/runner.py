@@ -23,7 +23,8 @@ from pathlib import Path
 
 import structlog
 
-from ctr_remote.compression import Compression, detect
+from ctr_remote.layer.compression import Compression, detect
+from ctr_remote.layer.paths import clean_name
 from ctr_remote.profile import mounts
 from ctr_remote.profile.errors import ProfileError, ProfileInterrupted
 from ctr_remote.profile.recorder import READY_TIMEOUT, RecorderDaemon, RecordingMount, check_fuse
@@ -31,7 +32,7 @@ from ctr_remote.profile.result import ProfileResult
 from ctr_remote.profile.rootfs import check_executable, resolve_user
 from ctr_remote.profile.runtime import Container, find_runtime, stop_signal_of
 from ctr_remote.profile.spec import Command, build_spec, command_of, hosts_text, resolv_conf_text
-from ctr_remote.profile.unpack import clean_name, unpack_layer
+from ctr_remote.profile.unpack import unpack_layer
 from ctr_remote.profile.workload import NetworkMode, Workload
 from ctr_remote.signals import signals_deferred
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import posixpath
 import shutil
 import stat
 import tarfile
@@ -29,13 +28,12 @@ from pathlib import Path
 
 import structlog
 
-from ctr_remote.layertar import members, open_layer
+from ctr_remote.layer.archive import members, open_layer
+from ctr_remote.layer.paths import OPAQUE_MARKER, WHITEOUT_PREFIX, clean_name
 from ctr_remote.profile.errors import ProfileError
 
 log = structlog.get_logger()
 
-WHITEOUT_PREFIX = ".wh."
-OPAQUE_MARKER = ".wh..wh..opq"
 OPAQUE_XATTR = "trusted.overlay.opaque"
 _XATTR_PAX_PREFIX = "SCHILY.xattr."
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -81,11 +79,6 @@ def _shown(text: str, limit: int = 300) -> str:
 
 class _Refused(Exception):
     """This entry cannot be unpacked safely; it is skipped and logged."""
-
-
-def clean_name(name: str) -> str:
-    """Layer-relative form of a tar entry name: no leading "./" or "/", no "..", no trailing "/"."""
-    return posixpath.normpath("/" + name.lstrip("/")).lstrip("/")
 
 
 class _Tree:

@@ -26,6 +26,14 @@ def test_paths_keep_list_order_and_skip_comments(tmp_path: Path) -> None:
     assert pl.select(NAMES) == ["etc/passwd", "bin/sh"]
 
 
+def test_lines_are_cleaned_as_tar_names_are(tmp_path: Path) -> None:
+    """Each spelling alone (no plain duplicate in the list) selects the entry; layer names are
+    cleaned the same way (`./bin/sh` in a layer is `bin/sh`)."""
+    for line in ("./usr/lib/x.so", "usr//lib/x.so", "/usr/./lib/x.so", "./usr/lib//x.so/"):
+        assert load(tmp_path, line + "\n").select(NAMES) == ["usr/lib/x.so"], line
+    assert load(tmp_path, "bin/sh\n").select(["./bin/sh", "./bin//ls"]) == ["bin/sh"]
+
+
 def test_globs(tmp_path: Path) -> None:
     assert load(tmp_path, "bin/*").select(NAMES) == ["bin/sh", "bin/ls"]
     assert load(tmp_path, "usr/lib/*.py").select(NAMES) == []

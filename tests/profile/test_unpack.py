@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ctr_remote.compression import CorruptLayerError
+from ctr_remote.layer.compression import CorruptLayerError
 from ctr_remote.profile import ProfileError
 from ctr_remote.profile.unpack import OPAQUE_XATTR, unpack_layer
 from tests.helpers.images import LayerBuilder

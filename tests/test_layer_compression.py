@@ -6,7 +6,7 @@ import sys
 import pytest
 import zstandard
 
-from ctr_remote.compression import Compression, CorruptLayerError, open_tar_stream
+from ctr_remote.layer.compression import Compression, CorruptLayerError, open_tar_stream
 from tests.conftest import ROOT
 from tests.helpers.streams import OneWay
 
@@ -44,7 +44,7 @@ def test_truncated_stream_is_a_clear_error(blob: bytes) -> None:
 
 _BOMB = """
 import io, sys, zlib, zstandard
-from ctr_remote.compression import open_tar_stream
+from ctr_remote.layer.compression import open_tar_stream
 
 if sys.argv[1] == "zstd":
     z = zstandard.ZstdCompressor(level=1).compressobj()

@@ -9,7 +9,7 @@ import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from ctr_remote.compression import open_tar_stream
+from ctr_remote.layer.compression import open_tar_stream
 
 MAX_SPECIAL_HEADER = 1 << 20  # as Go's archive/tar (maxSpecialFileSize)
 _PAX_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE)
