@@ -3,7 +3,8 @@
 #   setup.sh system        apt packages (root)
 #   setup.sh venv DIR      Python virtualenv with the project and its test extras
 #   setup.sh oracle DIR    build the upstream Go eStargz reader (estargz-check) and generator into DIR
-#   setup.sh stargz-grpc DIR  build the real lazy-pulling stargz snapshotter (tests/lazypull, bench) into DIR
+#   setup.sh stargz-grpc DIR  build the real lazy-pulling stargz snapshotter (tests/lazypull, bench) into DIR,
+#                          against Debian 13's v0.14.3 library (fetched into build/trixie if missing)
 #   setup.sh trixie DIR    Debian 13's upstream v0.14.3 (Go source and ctr-remote) unpacked into DIR/root,
 #                          through a private apt state in DIR: nothing is installed system-wide
 set -euo pipefail
@@ -42,8 +43,16 @@ case "${1:-}" in
     ;;
   stargz-grpc)
     dir=${2:?stargz-grpc DIR}
-    mkdir -p "$dir"
-    sh "$here/../shared/tools/stargz-grpc/build.sh" "$dir/stargz-grpc"
+    dir=$(mkdir -p "$dir" && cd "$dir" && pwd)
+    # The v0.14.3 stargz-snapshotter source (Debian 13) shadows Debian 12's v0.12 one; everything else
+    # it imports comes from Debian 12's packages. Offline: GOPATH mode, no module proxy.
+    trixie=$here/build/trixie
+    [ -f "$trixie/.fetched" ] || "$0" trixie "$trixie"
+    (cd "$here/tests/lazypull/stargz-grpc" &&
+      GO111MODULE=off GOPROXY=off GOFLAGS= CGO_ENABLED=0 \
+      GOPATH="$trixie/root/usr/share/gocode:/usr/share/gocode" \
+      go build -trimpath -o "$dir/stargz-grpc" .)
+    echo "built $dir/stargz-grpc"
     ;;
   trixie)
     dir=${2:?trixie DIR}
