@@ -22,6 +22,7 @@ no mount namespace, no mount, no cgroup), and the state is deleted; only `base/l
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shutil
@@ -307,9 +308,19 @@ class StargzStack:
     def _remove_cgroups(self) -> None:
         """runc (cgroup v1) removes a container's cgroups but not their parent, named after the
         containerd namespace. Deepest first: a cgroup with children cannot be removed."""
+        deadline = time.monotonic() + STOP_TIMEOUT
         for cgroup in self.cgroups():
             for d in sorted(cgroup.glob("**/"), key=lambda p: len(p.parts), reverse=True):
-                d.rmdir()
+                # EBUSY for a moment after its last process was killed: the kernel releases a
+                # cgroup only once the process is reaped, and init reaps orphans when it gets to it.
+                while True:
+                    try:
+                        d.rmdir()
+                        break
+                    except OSError as e:
+                        if e.errno != errno.EBUSY or time.monotonic() > deadline:
+                            raise
+                    time.sleep(POLL)
 
     def cgroups(self) -> list[Path]:
         cgroups = list(Path("/sys/fs/cgroup").glob(f"*/{self.namespace}"))
@@ -321,9 +332,11 @@ class StargzStack:
         left = [pid for pid in pids if running(pid)]
         left += _pids_with(str(self.base))
         assert not left, f"processes of the stack still running: {left}"
-        if self.mount_namespace:
-            holders = _pids_in_namespace(self.mount_namespace)
-            assert not holders, f"the stack's mount namespace is still held by {holders}"
+        # Not by the namespace's inode number: the kernel gives a freed one to the next new
+        # namespace, someone else's container. Any process left in the stack's mount namespace, or
+        # in a container's namespace made from it, sees mounts below `base`; no other one does.
+        seeing = pids_seeing_mounts_below(self.base)
+        assert not seeing, f"processes still in the stack's mount namespaces: {seeing}"
         mountinfo = Path("/proc/self/mountinfo").read_text().splitlines()
         mounts = [line for line in mountinfo if str(self.base) in line]
         assert not mounts, f"mounts left below {self.base}: {mounts}"
@@ -398,7 +411,19 @@ def _pids_with(text: str) -> list[int]:
     return found
 
 
+def pids_seeing_mounts_below(directory: Path) -> list[int]:
+    """Processes with a mount below `directory` in their mount namespace, or whose root is an overlay
+    of directories below it (a container's: it does not see the mount points of its layers)."""
+    found = []
+    for proc in _processes():
+        with contextlib.suppress(OSError):  # gone, or a zombie (no namespace any more)
+            if f"{directory}/" in (proc / "mountinfo").read_text():
+                found.append(int(proc.name))
+    return found
+
+
 def _pids_in_namespace(namespace: str) -> list[int]:
+    """Processes in mount namespace `namespace` ("mnt:[inode]"); only meaningful while it exists."""
     found = []
     for proc in _processes():
         with contextlib.suppress(OSError):

@@ -12,7 +12,7 @@ import pytest
 
 from ctr_remote.image import StoreOptions, open_store, parse_reference
 from tests.helpers.sample import app_layers, publish, runnable_image
-from tests.lazypull.stack import StargzStack, running, start_stack
+from tests.lazypull.stack import StargzStack, pids_seeing_mounts_below, running, start_stack
 
 
 class _Failed(Exception):
@@ -24,7 +24,7 @@ def test_stack_isolates_and_leaves_nothing_after_a_failure(workdir: Path, contai
     with tempfile.TemporaryDirectory(prefix="ctr-remote-lazy-") as d:
         base = Path(d)
         with pytest.raises(_Failed), start_stack(base) as stack:
-            pids, namespace, cgroups = _run_a_lazy_container(stack, workdir)
+            pids, cgroups = _run_a_lazy_container(stack, workdir)
             if containerd_crashed:  # the shim and the container outlive it
                 assert stack.containerd is not None
                 stack.containerd.kill()
@@ -33,15 +33,15 @@ def test_stack_isolates_and_leaves_nothing_after_a_failure(workdir: Path, contai
 
         # start_stack's exit already checked this; the test must not depend on that check alone.
         assert not [p for p in pids if running(p)]
-        assert not [p for p in Path("/proc").glob("[0-9]*/ns/mnt") if _readlink(p) == namespace]
+        assert not pids_seeing_mounts_below(base)
         assert not [c for c in cgroups if c.exists()]
         assert str(base) not in Path("/proc/self/mountinfo").read_text()
         assert [p.name for p in base.iterdir()] == ["logs"]  # kept for the caller to read
 
 
-def _run_a_lazy_container(stack: StargzStack, workdir: Path) -> tuple[list[int], str, list[Path]]:
+def _run_a_lazy_container(stack: StargzStack, workdir: Path) -> tuple[list[int], list[Path]]:
     """Push the sample image, convert it with upstream `ctr-remote`, rpull it and start a container
-    on it that keeps running. Returns the processes, mount namespace and cgroups to be cleaned up."""
+    on it that keeps running. Returns the processes and cgroups to be cleaned up."""
     with open_store(
         parse_reference(f"http://{stack.ref('app:src')}", plain_http=True),
         StoreOptions(docker_config=workdir / "docker-config"),
@@ -63,20 +63,12 @@ def _run_a_lazy_container(stack: StargzStack, workdir: Path) -> tuple[list[int],
     assert len(stack.fuse_mounts()) == 3, theirs
     assert " - overlay " in theirs and "/sleeper/rootfs " in theirs, theirs
     assert str(stack.base) not in Path("/proc/self/mountinfo").read_text()
-    namespace = _readlink(Path(f"/proc/{stack.containerd.pid}/ns/mnt"))
-    assert namespace != _readlink(Path("/proc/self/ns/mnt"))
+    assert os.readlink(f"/proc/{stack.containerd.pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
 
-    pids = [p.pid for p in (stack.snapshotter, stack.containerd, stack.registry_server.process)]
-    shims = [p for p in Path("/proc").glob("[0-9]*/ns/mnt") if _readlink(p) == namespace]
-    pids += [int(p.parent.parent.name) for p in shims]  # the shim and the container's sleep
-    assert len(pids) >= 5, pids
+    # What the stop must end: the snapshotter, containerd, the shim and the container's process see
+    # the stack's mounts (the container in a mount namespace made from the stack's).
+    seeing = set(pids_seeing_mounts_below(stack.base))
+    assert {stack.snapshotter.pid, stack.containerd.pid} < seeing and len(seeing) >= 4, seeing
     cgroups = stack.cgroups()
     assert cgroups, "runc made no cgroup for the container"
-    return pids, namespace, cgroups
-
-
-def _readlink(p: Path) -> str:
-    try:
-        return os.readlink(p)
-    except OSError:
-        return ""
+    return [*seeing, stack.registry_server.process.pid], cgroups
