@@ -26,7 +26,7 @@ $(TRIXIE): scripts/setup.sh | $(VENV)/.installed
 $(ORACLE): $(VENV)/.installed $(TRIXIE)
 	scripts/setup.sh oracle build
 
-$(STARGZ_GRPC): $(VENV)/.installed
+$(STARGZ_GRPC): tests/lazypull/stargz-grpc/main.go $(VENV)/.installed $(TRIXIE)
 	scripts/setup.sh stargz-grpc build
 
 test: install

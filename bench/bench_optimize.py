@@ -12,7 +12,7 @@ layout) has four gzip layers:
 and runs `python3.11 -c "import json, email, http.client, ...; print('ok')"`.
 
 Both tools run against one local docker-registry; upstream runs in the containerd (overlayfs
-snapshotter) of `../shared/tools/stargz-grpc` (started and purged here, see tests/lazypull/stack.py).
+snapshotter) of the lazy-pull test's stack (started and purged here, see tests/lazypull/stack.py).
 Wall time covers everything each tool needs: ours is one command; upstream is pull + optimize +
 push, from an empty content store. Both use gzip level 9, 4 MiB chunks, the same --period.
 Every output is read back with `estargz-check image` for its size and prioritized entries.

@@ -4,7 +4,8 @@
 #                          everything the tests need too (default)
 #   setup.sh venv DIR [test]       Python virtualenv with the project (and its test extras)
 #   setup.sh oracle DIR    build the upstream Go eStargz reader (estargz-check) and generator into DIR
-#   setup.sh stargz-grpc DIR  build the real lazy-pulling stargz snapshotter (tests/lazypull, bench) into DIR
+#   setup.sh stargz-grpc DIR  build the real lazy-pulling stargz snapshotter (tests/lazypull, bench) into DIR,
+#                          against Debian 13's v0.14.3 library (fetched into build/trixie if missing)
 #   setup.sh trixie DIR    Debian 13's upstream v0.14.3 (Go source and ctr-remote) unpacked into DIR/root,
 #                          through a private apt state in DIR: nothing is installed system-wide
 set -euo pipefail
@@ -53,8 +54,18 @@ case "${1:-}" in
     ;;
   stargz-grpc)
     dir=${2:?stargz-grpc DIR}
-    mkdir -p "$dir"
-    sh "$here/../shared/tools/stargz-grpc/build.sh" "$dir/stargz-grpc"
+    dir=$(mkdir -p "$dir" && cd "$dir" && pwd)
+    # The v0.14.3 stargz-snapshotter source (Debian 13) shadows Debian 12's v0.12 one: its fs/ and
+    # snapshot/ build against Debian 12's containerd 1.6 and other -dev packages, which supply every
+    # other import. Offline: GOPATH mode, no module proxy. (main.go also builds against v0.12 alone:
+    # GOPATH=/usr/share/gocode.)
+    trixie=$here/build/trixie
+    [ -f "$trixie/.fetched" ] || "$0" trixie "$trixie"
+    (cd "$here/tests/lazypull/stargz-grpc" &&
+      GO111MODULE=off GOPROXY=off GOFLAGS= CGO_ENABLED=0 \
+      GOPATH="$trixie/root/usr/share/gocode:/usr/share/gocode" \
+      go build -trimpath -o "$dir/stargz-grpc" .)
+    echo "built $dir/stargz-grpc"
     ;;
   trixie)
     dir=${2:?trixie DIR}

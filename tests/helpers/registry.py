@@ -106,6 +106,11 @@ class RegistryServer:
             flags.append(f"--{prefix}creds={self.user}:{self.password}")
         return flags
 
+    @property
+    def log(self) -> Path:
+        """The registry's output: warnings, and the access log if it was asked for."""
+        return self.workdir / "registry.log"
+
     def url(self, path: str) -> str:
         return f"{self.scheme}://{self.host}{path}"
 
@@ -149,18 +154,24 @@ def _wait_ready(reg: RegistryServer, log: Path) -> None:
 
 @contextlib.contextmanager
 def start_registry(
-    workdir: Path, mode: str = "plain", *, ca: CertKey | None = None, client_auth: bool = False
+    workdir: Path,
+    mode: str = "plain",
+    *,
+    ca: CertKey | None = None,
+    client_auth: bool = False,
+    access_log: bool = False,
 ) -> Iterator[RegistryServer]:
     """Run a registry in `mode` under `workdir` (storage, config, certs); stopped on exit (the caller
     owns `workdir`). A port taken between our probe and the registry's bind is retried with another.
     `client_auth` (tls mode): the registry demands a client certificate from the CA; one is put in
-    `certs_dir/HOST/client.{cert,key}` where Docker looks for it."""
+    `certs_dir/HOST/client.{cert,key}` where Docker looks for it. `access_log`: every request is
+    logged to `reg.log` (combined log format), for tests that count what a client fetched."""
     if mode not in MODES:
         raise ValueError(f"unknown registry mode {mode!r}")
     for attempt in range(3):
-        reg = _launch(workdir / f"run{attempt}", mode, ca, client_auth)
+        reg = _launch(workdir / f"run{attempt}", mode, ca, client_auth, access_log)
         try:
-            _wait_ready(reg, reg.workdir / "registry.log")
+            _wait_ready(reg, reg.log)
         except _PortTaken:
             reg.stop()
             continue
@@ -179,7 +190,9 @@ class _PortTaken(RuntimeError):
     pass
 
 
-def _launch(workdir: Path, mode: str, ca: CertKey | None, client_auth: bool) -> RegistryServer:
+def _launch(
+    workdir: Path, mode: str, ca: CertKey | None, client_auth: bool, access_log: bool
+) -> RegistryServer:
     workdir.mkdir(parents=True, exist_ok=True)
     root = workdir / "storage"
     root.mkdir(exist_ok=True)
@@ -223,7 +236,7 @@ def _launch(workdir: Path, mode: str, ca: CertKey | None, client_auth: bool) -> 
         docker_config = write_docker_config(workdir / "docker-config", basic_auths(host, USER, PASSWORD))
     cfg: dict[str, Any] = {
         "version": 0.1,
-        "log": {"level": "warn", "accesslog": {"disabled": True}},
+        "log": {"level": "warn", "accesslog": {"disabled": not access_log}},
         "storage": {"filesystem": {"rootdirectory": str(root)}, "delete": {"enabled": True}},
         "http": {"addr": host, "secret": "ctr-remote-tests", **http},
         **({"auth": auth} if auth else {}),
