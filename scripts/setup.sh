@@ -69,7 +69,8 @@ case "${1:-}" in
     ;;
   trixie)
     dir=${2:?trixie DIR}
-    [ -f "$dir/.fetched" ] && exit 0
+    # Fetched already, the same packages: only tell make it is up to date.
+    if [ "$(cat "$dir/.fetched" 2>/dev/null)" = "${TRIXIE_PACKAGES[*]}" ]; then touch "$dir/.fetched"; exit 0; fi
     dir=$(mkdir -p "$dir" && cd "$dir" && pwd)
     rm -rf "$dir/apt" "$dir/debs" "$dir/root"
     mkdir -p "$dir/apt/lists/partial" "$dir/apt/cache/archives/partial" "$dir/apt/parts" "$dir/debs" "$dir/root"
@@ -86,7 +87,7 @@ case "${1:-}" in
     apt-get "${apt_private[@]}" update >/dev/null
     (cd "$dir/debs" && apt-get "${apt_private[@]}" download "${TRIXIE_PACKAGES[@]}" >/dev/null)
     for deb in "$dir"/debs/*.deb; do dpkg-deb -x "$deb" "$dir/root"; done
-    touch "$dir/.fetched"
+    echo "${TRIXIE_PACKAGES[*]}" > "$dir/.fetched"
     echo "fetched ${TRIXIE_PACKAGES[*]} (Debian 13) into $dir/root"
     ;;
   *)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ctr_remote.image import StoreOptions, open_store, parse_reference
+from ctr_remote.image import RegistryOptions, open_store, parse_reference
 from tests.helpers.sample import app_layers, publish, runnable_image
 from tests.lazypull.stack import StargzStack, pids_seeing_mounts_below, running, start_stack
 
@@ -44,7 +44,7 @@ def _run_a_lazy_container(stack: StargzStack, workdir: Path) -> tuple[list[int],
     on it that keeps running. Returns the processes and cgroups to be cleaned up."""
     with open_store(
         parse_reference(f"http://{stack.ref('app:src')}", plain_http=True),
-        StoreOptions(docker_config=workdir / "docker-config"),
+        RegistryOptions(docker_config=workdir / "docker-config"),
     ) as store:
         publish(store, runnable_image(app_layers()), workdir / "push")
     src, esgz = stack.ref("app:src"), stack.ref("app:esgz")
