@@ -2,7 +2,7 @@
 # One place for every install step, so `make install`, CI and the demo all do the same.
 #   setup.sh system        apt packages (root)
 #   setup.sh venv DIR      Python virtualenv with the project and its test extras
-#   setup.sh oracle DIR    build the upstream Go eStargz reader (estargz-check) and generator into DIR
+#   setup.sh oracle DIR    build our conformance oracle (tests/oracle, on upstream's Go reader) into DIR
 #   setup.sh stargz-grpc DIR  build the real lazy-pulling stargz snapshotter (tests/lazypull, bench) into DIR
 #   setup.sh trixie DIR    Debian 13's upstream v0.14.3 (Go source and ctr-remote) unpacked into DIR/root,
 #                          through a private apt state in DIR: nothing is installed system-wide
@@ -36,9 +36,31 @@ case "${1:-}" in
     "$dir/bin/pip" install -q --disable-pip-version-check -e "$here[test]"
     ;;
   oracle)
+    # The oracle is our own source (tests/oracle), built offline in GOPATH mode from Debian packages:
+    # against upstream v0.14.3 (Debian 13's source, `setup.sh trixie`) as estargz-check and
+    # estargz-check-gen, and against Debian 12's v0.12 as estargz-check-v0.12.
     dir=${2:?oracle DIR}
-    mkdir -p "$dir"
-    BUILD_GEN=1 sh "$here/../shared/tools/estargz-check/build.sh" "$dir/estargz-check"
+    dir=$(mkdir -p "$dir" && cd "$dir" && pwd)
+    trixie=${TRIXIE_DIR:-$here/build/trixie}
+    upstream=$trixie/root/usr/share/gocode/src/github.com/containerd/stargz-snapshotter
+    [ -d "$upstream/estargz" ] || { echo "setup.sh: no v0.14.3 source in $trixie: run setup.sh trixie $trixie first" >&2; exit 1; }
+    [ -d /usr/share/gocode/src/github.com/containerd/stargz-snapshotter/estargz ] ||
+      { echo "setup.sh: no v0.12 source: apt-get install golang-github-containerd-stargz-snapshotter-dev" >&2; exit 1; }
+    # A GOPATH entry holding only the v0.14.3 stargz-snapshotter tree, ahead of /usr/share/gocode: it
+    # shadows Debian 12's v0.12 and nothing else (the rest of Debian 13's tree must not leak in).
+    gopath014=$dir/gopath-v0.14.3
+    mkdir -p "$gopath014/src/github.com/containerd"
+    ln -sfn "$upstream" "$gopath014/src/github.com/containerd/stargz-snapshotter"
+    export GO111MODULE=off GOPROXY=off CGO_ENABLED=0 GOFLAGS=-trimpath GOTOOLCHAIN=local
+    export GOCACHE=${GOCACHE:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/go-build}
+    src=$here/tests/oracle
+    (cd "$src" && GOPATH=$gopath014:/usr/share/gocode go build -o "$dir/estargz-check.new" . &&
+      mv "$dir/estargz-check.new" "$dir/estargz-check")
+    (cd "$src/gen" && GOPATH=$gopath014:/usr/share/gocode go build -o "$dir/estargz-check-gen.new" . &&
+      mv "$dir/estargz-check-gen.new" "$dir/estargz-check-gen")
+    (cd "$src" && GOPATH=/usr/share/gocode go build -tags estargz_v012 -o "$dir/estargz-check-v0.12.new" . &&
+      mv "$dir/estargz-check-v0.12.new" "$dir/estargz-check-v0.12")
+    echo "built $dir/estargz-check ($("$dir/estargz-check" version)), $dir/estargz-check-gen, $dir/estargz-check-v0.12 ($("$dir/estargz-check-v0.12" version))"
     ;;
   stargz-grpc)
     dir=${2:?stargz-grpc DIR}
