@@ -3,6 +3,7 @@
 #   setup.sh system        apt packages (root)
 #   setup.sh venv DIR      Python virtualenv with the project and its test extras
 #   setup.sh oracle DIR    build our conformance oracle (tests/oracle, on upstream's Go reader) into DIR
+#   setup.sh oracle-test DIR  the oracle's own Go tests, against v0.14.3 and v0.12 (DIR as for oracle)
 #   setup.sh stargz-grpc DIR  build the real lazy-pulling stargz snapshotter (tests/lazypull, bench) into DIR
 #   setup.sh trixie DIR    Debian 13's upstream v0.14.3 (Go source and ctr-remote) unpacked into DIR/root,
 #                          through a private apt state in DIR: nothing is installed system-wide
@@ -35,11 +36,12 @@ case "${1:-}" in
     [ -x "$dir/bin/python" ] || python3 -m venv "$dir"
     "$dir/bin/pip" install -q --disable-pip-version-check -e "$here[test]"
     ;;
-  oracle)
+  oracle|oracle-test)
     # The oracle is our own source (tests/oracle), built offline in GOPATH mode from Debian packages:
     # against upstream v0.14.3 (Debian 13's source, `setup.sh trixie`) as estargz-check and
-    # estargz-check-gen, and against Debian 12's v0.12 as estargz-check-v0.12.
-    dir=${2:?oracle DIR}
+    # estargz-check-gen, and against Debian 12's v0.12 as estargz-check-v0.12 and estargz-check-gen-v0.12.
+    # `oracle-test DIR` runs the oracle's own Go tests against both instead.
+    dir=${2:?$1 DIR}
     dir=$(mkdir -p "$dir" && cd "$dir" && pwd)
     trixie=${TRIXIE_DIR:-$here/build/trixie}
     upstream=$trixie/root/usr/share/gocode/src/github.com/containerd/stargz-snapshotter
@@ -54,12 +56,20 @@ case "${1:-}" in
     export GO111MODULE=off GOPROXY=off CGO_ENABLED=0 GOFLAGS=-trimpath GOTOOLCHAIN=local
     export GOCACHE=${GOCACHE:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/go-build}
     src=$here/tests/oracle
-    (cd "$src" && GOPATH=$gopath014:/usr/share/gocode go build -o "$dir/estargz-check.new" . &&
-      mv "$dir/estargz-check.new" "$dir/estargz-check")
-    (cd "$src/gen" && GOPATH=$gopath014:/usr/share/gocode go build -o "$dir/estargz-check-gen.new" . &&
-      mv "$dir/estargz-check-gen.new" "$dir/estargz-check-gen")
-    (cd "$src" && GOPATH=/usr/share/gocode go build -tags estargz_v012 -o "$dir/estargz-check-v0.12.new" . &&
-      mv "$dir/estargz-check-v0.12.new" "$dir/estargz-check-v0.12")
+    v014=$gopath014:/usr/share/gocode
+    v012=/usr/share/gocode
+    if [ "$1" = oracle-test ]; then
+      (cd "$src" && GOPATH=$v014 go test -count=1 . && GOPATH=$v012 go test -count=1 -tags estargz_v012 .)
+      exit
+    fi
+    build() { # OUT GOPATH DIR [go build args...]
+      out=$1 gopath=$2 pkg=$3; shift 3
+      (cd "$pkg" && GOPATH=$gopath go build "$@" -o "$out.new" . && mv "$out.new" "$out")
+    }
+    build "$dir/estargz-check" "$v014" "$src"
+    build "$dir/estargz-check-gen" "$v014" "$src/gen"
+    build "$dir/estargz-check-v0.12" "$v012" "$src" -tags estargz_v012
+    build "$dir/estargz-check-gen-v0.12" "$v012" "$src/gen" -tags estargz_v012
     echo "built $dir/estargz-check ($("$dir/estargz-check" version)), $dir/estargz-check-gen, $dir/estargz-check-v0.12 ($("$dir/estargz-check-v0.12" version))"
     ;;
   stargz-grpc)
@@ -90,5 +100,5 @@ case "${1:-}" in
     echo "fetched ${TRIXIE_PACKAGES[*]} (Debian 13) into $dir/root"
     ;;
   *)
-    echo "usage: setup.sh system | venv DIR | oracle DIR | stargz-grpc DIR | trixie DIR" >&2; exit 2 ;;
+    echo "usage: setup.sh system | venv DIR | oracle DIR | oracle-test DIR | stargz-grpc DIR | trixie DIR" >&2; exit 2 ;;
 esac

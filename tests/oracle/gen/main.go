@@ -1,5 +1,6 @@
 // Command estargz-check-gen makes layers with upstream's own builder (estargz.Build, v0.14.3), so
-// tests can compare our writer's output with upstream's on the same input.
+// tests can compare our writer's output with upstream's on the same input. Built with the tag
+// estargz_v012 it uses v0.12's builder instead (estargz-check-gen-v0.12), to compare the two.
 //
 //	estargz-check-gen oci-image SRC.tar OUTDIR MODE
 //
@@ -8,7 +9,8 @@
 //	KIND     gzip (the tar gzipped as is) | estargz | zstdchunked
 //	OPTION   chunk=N (chunk size) | minchunk=N (v0.14.3's min chunk size: small files share a
 //	         gzip member, found through innerOffset)
-//	PATHS    prioritized files, in order (estargz.WithPrioritizedFiles)
+//	PATHS    prioritized files, in order (estargz.WithPrioritizedFiles; paths the layer lacks are
+//	         skipped, as upstream's converter does with WithAllowPrioritizeNotFound)
 //
 // e.g. "estargz", "estargz:etc/passwd,bin/sh", "estargz+minchunk=65536", "zstdchunked:bin/sh".
 package main
@@ -148,10 +150,17 @@ func buildLayer(src, out string, m mode) (builtLayer, error) {
 			opts = append(opts, estargz.WithChunkSize(m.chunk))
 		}
 		if m.minChunk > 0 {
-			opts = append(opts, estargz.WithMinChunkSize(m.minChunk))
+			o, err := minChunkOption(m.minChunk)
+			if err != nil {
+				return builtLayer{}, err
+			}
+			opts = append(opts, o)
 		}
+		var missed []string
 		if m.prioritized != nil {
-			opts = append(opts, estargz.WithPrioritizedFiles(m.prioritized))
+			// As upstream's converter: a listed path the layer lacks is skipped, not an error (an
+			// image's record names paths of every layer).
+			opts = append(opts, estargz.WithPrioritizedFiles(m.prioritized), estargz.WithAllowPrioritizeNotFound(&missed))
 		}
 		if m.kind == "zstdchunked" {
 			// The compressor fills Metadata with the zstd:chunked annotations when it writes the TOC.
@@ -166,6 +175,9 @@ func buildLayer(src, out string, m mode) (builtLayer, error) {
 			return builtLayer{}, fmt.Errorf("estargz.Build: %w", err)
 		}
 		defer blob.Close()
+		if len(missed) > 0 {
+			fmt.Fprintf(os.Stderr, "estargz-check-gen: not in the layer, not prioritized: %s\n", strings.Join(missed, ", "))
+		}
 		rc = blob
 		tocDigest = blob.TOCDigest()
 	}
