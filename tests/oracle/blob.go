@@ -153,6 +153,7 @@ type blobCheck struct {
 	tarEnts   []tarEnt
 	tarByName map[string][]int
 	libSkip   string // why the upstream reader must not be called on this blob
+	zdec      *zstd.Decoder
 }
 
 func cleanName(n string) string { return strings.TrimPrefix(path.Clean("/"+n), "/") }
@@ -200,6 +201,9 @@ func checkBlob(ra io.ReaderAt, size int64, expected string) *BlobReport {
 			c.memberAlignment()
 		}
 		c.chunksIndependently()
+		if c.zdec != nil {
+			c.zdec.Close()
+		}
 		c.compareTOCAndTar()
 	}
 	c.landmark()
@@ -885,12 +889,18 @@ func (c *blobCheck) decodeChunk(ch chunk) ([]byte, error) {
 		if _, err := sr.ReadAt(head, 0); err != nil || !bytes.Equal(head, zstdMagic) {
 			return nil, fmt.Errorf("no zstd frame starts at its offset (%x)", head)
 		}
-		dec, err := zstd.NewReader(bufio.NewReader(sr), zstd.WithDecoderConcurrency(1))
-		if err != nil {
+		// One decoder for all chunks: a new one per chunk costs its window buffers every time.
+		if c.zdec == nil {
+			dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1))
+			if err != nil {
+				return nil, err
+			}
+			c.zdec = dec
+		}
+		if err := c.zdec.Reset(bufio.NewReader(sr)); err != nil {
 			return nil, err
 		}
-		defer dec.Close()
-		r = dec
+		r = c.zdec
 	} else {
 		zr, err := gzip.NewReader(bufio.NewReader(sr))
 		if err != nil {
