@@ -238,6 +238,8 @@ func (c *blobCheck) readAt(off, n int64) ([]byte, error) {
 // Footers, decoded byte by byte: the footer is the only fixed-layout part of the format, and a reader
 // that only "finds an offset somewhere" would accept footers the snapshotter cannot read.
 
+// gzipFooter decodes the footer; it returns whether there is a TOC offset to read (the errors are
+// recorded either way).
 func (c *blobCheck) gzipFooter() bool {
 	if c.size < gzipFooterSize {
 		c.f.errf("blob of %d bytes is shorter than the %d-byte eStargz footer", c.size, gzipFooterSize)
@@ -253,7 +255,14 @@ func (c *blobCheck) gzipFooter() bool {
 		if lb, err := c.readAt(c.size-legacyFooterSize, legacyFooterSize); err == nil && isLegacyFooter(lb) {
 			c.rep.Format = formatLegacy
 			c.f.errf("legacy 47-byte stargz footer (no \"SG\" subfield): not eStargz")
-			return false
+			// The library still reads such blobs (LegacyGzipDecompressor): decode the TOC it would read,
+			// so the hardlink-cycle guard sees it too.
+			off, err := strconv.ParseInt(string(lb[12:28]), 16, 64)
+			if err != nil || off <= 0 || off >= c.size-legacyFooterSize {
+				return false
+			}
+			c.tocOff, c.tocEnd, c.rep.TOCOffset, c.rep.FooterSize = off, c.size-legacyFooterSize, off, legacyFooterSize
+			return true
 		}
 		c.f.errf("footer: %s", strings.Join(problems, "; "))
 		// The library indexes the Extra field without checking its length; it is still called (under
@@ -307,6 +316,8 @@ func isLegacyFooter(b []byte) bool {
 		bytes.Equal(b[28:34], []byte("STARGZ")) && bytes.Equal(b[34:39], emptyStored)
 }
 
+// zstdFooter decodes the zstd:chunked footer; it returns whether the TOC position it gives can be
+// read safely (errors in the footer are recorded either way).
 func (c *blobCheck) zstdFooter() bool {
 	if c.size < zstdFooterSize {
 		c.f.errf("blob of %d bytes is shorter than the %d-byte zstd:chunked footer", c.size, zstdFooterSize)
@@ -317,8 +328,7 @@ func (c *blobCheck) zstdFooter() bool {
 		c.f.errf("reading the footer: %v", err)
 		return false
 	}
-	bad := false
-	fail := func(format string, a ...interface{}) { c.f.errf("footer: "+format, a...); bad = true }
+	fail := func(format string, a ...interface{}) { c.f.errf("footer: "+format, a...) }
 	if !bytes.Equal(b[0:4], skippableMagic) {
 		fail("skippable frame magic is %x, want %x", b[0:4], skippableMagic)
 	}
@@ -345,6 +355,7 @@ func (c *blobCheck) zstdFooter() bool {
 	}
 	if rawLen > maxTOCBytes {
 		fail("TOC of %d bytes uncompressed", rawLen)
+		c.libSkip = fmt.Sprintf("the footer claims a %d-byte TOC", rawLen)
 		return false
 	}
 	c.rep.FooterSize = zstdFooterSize
@@ -355,7 +366,8 @@ func (c *blobCheck) zstdFooter() bool {
 	if err != nil || !bytes.Equal(frameHdr[0:4], skippableMagic) || uint64(binary.LittleEndian.Uint32(frameHdr[4:8])) != clen {
 		fail("the TOC is not one skippable frame of %d bytes (frame header %x)", clen, frameHdr)
 	}
-	return !bad
+	// Even with a bad magic or type the offsets are sane: decode the TOC, which the library may read.
+	return true
 }
 
 // ---------------------------------------------------------------------------------------------------

@@ -83,6 +83,11 @@ func (c *blobCheck) library() {
 }
 
 func (c *blobCheck) libraryReadFiles(r *estargz.Reader, verifier estargz.TOCEntryVerifier) {
+	if c.toc == nil {
+		// We could not decode the TOC the library accepted: nothing to compare its reads with.
+		c.f.errf("the upstream reader accepts a TOC our decoding rejects")
+		return
+	}
 	last := map[string]int{}
 	for i, e := range c.toc.Entries {
 		if e.Type != "chunk" {
