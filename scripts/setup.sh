@@ -74,7 +74,8 @@ case "${1:-}" in
     build "$dir/estargz-check-gen" "$v014" "$src/gen"
     build "$dir/estargz-check-v0.12" "$v012" "$src" -tags estargz_v012
     build "$dir/estargz-check-gen-v0.12" "$v012" "$src/gen" -tags estargz_v012
-    echo "built $dir/estargz-check ($("$dir/estargz-check" version)), $dir/estargz-check-gen, $dir/estargz-check-v0.12 ($("$dir/estargz-check-v0.12" version))"
+    echo "built in $dir: estargz-check ($("$dir/estargz-check" version)), estargz-check-gen," \
+      "estargz-check-v0.12 ($("$dir/estargz-check-v0.12" version)), estargz-check-gen-v0.12"
     ;;
   stargz-grpc)
     dir=${2:?stargz-grpc DIR}
