@@ -746,7 +746,8 @@ func (c *blobCheck) sequential() {
 	if tarErr == nil {
 		_, tarErr = io.Copy(tail, pr)
 	} else {
-		pr.CloseWithError(tarErr)
+		// Still decompress to the end: the member map, diff_id and size do not depend on the tar.
+		io.Copy(io.Discard, pr)
 	}
 	res := <-done
 	c.members = res.members
@@ -761,7 +762,7 @@ func (c *blobCheck) sequential() {
 		c.rep.UncompressedSize = cw.n
 		c.rep.DiffID = "sha256:" + hex.EncodeToString(cw.h.Sum(nil))
 	}
-	if tail.first >= 0 {
+	if tail.first >= 0 && tarErr == nil {
 		// Accepted only when every non-zero byte after the end of the archive lies in the TOC member:
 		// that is what estargz's lossless mode writes (the source tar's end blocks, then the TOC).
 		var inTOC bool

@@ -302,3 +302,22 @@ func TestEveryByteFlip(t *testing.T) {
 		})
 	}
 }
+
+// The library allocates the compressed TOC length a zstd:chunked footer claims: a corrupt footer
+// would kill the checker with a fatal out-of-memory. It must be refused before the library sees it.
+func TestZstdFooterClaimingAHugeTOCIsNotPassedToTheLibrary(t *testing.T) {
+	src := layerTar(t)
+	b, err := estargz.Build(io.NewSectionReader(bytes.NewReader(src), 0, int64(len(src))),
+		estargz.WithCompression(zstdCompression{&zstdchunked.Compressor{CompressionLevel: zstd.SpeedDefault}, &zstdchunked.Decompressor{}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	blob, _ := io.ReadAll(b)
+	b.Close()
+	blob[len(blob)-40+8+5] = 0x01 // compressed TOC length += 1 TiB
+	r := check(blob, "")
+	mustFail(t, r, "does not end where the footer begins")
+	if !strings.HasPrefix(r.LibraryVerify, "not run") {
+		t.Fatalf("library_verify %q", r.LibraryVerify)
+	}
+}
