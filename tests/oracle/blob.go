@@ -143,17 +143,18 @@ type blobCheck struct {
 	rep  *BlobReport
 	f    *findings
 
-	tocOff    int64 // gzip: where the TOC member starts; zstd: where the compressed TOC starts
-	tocEnd    int64 // where the footer starts
-	zstdTOCLn int64 // zstd: compressed TOC length from the footer
-	tocJSON   []byte
-	toc       *tocDoc
-	chunks    []chunk
-	members   []member
-	tarEnts   []tarEnt
-	tarByName map[string][]int
-	libSkip   string // why the upstream reader must not be called on this blob
-	zdec      *zstd.Decoder
+	tocOff     int64 // gzip: where the TOC member starts; zstd: where the compressed TOC starts
+	tocEnd     int64 // where the footer starts
+	zstdTOCLn  int64 // zstd: compressed TOC length from the footer
+	zstdTOCRaw int64 // zstd: uncompressed TOC length from the footer
+	tocJSON    []byte
+	toc        *tocDoc
+	chunks     []chunk
+	members    []member
+	tarEnts    []tarEnt
+	tarByName  map[string][]int
+	libSkip    string // why the upstream reader must not be called on this blob
+	zdec       *zstd.Decoder
 }
 
 func cleanName(n string) string { return strings.TrimPrefix(path.Clean("/"+n), "/") }
@@ -360,7 +361,7 @@ func (c *blobCheck) zstdFooter() bool {
 	}
 	c.rep.FooterSize = zstdFooterSize
 	c.rep.TOCOffset = int64(off)
-	c.tocOff, c.zstdTOCLn = int64(off), int64(clen)
+	c.tocOff, c.zstdTOCLn, c.zstdTOCRaw = int64(off), int64(clen), int64(rawLen)
 	c.rep.ZstdPosition = fmt.Sprintf("%d:%d:%d:%d", off, clen, rawLen, kind)
 	frameHdr, err := c.readAt(int64(off)-8, 8)
 	if err != nil || !bytes.Equal(frameHdr[0:4], skippableMagic) || uint64(binary.LittleEndian.Uint32(frameHdr[4:8])) != clen {
@@ -433,10 +434,8 @@ func (c *blobCheck) zstdTOC() {
 		c.f.errf("TOC: decompressing: %v", err)
 		return
 	}
-	var raw uint64
-	fmt.Sscanf(strings.Split(c.rep.ZstdPosition, ":")[2], "%d", &raw)
-	if uint64(len(js)) != raw {
-		c.f.errf("TOC: %d bytes decompressed, the footer says %d", len(js), raw)
+	if int64(len(js)) != c.zstdTOCRaw {
+		c.f.errf("TOC: %d bytes decompressed, the footer says %d", len(js), c.zstdTOCRaw)
 	}
 	c.tocJSON = js
 }
