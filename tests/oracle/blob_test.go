@@ -321,3 +321,27 @@ func TestZstdFooterClaimingAHugeTOCIsNotPassedToTheLibrary(t *testing.T) {
 		t.Fatalf("library_verify %q", r.LibraryVerify)
 	}
 }
+
+// Lossless mode keeps the source tar's end-of-archive blocks, so the TOC follows them and a plain tar
+// reader never sees it. Accepted with a warning (BuildKit writes such layers), and only because every
+// byte after the end of the archive is inside the TOC member.
+func TestLosslessBlobPassesWithAWarning(t *testing.T) {
+	var buf bytes.Buffer
+	w := estargz.NewWriter(&buf)
+	if err := w.AppendTarLossLess(bytes.NewReader(layerTar(t))); err != nil {
+		t.Fatal(err)
+	}
+	toc, err := w.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := checkBlob(bytes.NewReader(buf.Bytes()), int64(buf.Len()), toc.String())
+	r.finish(false)
+	if !r.OK || len(r.Warnings) == 0 || !strings.Contains(strings.Join(r.Warnings, "\n"), "lossless") {
+		t.Fatalf("ok %v errors %v warnings %v", r.OK, r.Errors, r.Warnings)
+	}
+	r.finish(true)
+	if r.OK {
+		t.Fatal("--strict accepts the warning")
+	}
+}
