@@ -189,6 +189,9 @@ func buildLayer(src, out string, m mode) (builtLayer, error) {
 	dg := digest.Canonical.Digester()
 	n, err := io.Copy(io.MultiWriter(tmp, dg.Hash()), rc)
 	if err == nil {
+		err = tmp.Chmod(0o644) // CreateTemp makes it 0600; blobs are as readable as the rest of the layout
+	}
+	if err == nil {
 		err = tmp.Close()
 	}
 	if err != nil {
