@@ -23,7 +23,10 @@ $(VENV)/.installed: $(VENV)/.runtime
 $(TRIXIE): scripts/setup.sh | $(VENV)/.installed
 	scripts/setup.sh trixie build/trixie
 
-$(ORACLE): $(VENV)/.installed $(TRIXIE)
+# Our oracle's Go source: an edit rebuilds estargz-check, estargz-check-gen and estargz-check-v0.12.
+ORACLE_SRC := $(wildcard tests/oracle/*.go tests/oracle/gen/*.go)
+
+$(ORACLE): $(ORACLE_SRC) scripts/setup.sh $(VENV)/.installed $(TRIXIE)
 	scripts/setup.sh oracle build
 
 $(STARGZ_GRPC): tests/lazypull/stargz-grpc/main.go $(VENV)/.installed $(TRIXIE)

@@ -3,7 +3,9 @@
 #   setup.sh system [runtime|all]  apt packages (root): what ctr-remote and the demo need, or
 #                          everything the tests need too (default)
 #   setup.sh venv DIR [test]       Python virtualenv with the project (and its test extras)
-#   setup.sh oracle DIR    build the upstream Go eStargz reader (estargz-check) and generator into DIR
+#   setup.sh oracle DIR    build our conformance oracle (tests/oracle, on upstream's Go reader) into DIR
+#   setup.sh oracle-test DIR  the oracle's own Go tests, against v0.14.3 and v0.12 (DIR as for oracle;
+#                          ORACLE_TEST_FULL=1 adds the minute-long every-byte-flip test)
 #   setup.sh stargz-grpc DIR  build the real lazy-pulling stargz snapshotter (tests/lazypull, bench) into DIR,
 #                          against Debian 13's v0.14.3 library (fetched into build/trixie if missing)
 #   setup.sh trixie DIR    Debian 13's upstream v0.14.3 (Go source and ctr-remote) unpacked into DIR/root,
@@ -47,10 +49,45 @@ case "${1:-}" in
     [ -x "$dir/bin/python" ] || python3 -m venv "$dir"
     "$dir/bin/pip" install -q --disable-pip-version-check -e "$here$extras"
     ;;
-  oracle)
-    dir=${2:?oracle DIR}
-    mkdir -p "$dir"
-    BUILD_GEN=1 sh "$here/../shared/tools/estargz-check/build.sh" "$dir/estargz-check"
+  oracle|oracle-test)
+    # The oracle is our own source (tests/oracle), built offline in GOPATH mode from Debian packages:
+    # against upstream v0.14.3 (Debian 13's source, `setup.sh trixie`) as estargz-check and
+    # estargz-check-gen, and against Debian 12's v0.12 as estargz-check-v0.12 and estargz-check-gen-v0.12.
+    # `oracle-test DIR` runs the oracle's own Go tests against both instead.
+    dir=${2:?$1 DIR}
+    dir=$(mkdir -p "$dir" && cd "$dir" && pwd)
+    trixie=${TRIXIE_DIR:-$here/build/trixie}
+    upstream=$trixie/root/usr/share/gocode/src/github.com/containerd/stargz-snapshotter
+    [ -d "$upstream/estargz" ] || { echo "setup.sh: no v0.14.3 source in $trixie: run setup.sh trixie $trixie first" >&2; exit 1; }
+    [ -d /usr/share/gocode/src/github.com/containerd/stargz-snapshotter/estargz ] ||
+      { echo "setup.sh: no v0.12 source: apt-get install golang-github-containerd-stargz-snapshotter-dev" >&2; exit 1; }
+    # A GOPATH entry holding only the v0.14.3 stargz-snapshotter tree, ahead of /usr/share/gocode: it
+    # shadows Debian 12's v0.12 and nothing else (the rest of Debian 13's tree must not leak in).
+    gopath014=$dir/gopath-v0.14.3
+    mkdir -p "$gopath014/src/github.com/containerd"
+    ln -sfn "$upstream" "$gopath014/src/github.com/containerd/stargz-snapshotter"
+    export GO111MODULE=off GOPROXY=off CGO_ENABLED=0 GOFLAGS=-trimpath GOTOOLCHAIN=local
+    export GOCACHE=${GOCACHE:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/go-build}
+    src=$here/tests/oracle
+    v014=$gopath014:/usr/share/gocode
+    v012=/usr/share/gocode
+    if [ "$1" = oracle-test ]; then
+      # -short leaves out the every-byte-flip test (a minute); ORACLE_TEST_FULL=1 runs it too.
+      short=-short
+      [ "${ORACLE_TEST_FULL:-0}" = 1 ] && short=
+      (cd "$src" && GOPATH=$v014 go test -count=1 $short . && GOPATH=$v012 go test -count=1 $short -tags estargz_v012 .)
+      exit
+    fi
+    build() { # OUT GOPATH DIR [go build args...]
+      out=$1 gopath=$2 pkg=$3; shift 3
+      (cd "$pkg" && GOPATH=$gopath go build "$@" -o "$out.new" . && mv "$out.new" "$out")
+    }
+    build "$dir/estargz-check" "$v014" "$src"
+    build "$dir/estargz-check-gen" "$v014" "$src/gen"
+    build "$dir/estargz-check-v0.12" "$v012" "$src" -tags estargz_v012
+    build "$dir/estargz-check-gen-v0.12" "$v012" "$src/gen" -tags estargz_v012
+    echo "built in $dir: estargz-check ($("$dir/estargz-check" version)), estargz-check-gen," \
+      "estargz-check-v0.12 ($("$dir/estargz-check-v0.12" version)), estargz-check-gen-v0.12"
     ;;
   stargz-grpc)
     dir=${2:?stargz-grpc DIR}
@@ -91,5 +128,5 @@ case "${1:-}" in
     echo "fetched ${TRIXIE_PACKAGES[*]} (Debian 13) into $dir/root"
     ;;
   *)
-    echo "usage: setup.sh system | venv DIR | oracle DIR | stargz-grpc DIR | trixie DIR" >&2; exit 2 ;;
+    echo "usage: setup.sh system | venv DIR | oracle DIR | oracle-test DIR | stargz-grpc DIR | trixie DIR" >&2; exit 2 ;;
 esac

@@ -14,6 +14,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 ORACLE = Path(os.environ.get("ESTARGZ_CHECK", ROOT / "build" / "estargz-check"))
 ORACLE_GEN = Path(os.environ.get("ESTARGZ_CHECK_GEN", str(ORACLE) + "-gen"))
+# The same oracle built against upstream v0.12, the older reader still deployed: our default output
+# must stay readable by it.
+ORACLE_V012 = Path(os.environ.get("ESTARGZ_CHECK_V012", str(ORACLE) + "-v0.12"))
 
 
 @dataclass
@@ -28,25 +31,29 @@ class OracleReport:
 
 
 class Oracle:
-    """Runs `estargz-check`, the upstream Go reader, on blobs and images."""
+    """Runs `estargz-check` (tests/oracle, on upstream's Go reader v0.14.3) on blobs and images, and
+    the same checker built on v0.12 (`older`) where our output must also pass the older reader."""
 
-    def __init__(self, binary: Path) -> None:
+    def __init__(self, binary: Path, older: Path | None = None) -> None:
         self.binary = binary
+        self.older = older
 
-    def _run(self, args: list[str]) -> OracleReport:
-        p = subprocess.run([str(self.binary), *args], capture_output=True, text=True, timeout=600)
+    def _run(self, args: list[str], binary: Path | None = None) -> OracleReport:
+        p = subprocess.run([str(binary or self.binary), *args], capture_output=True, text=True, timeout=600)
         if p.returncode == 2:
             raise AssertionError(f"estargz-check usage error: {p.stderr}")
         report = json.loads(p.stdout) if p.stdout.strip() else {}
         return OracleReport(ok=p.returncode == 0, report=report, stderr=p.stderr)
 
-    def blob(self, path: Path, toc_digest: str | None = None, strict: bool = True) -> OracleReport:
+    def blob(
+        self, path: Path, toc_digest: str | None = None, strict: bool = True, binary: Path | None = None
+    ) -> OracleReport:
         args = ["blob", str(path)]
         if toc_digest:
             args += ["--toc-digest", toc_digest]
         if strict:
             args.append("--strict")
-        return self._run(args)
+        return self._run(args, binary)
 
     def image(self, ref: str | Path, strict: bool = True) -> OracleReport:
         args = ["image", str(ref)]
@@ -54,13 +61,22 @@ class Oracle:
             args.append("--strict")
         return self._run(args)
 
-    def check_blob(self, path: Path, toc_digest: str, allowed_warnings: tuple[str, ...] = ()) -> dict:
-        """Assert the blob passes; warnings fail unless each contains one of `allowed_warnings`."""
-        r = self.blob(path, toc_digest, strict=False)
-        assert r.ok, f"estargz-check rejected {path}: {r.stderr} {r.report.get('errors')}"
-        unexpected = [w for w in r.warnings if not any(a in w for a in allowed_warnings)]
-        assert not unexpected, f"estargz-check warnings on {path}: {unexpected}"
-        return r.report
+    def check_blob(
+        self, path: Path, toc_digest: str, allowed_warnings: tuple[str, ...] = (), older_reader: bool = True
+    ) -> dict:
+        """Assert the blob passes; warnings fail unless each contains one of `allowed_warnings`.
+        Unless `older_reader` is False (a format only v0.14.3 reads, e.g. innerOffset), the blob must
+        pass the v0.12 build of the oracle as well."""
+        binaries = [self.binary] + ([self.older] if older_reader and self.older else [])
+        reports = []
+        for binary in binaries:
+            r = self.blob(path, toc_digest, strict=False, binary=binary)
+            lib = r.report.get("library", binary.name)
+            assert r.ok, f"estargz-check ({lib}) rejected {path}: {r.stderr} {r.report.get('errors')}"
+            unexpected = [w for w in r.warnings if not any(a in w for a in allowed_warnings)]
+            assert not unexpected, f"estargz-check ({lib}) warnings on {path}: {unexpected}"
+            reports.append(r.report)
+        return reports[0]
 
     def check_image(self, ref: str | Path, allowed_warnings: tuple[str, ...] = ()) -> dict:
         r = self.image(ref, strict=False)
@@ -72,9 +88,10 @@ class Oracle:
 
 @pytest.fixture(scope="session")
 def oracle() -> Oracle:
-    if not ORACLE.exists():
-        pytest.fail(f"{ORACLE} missing: run `make install` (builds the Go oracle)")
-    return Oracle(ORACLE)
+    for binary in (ORACLE, ORACLE_V012):
+        if not binary.exists():
+            pytest.fail(f"{binary} missing: run `make install` (builds the Go oracle)")
+    return Oracle(ORACLE, ORACLE_V012)
 
 
 @pytest.fixture(scope="session")

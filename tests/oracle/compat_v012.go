@@ -1,0 +1,10 @@
+//go:build estargz_v012
+
+package main
+
+// Built against upstream v0.12 (Debian 12's package), the older reader still deployed: its TOCEntry
+// has no innerOffset field, so it reads chunks that share a member from the member's start.
+const (
+	libraryVersion          = "v0.12"
+	libraryReadsInnerOffset = false
+)
