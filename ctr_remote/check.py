@@ -179,14 +179,16 @@ def blob_facts(path: Path) -> _BlobFacts:
         try:
             reader = open_estargz(f)
             verified = reader.verify()
-        except EstargzError as e:
-            return _BlobFacts(format="estargz", problem=str(e))
+        except EstargzError as err:
+            return _BlobFacts(format="estargz", problem=str(err))
     names = [e for e in reader.entries if e.type != "chunk"]
-    landmark, prefetch, prioritized = None, None, ()
-    for i, e in enumerate(names):
-        if e.name in (PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK):
-            landmark = "prefetch" if e.name == PREFETCH_LANDMARK else "no-prefetch"
-            prefetch = e.offset if e.name == PREFETCH_LANDMARK else 0
+    landmark: str | None = None
+    prefetch: int | None = None
+    prioritized: tuple[str, ...] = ()
+    for i, entry in enumerate(names):
+        if entry.name in (PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK):
+            landmark = "prefetch" if entry.name == PREFETCH_LANDMARK else "no-prefetch"
+            prefetch = entry.offset if entry.name == PREFETCH_LANDMARK else 0
             prioritized = tuple(n.name for n in names[:i] if n.type != "dir")
             break
     return _BlobFacts(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -81,18 +82,26 @@ def _run_parallel(jobs: Sequence[Callable[[CancelToken], None]], workers: int) -
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _fetch(store: ImageStore, desc: Descriptor, dest: Path, cancel: CancelToken) -> None:
+    store.fetch_blob(desc, dest, cancel=cancel)
+
+
+def _push(store: ImageStore, src: Path, desc: Descriptor, cancel: CancelToken) -> None:
+    store.push_blob(src, desc, cancel=cancel)
+
+
 def fetch_blobs(
     store: ImageStore, items: Sequence[tuple[Descriptor, Path]], *, workers: int = DEFAULT_WORKERS
 ) -> None:
     """Download each (descriptor, destination) in parallel, every blob verified."""
-    _run_parallel([lambda c, d=d, p=p: store.fetch_blob(d, p, cancel=c) for d, p in items], workers)
+    _run_parallel([functools.partial(_fetch, store, d, p) for d, p in items], workers)
 
 
 def push_blobs(
     store: ImageStore, items: Sequence[tuple[Path, Descriptor]], *, workers: int = DEFAULT_WORKERS
 ) -> None:
     """Upload each (file, descriptor) in parallel (existing blobs are skipped by the store)."""
-    _run_parallel([lambda c, p=p, d=d: store.push_blob(p, d, cancel=c) for p, d in items], workers)
+    _run_parallel([functools.partial(_push, store, p, d) for p, d in items], workers)
 
 
 def write_image(

@@ -119,7 +119,7 @@ class _Checked(io.RawIOBase):
     def readinto(self, b) -> int:  # type: ignore[no-untyped-def]
         try:
             data = self._inner.read(len(b))
-        except (OSError, EOFError, zlib_ng.error, zstandard.ZstdError) as e:
+        except (OSError, EOFError, zlib_ng.error, zstandard.ZstdError) as e:  # type: ignore[misc]  # the stub says zlib_ng.error is an instance
             raise CorruptLayerError(f"{self._what}: corrupt {self._kind.value} stream: {e}") from None
         b[: len(data)] = data
         return len(data)
