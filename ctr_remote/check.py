@@ -31,7 +31,7 @@ from ctr_remote.estargz import (
     is_estargz,
     open_estargz,
 )
-from ctr_remote.image import Descriptor, ImageStore, Platform, fetch_blobs, open_store, parse_reference
+from ctr_remote.image import Descriptor, ImageStore, Platform, Reference, fetch_blobs, open_store
 from ctr_remote.image.digest import encoded
 from ctr_remote.image.resolve import resolve_images
 from ctr_remote.layer.compression import Compression, CorruptLayerError, open_tar_stream
@@ -132,14 +132,12 @@ class _BlobFacts:
 
 
 def check_image(
-    reference: str,
+    ref: Reference,
     *,
-    plain_http: bool = False,
     platforms: Sequence[Platform] = (),
     all_platforms: bool = False,
     workers: int | None = None,
 ) -> CheckReport:
-    ref = parse_reference(reference, plain_http=plain_http)
     with tempfile.TemporaryDirectory(prefix="ctr-remote-") as tmp, open_store(ref) as store:
         resolved = resolve_images(store, platforms, all_platforms=all_platforms)
         layers: dict[str, Descriptor] = {}
@@ -160,7 +158,7 @@ def check_image(
                     f"the config lists {len(diff_ids)} diff IDs for {len(reports)} layers"
                 )
             manifests.append(ManifestReport(img.manifest_desc.digest, str(plat), reports))
-    return CheckReport(reference, resolved.top.digest, manifests)
+    return CheckReport(str(ref), resolved.top.digest, manifests)
 
 
 def _read_blobs(store: ImageStore, descs: list[Descriptor], tmp: Path, workers: int) -> dict[str, _BlobFacts]:
@@ -264,17 +262,16 @@ def _layer_report(index: int, desc: Descriptor, facts: _BlobFacts, config_diff_i
     return r
 
 
-def read_toc(reference: str, layer_digest: str, *, plain_http: bool = False) -> tuple[str, bytes]:
-    """The TOC digest and TOC JSON of the layer `layer_digest`, which a manifest of `reference`
-    (any platform) must list: the layer is fetched and verified against its digest first."""
-    ref = parse_reference(reference, plain_http=plain_http)
+def read_toc(ref: Reference, layer_digest: str) -> tuple[str, bytes]:
+    """The TOC digest and TOC JSON of the layer `layer_digest`, which a manifest of `ref` (any
+    platform) must list: the layer is fetched and verified against its digest first."""
     with tempfile.TemporaryDirectory(prefix="ctr-remote-") as tmp, open_store(ref) as store:
         resolved = resolve_images(store, all_platforms=True)
         desc = next(
             (d for img in resolved.images for d in img.manifest.layers if d.digest == layer_digest), None
         )
         if desc is None:
-            raise CtrRemoteError(f"layer {layer_digest} is not in {reference}")
+            raise CtrRemoteError(f"layer {layer_digest} is not in {ref}")
         path = Path(tmp) / encoded(layer_digest)
         store.fetch_blob(desc, path)
         with open(path, "rb") as f:

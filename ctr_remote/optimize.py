@@ -25,7 +25,6 @@ from ctr_remote.errors import CtrRemoteError
 from ctr_remote.estargz import (
     TOC_DIGEST_ANNOTATION,
     UNCOMPRESSED_SIZE_ANNOTATION,
-    BuildOptions,
     EstargzError,
     build,
     open_estargz,
@@ -36,21 +35,18 @@ from ctr_remote.image import (
     ImageBlobs,
     ImageStore,
     Index,
-    Platform,
     RegistryOptions,
     fetch_blobs,
     host_platform,
     media_types,
     open_store,
-    parse_platforms,
-    parse_reference,
     write_image,
 )
 from ctr_remote.image.digest import encoded
 from ctr_remote.image.resolve import resolve_images
 from ctr_remote.layer.archive import members, open_layer
 from ctr_remote.options import OptimizeOptions
-from ctr_remote.prefetch_list import PrefetchList, visible_per_layer
+from ctr_remote.prefetch_list import visible_per_layer
 from ctr_remote.profile import ProfileResult, Workload, check_requirements, profile, record_lines
 from ctr_remote.progress import Progress, current
 
@@ -64,19 +60,16 @@ class _Converted:
     diff_id: str
 
 
-def optimize(source: str, target: str, options: OptimizeOptions, workload: Workload) -> str:
-    """Convert `source` into `target`; returns the digest of the top-level document written."""
-    src_ref = parse_reference(source, plain_http=options.plain_http)
-    dst_ref = parse_reference(target, plain_http=options.plain_http)
-    platforms = parse_platforms(options.platforms)
-    prefetch = PrefetchList.load(options.prefetch_list) if options.prefetch_list else None
+def optimize(options: OptimizeOptions, workload: Workload) -> str:
+    """Convert `options.source` into `options.target`; returns the digest of the top-level document
+    written."""
     with (
         _RecordFile.create(options.record_out) as record,
         tempfile.TemporaryDirectory(prefix="ctr-remote-") as tmp,
-        open_store(src_ref) as src,
-        open_store(dst_ref, RegistryOptions(mount_from=src_ref)) as dst,
+        open_store(options.source) as src,
+        open_store(options.target, RegistryOptions(mount_from=options.source)) as dst,
     ):
-        return _Pipeline(Path(tmp), src, dst, options, workload, prefetch, record).run(platforms)
+        return _Pipeline(Path(tmp), src, dst, options, workload, record).run()
 
 
 class _RecordFile:
@@ -141,17 +134,16 @@ class _Pipeline:
         dst: ImageStore,
         options: OptimizeOptions,
         workload: Workload,
-        prefetch: PrefetchList | None,
         record: _RecordFile | None = None,
     ) -> None:
         self.work, self.src, self.dst, self.record = work, src, dst, record
-        self.options, self.workload, self.prefetch = options, workload, prefetch
+        self.options, self.workload, self.prefetch = options, workload, options.prefetch
         self.cancel = threading.Event()  # set when the conversions must stop
         (work / "in").mkdir()
         (work / "out").mkdir()
 
-    def run(self, platforms: Sequence[Platform]) -> str:
-        resolved = resolve_images(self.src, platforms, all_platforms=self.options.all_platforms)
+    def run(self) -> str:
+        resolved = resolve_images(self.src, self.options.platforms, all_platforms=self.options.all_platforms)
         index, images = resolved.index, resolved.images
         if index is None:
             log.info("index not found; treating as a thin image with ignoring the platform option")
@@ -290,11 +282,7 @@ class _Pipeline:
         fd, name = tempfile.mkstemp(prefix="layer-", dir=self.work / "out")
         os.close(fd)
         out = Path(name)
-        opts = BuildOptions(
-            chunk_size=self.options.chunk_size,
-            compression_level=self.options.compression_level,
-            prioritized_files=files or None,
-        )
+        opts = replace(self.options.layer, prioritized_files=files or None)
         current().step(desc.digest, "convert")
         with open(path, "rb") as fin, open(out, "wb") as fout:
             res = build(_Cancellable(fin, self.cancel), _Cancellable(fout, self.cancel), opts)

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
 from ctr_remote.cli import flags
 from ctr_remote.cli.streams import WorkloadStreams
+from ctr_remote.cli.types import PLATFORM, PREFETCH_LIST, reference
 from ctr_remote.errors import CtrRemoteError, UsageError
+from ctr_remote.estargz import DEFAULT_COMPRESSION_LEVEL, BuildOptions
 from ctr_remote.log import LogFormat
-from ctr_remote.options import DEFAULT_CHUNK_SIZE, OptimizeOptions
-from ctr_remote.prefetch_list import PrefetchList, PrefetchListError
+from ctr_remote.options import OptimizeOptions
 from ctr_remote.profile.workload import (
     DEFAULT_CNI_CONF_DIR,
     DEFAULT_CNI_PLUGIN_DIR,
+    DEFAULT_NAMESERVERS,
     DEFAULT_PERIOD_SECONDS,
     CniConfig,
     DnsConfig,
@@ -29,7 +32,7 @@ class Interrupted(CtrRemoteError):
     exit_code = 130
 
 
-def _conflicts(p: dict) -> None:  # type: ignore[type-arg]
+def _conflicts(p: dict[str, Any]) -> None:
     """The combinations upstream refuses, and those that make no sense for this tool."""
     if p["terminal"] and not p["stdin"]:
         raise UsageError('terminal flag must be specified with "-i"')
@@ -53,27 +56,12 @@ def _conflicts(p: dict) -> None:  # type: ignore[type-arg]
         raise UsageError(f"--estargz-chunk-size must not be negative, got {p['estargz_chunk_size']}")
 
 
-def _check_syntax(source_ref: str, target_ref: str, options: OptimizeOptions) -> None:
-    """References and platforms are parsed again by the pipeline; a malformed one is a usage error."""
-    from ctr_remote.image import InvalidReferenceError, PlatformError, parse_platforms, parse_reference
-
-    try:
-        for ref in (source_ref, target_ref):
-            parse_reference(ref, plain_http=options.plain_http)
-        parse_platforms(options.platforms)
-        if options.prefetch_list is not None:
-            PrefetchList.load(options.prefetch_list)
-    except (InvalidReferenceError, PlatformError, PrefetchListError) as e:
-        raise UsageError(str(e)) from None
-
-
-def _workload(p: dict) -> Workload:  # type: ignore[type-arg]
+def _workload(p: dict[str, Any]) -> Workload:
     env: list[str] = []
     if p["env_file"]:
         env.extend(flags.env_file(p["env_file"]))
     env.extend(flags.env_pair("--env", e) for e in p["env"])
     network = NetworkMode.CNI if p["cni"] else NetworkMode.HOST if p["net_host"] else NetworkMode.NONE
-    period = p["period"] if p["period"] > 0 else DEFAULT_PERIOD_SECONDS  # upstream: <=0 means default
     return Workload(
         entrypoint=flags.json_array("--entrypoint", p["entrypoint"]),
         args=flags.json_array("--args", p["args"]),
@@ -81,7 +69,7 @@ def _workload(p: dict) -> Workload:  # type: ignore[type-arg]
         user=p["user"],
         cwd=p["cwd"],
         mounts=tuple(flags.mount(m) for m in p["mount"]),
-        period=period,
+        period=p["period"] if p["period"] > 0 else DEFAULT_PERIOD_SECONDS,  # upstream: <= 0 is the default
         wait_on_signal=p["wait_on_signal"],
         wait_on_line=p["wait_on_line"] or None,
         terminal=p["terminal"],
@@ -98,18 +86,21 @@ def _workload(p: dict) -> Workload:  # type: ignore[type-arg]
     )
 
 
-def _options(p: dict) -> OptimizeOptions:  # type: ignore[type-arg]
+def _options(source_ref: str, target_ref: str, p: dict[str, Any]) -> OptimizeOptions:
+    layer = BuildOptions(compression_level=p["estargz_compression_level"])
+    if p["estargz_chunk_size"]:  # upstream: 0 means the default
+        layer = BuildOptions(compression_level=layer.compression_level, chunk_size=p["estargz_chunk_size"])
     return OptimizeOptions(
-        plain_http=p["plain_http"],
+        source=reference(source_ref, plain_http=p["plain_http"]),
+        target=reference(target_ref, plain_http=p["plain_http"]),
         reuse=p["reuse"],
         platforms=tuple(p["platform"]),
         all_platforms=p["all_platforms"],
         optimize=not p["no_optimize"],
-        prefetch_list=p["prefetch_list"],
+        prefetch=p["prefetch_list"],
         record_out=p["record_out"],
         oci=p["oci"],
-        compression_level=p["estargz_compression_level"],
-        chunk_size=p["estargz_chunk_size"] or DEFAULT_CHUNK_SIZE,
+        layer=layer,
     )
 
 
@@ -131,8 +122,8 @@ _dir = click.Path(file_okay=False, path_type=Path)
 )
 @click.option(
     "--platform",
+    type=PLATFORM,
     multiple=True,
-    metavar="PLATFORM",
     help="convert the image for this platform (os[/arch[/variant]]); repeatable",
 )
 @click.option("--all-platforms", is_flag=True, help="targeting all platform of the source image")
@@ -147,7 +138,7 @@ _dir = click.Path(file_okay=False, path_type=Path)
 @click.option("--no-optimize", is_flag=True, help="convert image without optimization")
 @click.option(
     "--prefetch-list",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    type=PREFETCH_LIST,
     help="file of paths or globs to prioritize, instead of running the workload",
 )
 @click.option(
@@ -159,7 +150,7 @@ _dir = click.Path(file_okay=False, path_type=Path)
 @click.option(
     "--estargz-compression-level",
     type=int,
-    default=9,
+    default=DEFAULT_COMPRESSION_LEVEL,
     show_default=True,
     help="eStargz compression level (gzip, 1-9)",
 )
@@ -199,7 +190,7 @@ _dir = click.Path(file_okay=False, path_type=Path)
 )
 @click.option(
     "--dns-nameservers",
-    default="8.8.8.8",
+    default=",".join(DEFAULT_NAMESERVERS),
     show_default=True,
     help="comma-separated nameservers added to the container's /etc/resolv.conf",
 )
@@ -246,14 +237,13 @@ def optimize_command(source_ref: str, target_ref: str, **params: object) -> None
     """
     _conflicts(params)
     workload = _workload(params)
-    options = _options(params)
-    _check_syntax(source_ref, target_ref, options)
+    options = _options(source_ref, target_ref, params)
     from ctr_remote.optimize import optimize  # the pipeline pulls in every package: load it only to run
 
     root = click.get_current_context().find_root().params
     try:
         with WorkloadStreams(LogFormat(root["log_format"]), debug=root["debug"]) as streams:
-            result = optimize(source_ref, target_ref, options, workload)
+            result = optimize(options, workload)
     except KeyboardInterrupt:
         # Not left to click, which would print a bare newline first (not a JSON line).
         raise Interrupted("interrupted") from None

@@ -27,7 +27,12 @@ Where we differ from upstream's `estargz.Build`, on purpose:
 """
 
 from ctr_remote.estargz.errors import EstargzError
-from ctr_remote.estargz.options import BuildOptions, BuildResult
+from ctr_remote.estargz.options import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_COMPRESSION_LEVEL,
+    BuildOptions,
+    BuildResult,
+)
 from ctr_remote.estargz.reader import EstargzReader, Verified, is_estargz, open_estargz
 from ctr_remote.estargz.toc import (
     NO_PREFETCH_LANDMARK,
@@ -40,6 +45,8 @@ from ctr_remote.estargz.toc import (
 from ctr_remote.estargz.writer import build
 
 __all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "DEFAULT_COMPRESSION_LEVEL",
     "NO_PREFETCH_LANDMARK",
     "PREFETCH_LANDMARK",
     "TOC_DIGEST_ANNOTATION",

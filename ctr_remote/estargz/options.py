@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from ctr_remote.estargz.errors import EstargzError
 
 DEFAULT_CHUNK_SIZE = 4 << 20
+DEFAULT_COMPRESSION_LEVEL = 9  # gzip's best, upstream's default
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,7 @@ class BuildOptions:
     """
 
     chunk_size: int = DEFAULT_CHUNK_SIZE
-    compression_level: int = 9
+    compression_level: int = DEFAULT_COMPRESSION_LEVEL
     prioritized_files: Sequence[str] | None = None
     workers: int | None = None
 

@@ -59,7 +59,7 @@ class Workload:
     user: str | None = None
     cwd: str | None = None
     mounts: tuple[Mount, ...] = ()
-    period: float = DEFAULT_PERIOD_SECONDS
+    period: float = DEFAULT_PERIOD_SECONDS  # seconds, > 0 (the CLI turns upstream's <= 0 into the default)
     wait_on_signal: bool = False
     wait_on_line: str | None = None
     terminal: bool = False
