@@ -8,19 +8,18 @@ top-level index or manifest that makes the result visible under DST's tag.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import tarfile
 import tempfile
-import threading
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import BinaryIO
 
 import structlog
 
+from ctr_remote.cancel import CancelToken, run_parallel
 from ctr_remote.errors import CtrRemoteError
 from ctr_remote.estargz import (
     TOC_DIGEST_ANNOTATION,
@@ -30,7 +29,6 @@ from ctr_remote.estargz import (
     open_estargz,
 )
 from ctr_remote.image import (
-    CancelToken,
     Descriptor,
     ImageBlobs,
     ImageStore,
@@ -48,7 +46,7 @@ from ctr_remote.layer.archive import members, open_layer
 from ctr_remote.options import OptimizeOptions
 from ctr_remote.prefetch_list import visible_per_layer
 from ctr_remote.profile import ProfileResult, Workload, check_requirements, profile, record_lines
-from ctr_remote.progress import Progress, current
+from ctr_remote.progress import Progress
 
 log = structlog.get_logger()
 
@@ -60,16 +58,18 @@ class _Converted:
     diff_id: str
 
 
-def optimize(options: OptimizeOptions, workload: Workload) -> str:
+def optimize(options: OptimizeOptions, workload: Workload, progress: Progress | None = None) -> str:
     """Convert `options.source` into `options.target`; returns the digest of the top-level document
-    written."""
+    written. `progress` shows each layer's steps (default: one log line per step)."""
     with (
         _RecordFile.create(options.record_out) as record,
         tempfile.TemporaryDirectory(prefix="ctr-remote-") as tmp,
         open_store(options.source) as src,
         open_store(options.target, RegistryOptions(mount_from=options.source)) as dst,
     ):
-        return _Pipeline(Path(tmp), src, dst, options, workload, record).run()
+        return _Pipeline(
+            Path(tmp), src, dst, options, workload, progress or Progress(live=False), record
+        ).run()
 
 
 class _RecordFile:
@@ -134,11 +134,12 @@ class _Pipeline:
         dst: ImageStore,
         options: OptimizeOptions,
         workload: Workload,
+        progress: Progress,
         record: _RecordFile | None = None,
     ) -> None:
         self.work, self.src, self.dst, self.record = work, src, dst, record
+        self.progress = progress
         self.options, self.workload, self.prefetch = options, workload, options.prefetch
-        self.cancel = threading.Event()  # set when the conversions must stop
         (work / "in").mkdir()
         (work / "out").mkdir()
 
@@ -182,7 +183,9 @@ class _Pipeline:
             )
             data = new_index.to_bytes()
             desc = Descriptor.of(data, new_index.media_type)
-        written = write_image(_Reporting(self.dst, current()), list(blobs.values()), children, (data, desc))
+        written = write_image(
+            _Reporting(self.dst, self.progress), list(blobs.values()), children, (data, desc)
+        )
         return written.digest
 
     # -- inputs -------------------------------------------------------------------------------
@@ -195,7 +198,7 @@ class _Pipeline:
         for img in images:
             for layer in img.manifest.layers:
                 wanted.setdefault(layer.digest, layer)
-        fetch_blobs(_Reporting(self.src, current()), [(d, self._layer_file(d)) for d in wanted.values()])
+        fetch_blobs(_Reporting(self.src, self.progress), [(d, self._layer_file(d)) for d in wanted.values()])
 
     def _host_image(self, images: Sequence[ImageBlobs]) -> ImageBlobs | None:
         """The image to profile: the one for this machine's platform, when optimizing at all."""
@@ -220,7 +223,7 @@ class _Pipeline:
             if self.record is not None:
                 self.record.write(record_lines(ProfileResult(accessed, None), img.manifest_desc.digest))
             return accessed
-        current().commit()  # the workload may write to the terminal the progress lines are on
+        self.progress.commit()  # the workload may write to the terminal the progress lines are on
         if self.workload.wait_on_signal:
             log.info("press Ctrl+C to terminate the container")
         elif self.workload.wait_on_line is None:
@@ -254,25 +257,19 @@ class _Pipeline:
                 )
         if not unique:
             return {}
-        pool = ThreadPoolExecutor(max_workers=min(len(unique), os.cpu_count() or 1))
-        try:
-            futures = {key: pool.submit(self._convert_layer, *job) for key, job in unique.items()}
-            done, _ = wait(futures.values(), return_when=FIRST_EXCEPTION)
-            failed = next((f for f in done if f.exception() is not None), None)
-            if failed is not None:
-                raise failed.exception()  # type: ignore[misc]  # before waiting on the others (finally)
-            return {key: f.result() for key, f in futures.items()}
-        finally:
-            # On Ctrl-C, SIGTERM or a failed layer, stop at once: queued layers never start and
-            # running ones give up at their next read or write, instead of converting to the end.
-            self.cancel.set()
-            pool.shutdown(wait=True, cancel_futures=True)
+        # On Ctrl-C, SIGTERM or a failed layer, every conversion stops at once: queued layers never
+        # start and running ones give up at their next read or write.
+        keys = list(unique)
+        jobs_ = [functools.partial(self._convert_layer, *unique[k]) for k in keys]
+        return dict(zip(keys, run_parallel(jobs_, os.cpu_count() or 1), strict=True))
 
     def _layer_media_type(self, src: Descriptor) -> str:
         docker = media_types.is_docker(src.media_type) and not self.options.oci
         return media_types.DOCKER_LAYER_GZIP if docker else media_types.OCI_LAYER_GZIP
 
-    def _convert_layer(self, desc: Descriptor, files: list[str], diff_id: str | None) -> _Converted:
+    def _convert_layer(
+        self, desc: Descriptor, files: list[str], diff_id: str | None, cancel: CancelToken
+    ) -> _Converted:
         path = self._layer_file(desc)
         annotations = dict(desc.annotations or {})
         if self.options.reuse and not files and diff_id and self._reusable(path, desc):
@@ -283,11 +280,11 @@ class _Pipeline:
         os.close(fd)
         out = Path(name)
         opts = replace(self.options.layer, prioritized_files=files or None)
-        current().step(desc.digest, "convert")
+        self.progress.step(desc.digest, "convert")
         with open(path, "rb") as fin, open(out, "wb") as fout:
-            res = build(_Cancellable(fin, self.cancel), _Cancellable(fout, self.cancel), opts)
-        current().done(desc.digest, "convert", log_line=False, size=res.size)
-        current().alias(res.digest, desc.digest)
+            res = build(fin, fout, opts, cancel=cancel)
+        self.progress.done(desc.digest, "convert", log_line=False, size=res.size)
+        self.progress.alias(res.digest, desc.digest)
         if res.missing_prioritized:
             log.debug(
                 "prioritized files not found in layer",
@@ -340,38 +337,30 @@ class _Pipeline:
         return desc, data, _Converted(config_path, config_desc, "")
 
 
-class _Cancelled(Exception):
-    """A conversion stopped because another one failed or the run was interrupted."""
-
-
-class _Cancellable:
-    """A layer conversion's input or output file, which fails once `cancel` is set."""
-
-    def __init__(self, file: BinaryIO, cancel: threading.Event) -> None:
-        self._file, self._cancel = file, cancel
-
-    def read(self, size: int = -1) -> bytes:
-        if self._cancel.is_set():
-            raise _Cancelled("conversion cancelled")
-        return self._file.read(size)
-
-    def write(self, data: bytes) -> int:
-        if self._cancel.is_set():
-            raise _Cancelled("conversion cancelled")
-        return self._file.write(data)
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._file, name)
-
-
 class _Reporting:
     """A store whose blob transfers are reported as progress steps (layers only, not configs)."""
 
     def __init__(self, store: ImageStore, progress: Progress) -> None:
         self._store, self._progress = store, progress
+        self.reference = store.reference
 
-    def __getattr__(self, name: str) -> object:  # everything but blob transfers goes straight through
-        return getattr(self._store, name)
+    def resolve(self) -> Descriptor:
+        return self._store.resolve()
+
+    def read_manifest(self, desc: Descriptor) -> bytes:
+        return self._store.read_manifest(desc)
+
+    def push_manifest(self, data: bytes, desc: Descriptor, *, top: bool = False) -> None:
+        self._store.push_manifest(data, desc, top=top)
+
+    def close(self) -> None:
+        self._store.close()
+
+    def __enter__(self) -> _Reporting:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def fetch_blob(self, desc: Descriptor, dest: Path, *, cancel: CancelToken | None = None) -> None:
         self._progress.step(desc.digest, "pull")

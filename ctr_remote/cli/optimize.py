@@ -10,7 +10,7 @@ import click
 from ctr_remote.cli import flags
 from ctr_remote.cli.streams import WorkloadStreams
 from ctr_remote.cli.types import PLATFORM, PREFETCH_LIST, reference
-from ctr_remote.errors import CtrRemoteError, UsageError
+from ctr_remote.errors import Interrupted, UsageError
 from ctr_remote.estargz import DEFAULT_COMPRESSION_LEVEL, BuildOptions
 from ctr_remote.log import LogFormat
 from ctr_remote.options import OptimizeOptions
@@ -24,12 +24,6 @@ from ctr_remote.profile.workload import (
     NetworkMode,
     Workload,
 )
-
-
-class Interrupted(CtrRemoteError):
-    """Ctrl-C (SIGINT): the shell's convention, 128 + 2."""
-
-    exit_code = 130
 
 
 def _conflicts(p: dict[str, Any]) -> None:
@@ -240,10 +234,10 @@ def optimize_command(source_ref: str, target_ref: str, **params: object) -> None
     options = _options(source_ref, target_ref, params)
     from ctr_remote.optimize import optimize  # the pipeline pulls in every package: load it only to run
 
-    root = click.get_current_context().find_root().params
+    root = click.get_current_context().find_root()
     try:
-        with WorkloadStreams(LogFormat(root["log_format"]), debug=root["debug"]) as streams:
-            result = optimize(options, workload)
+        with WorkloadStreams(LogFormat(root.params["log_format"]), debug=root.params["debug"]) as streams:
+            result = optimize(options, workload, root.obj)
     except KeyboardInterrupt:
         # Not left to click, which would print a bare newline first (not a JSON line).
         raise Interrupted("interrupted") from None

@@ -19,8 +19,8 @@ import threading
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from ctr_remote.cancel import CancelToken, checked
 from ctr_remote.image import mediatypes as mt
-from ctr_remote.image.cancel import CancelToken, checked
 from ctr_remote.image.digest import algorithm, encoded, verify_bytes
 from ctr_remote.image.errors import ImageError, LayoutError, NotFoundError
 from ctr_remote.image.files import copy_verified, read_chunks, write_atomic

@@ -13,7 +13,7 @@ conditions), `cni` / `netns` (--cni), `result` (ProfileResult, --record-out line
 
 from __future__ import annotations
 
-from ctr_remote.profile.errors import ProfileError, ProfileInterrupted
+from ctr_remote.profile.errors import ProfileError
 from ctr_remote.profile.result import ProfileResult, record_lines
 from ctr_remote.profile.runner import check_requirements, profile
 from ctr_remote.profile.workload import CniConfig, DnsConfig, Mount, NetworkMode, Workload
@@ -24,7 +24,6 @@ __all__ = [
     "Mount",
     "NetworkMode",
     "ProfileError",
-    "ProfileInterrupted",
     "ProfileResult",
     "Workload",
     "check_requirements",

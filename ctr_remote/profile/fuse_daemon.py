@@ -172,7 +172,7 @@ class FastFUSE(mfusepy.FUSE):
         self.rec = operations
         super().__init__(operations, mountpoint, **options)
 
-    def fgetattr(self, path: bytes | None, buf, fip) -> int:  # type: ignore[no-untyped-def, override]
+    def fgetattr(self, path: bytes | None, buf, fip) -> int:
         self.rec.stats["getattr"] += 1
         if path is None:
             return -errno.ENOENT
@@ -181,14 +181,14 @@ class FastFUSE(mfusepy.FUSE):
         _fill(buf.contents, s)
         return 0
 
-    def open(self, path: bytes, fip) -> int:  # type: ignore[no-untyped-def, override]
+    def open(self, path: bytes, fip) -> int:
         # Permissions were checked by the kernel (default_permissions) and writes refused (ro).
         self.rec.stats["open"] += 1
         self.rec.note(path)
         fip.contents.fh = 0
         return 0
 
-    def read(self, path: bytes | None, buf, size: int, offset: int, fip) -> int:  # type: ignore[no-untyped-def, override]
+    def read(self, path: bytes | None, buf, size: int, offset: int, fip) -> int:
         # Every read follows an open of the same path, so noting it never adds a first access; it
         # is what the recorder is asked to observe, and costs a set lookup.
         self.rec.stats["read"] += 1
@@ -199,7 +199,7 @@ class FastFUSE(mfusepy.FUSE):
         ctypes.memmove(buf, data, len(data))
         return len(data)
 
-    def readdir_fuse_3(self, path: bytes | None, buf, filler, offset: int, fip, flags: int) -> int:  # type: ignore[no-untyped-def]
+    def readdir_fuse_3(self, path: bytes | None, buf, filler, offset: int, fip, flags: int) -> int:
         # Entries carry offsets: in that mode libfuse registers each READDIRPLUS entry with the kernel
         # (with offset 0 it sends them without node ids and the kernel looks every name up again).
         # The listing of a directory is taken once, at offset 0, and served from memory for later chunks.

@@ -23,10 +23,11 @@ from pathlib import Path
 
 import structlog
 
+from ctr_remote.errors import Terminated
 from ctr_remote.layer.compression import Compression, detect
 from ctr_remote.layer.paths import clean_name
 from ctr_remote.profile import mounts
-from ctr_remote.profile.errors import ProfileError, ProfileInterrupted
+from ctr_remote.profile.errors import ProfileError
 from ctr_remote.profile.recorder import READY_TIMEOUT, RecorderDaemon, RecordingMount, check_fuse
 from ctr_remote.profile.result import ProfileResult
 from ctr_remote.profile.rootfs import check_executable, resolve_user
@@ -65,7 +66,7 @@ def profile(
     image config JSON (its "config" object supplies Env, Entrypoint, Cmd, WorkingDir, User,
     StopSignal). Temporary state lives in a fresh directory under `workdir` (default: the system temp
     dir) and is removed, with every mount and the container, before this returns or raises, also
-    on SIGINT (re-raised as KeyboardInterrupt) and SIGTERM (raised as ProfileInterrupted).
+    on SIGINT (re-raised as KeyboardInterrupt) and SIGTERM (raised as Terminated).
     Raises ProfileError on anything that prevents the run; a workload that exits non-zero is not an
     error (its exit code is in the result).
     """
@@ -284,7 +285,7 @@ def _signal_handling(workload: Workload, stop: threading.Event) -> Iterator[None
     def abort(signum: int, frame: object) -> None:
         if signum == signal.SIGINT:
             raise KeyboardInterrupt
-        raise ProfileInterrupted(f"interrupted by {signal.Signals(signum).name}")
+        raise Terminated(f"interrupted by {signal.Signals(signum).name}")
 
     handler, signals = (end_period, _STOP_SIGNALS) if workload.wait_on_signal else (abort, _ABORT_SIGNALS)
     previous = {s: signal.signal(s, handler) for s in signals}
