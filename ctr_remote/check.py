@@ -17,7 +17,7 @@ import os
 import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,36 +37,47 @@ from ctr_remote.image.resolve import resolve_images
 from ctr_remote.layer.compression import Compression, CorruptLayerError, open_tar_stream
 
 
-@dataclass
-class LayerReport:
-    index: int
-    digest: str
-    size: int
-    media_type: str
+@dataclass(frozen=True)
+class BlobFacts:
+    """What one blob holds, whatever manifest lists it (a layer shared by platforms is read once)."""
+
     format: str  # "estargz", or the compression of a layer that is not eStargz: gzip, zstd, tar
     toc_digest: str | None = None  # measured from the blob
-    toc_digest_annotation: str | None = None
     diff_id: str | None = None  # measured: sha256 of the uncompressed tar
-    config_diff_id: str | None = None  # what the image config says
     uncompressed_size: int | None = None
     entries: int | None = None
     chunks: int | None = None
     landmark: str | None = None  # "prefetch", "no-prefetch", or None
     prefetch_bytes: int | None = None  # compressed bytes the snapshotter fetches first
-    prioritized: list[str] = field(default_factory=list)
+    prioritized: tuple[str, ...] = ()
+    problem: str | None = None  # the blob itself does not verify
+
+
+@dataclass
+class LayerReport:
+    """One layer as a manifest lists it: its blob's facts against its descriptor and the config."""
+
+    index: int
+    digest: str
+    size: int
+    media_type: str
+    blob: BlobFacts
+    toc_digest_annotation: str | None = None
+    config_diff_id: str | None = None  # what the image config says
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
     @property
     def is_estargz(self) -> bool:
-        return self.format == "estargz"
+        return self.blob.format == "estargz"
 
     def to_json(self, with_prioritized: bool) -> dict[str, Any]:
-        d = {k: v for k, v in self.__dict__.items() if k != "prioritized"}
+        blob = {k: v for k, v in asdict(self.blob).items() if k not in ("problem", "prioritized")}
+        d = {k: v for k, v in self.__dict__.items() if k != "blob"} | blob
         d["estargz"] = self.is_estargz
         d["ok"] = not self.problems
         if with_prioritized:
-            d["prioritized"] = self.prioritized
+            d["prioritized"] = list(self.blob.prioritized)
         return d
 
 
@@ -94,7 +105,7 @@ class CheckReport:
             if layer.problems:
                 return f"{what}: {layer.problems[0]}"
             if strict and not layer.is_estargz:
-                return f"{what}: not eStargz ({layer.format})"
+                return f"{what}: not eStargz ({layer.blob.format})"
             if strict and layer.warnings:
                 return f"{what}: {layer.warnings[0]}"
         return None
@@ -113,22 +124,6 @@ class CheckReport:
                 for m in self.manifests
             ],
         }
-
-
-@dataclass(frozen=True)
-class _BlobFacts:
-    """What one blob holds, whatever manifest lists it (a layer shared by platforms is read once)."""
-
-    format: str
-    toc_digest: str | None = None
-    diff_id: str | None = None
-    uncompressed_size: int | None = None
-    entries: int | None = None
-    chunks: int | None = None
-    landmark: str | None = None
-    prefetch_bytes: int | None = None
-    prioritized: tuple[str, ...] = ()
-    problem: str | None = None
 
 
 def check_image(
@@ -161,7 +156,7 @@ def check_image(
     return CheckReport(str(ref), resolved.top.digest, manifests)
 
 
-def _read_blobs(store: ImageStore, descs: list[Descriptor], tmp: Path, workers: int) -> dict[str, _BlobFacts]:
+def _read_blobs(store: ImageStore, descs: list[Descriptor], tmp: Path, workers: int) -> dict[str, BlobFacts]:
     files = {d.digest: tmp / encoded(d.digest) for d in descs}
     fetch_blobs(store, [(d, files[d.digest]) for d in descs])
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(descs)))) as pool:
@@ -169,7 +164,7 @@ def _read_blobs(store: ImageStore, descs: list[Descriptor], tmp: Path, workers: 
         return dict(results)
 
 
-def blob_facts(path: Path) -> _BlobFacts:
+def blob_facts(path: Path) -> BlobFacts:
     """Read the blob at `path` whole: as eStargz when it has the footer, else as a plain layer."""
     with open(path, "rb") as f:
         if not is_estargz(f):
@@ -178,7 +173,7 @@ def blob_facts(path: Path) -> _BlobFacts:
             reader = open_estargz(f)
             verified = reader.verify()
         except EstargzError as err:
-            return _BlobFacts(format="estargz", problem=str(err))
+            return BlobFacts(format="estargz", problem=str(err))
     names = [e for e in reader.entries if e.type != "chunk"]
     landmark: str | None = None
     prefetch: int | None = None
@@ -189,7 +184,7 @@ def blob_facts(path: Path) -> _BlobFacts:
             prefetch = entry.offset if entry.name == PREFETCH_LANDMARK else 0
             prioritized = tuple(n.name for n in names[:i] if n.type != "dir")
             break
-    return _BlobFacts(
+    return BlobFacts(
         format="estargz",
         toc_digest=reader.toc_digest,
         diff_id=verified.diff_id,
@@ -202,7 +197,7 @@ def blob_facts(path: Path) -> _BlobFacts:
     )
 
 
-def _plain_facts(f: Any) -> _BlobFacts:
+def _plain_facts(f: Any) -> BlobFacts:
     f.seek(0)
     h, total = hashlib.sha256(), 0
     kind = Compression.NONE
@@ -213,51 +208,43 @@ def _plain_facts(f: Any) -> _BlobFacts:
                 h.update(data)
                 total += len(data)
     except (CorruptLayerError, EOFError, OSError) as e:
-        return _BlobFacts(format=_FORMATS[kind], problem=str(e))
-    return _BlobFacts(format=_FORMATS[kind], diff_id="sha256:" + h.hexdigest(), uncompressed_size=total)
+        return BlobFacts(format=_FORMATS[kind], problem=str(e))
+    return BlobFacts(format=_FORMATS[kind], diff_id="sha256:" + h.hexdigest(), uncompressed_size=total)
 
 
 _FORMATS = {Compression.GZIP: "gzip", Compression.ZSTD: "zstd", Compression.NONE: "tar"}
 
 
-def _layer_report(index: int, desc: Descriptor, facts: _BlobFacts, config_diff_id: str | None) -> LayerReport:
+def _layer_report(index: int, desc: Descriptor, facts: BlobFacts, config_diff_id: str | None) -> LayerReport:
     annotations = desc.annotations or {}
     r = LayerReport(
         index=index,
         digest=desc.digest,
         size=desc.size,
         media_type=desc.media_type,
-        format=facts.format,
-        toc_digest=facts.toc_digest,
+        blob=facts,
         toc_digest_annotation=annotations.get(TOC_DIGEST_ANNOTATION),
-        diff_id=facts.diff_id,
         config_diff_id=config_diff_id,
-        uncompressed_size=facts.uncompressed_size,
-        entries=facts.entries,
-        chunks=facts.chunks,
-        landmark=facts.landmark,
-        prefetch_bytes=facts.prefetch_bytes,
-        prioritized=list(facts.prioritized),
     )
     annotated = r.toc_digest_annotation
     if annotated is not None and not r.is_estargz:
-        r.problems.append(f"annotated with a TOC digest but not eStargz (no eStargz footer; {r.format})")
+        r.problems.append(f"annotated with a TOC digest but not eStargz (no eStargz footer; {facts.format})")
     if facts.problem:
         r.problems.append(facts.problem)
     if r.is_estargz and not facts.problem:
         if annotated is None:
             r.warnings.append(f"no {TOC_DIGEST_ANNOTATION} annotation: it will not be lazily pulled")
-        elif annotated != r.toc_digest:
-            r.problems.append(f"TOC digest {r.toc_digest} differs from the annotation's {annotated}")
-        if r.landmark is None:
+        elif annotated != facts.toc_digest:
+            r.problems.append(f"TOC digest {facts.toc_digest} differs from the annotation's {annotated}")
+        if facts.landmark is None:
             r.warnings.append("no prefetch landmark: the snapshotter prefetches nothing it was told of")
-    if r.diff_id is not None and config_diff_id is not None and r.diff_id != config_diff_id:
-        r.problems.append(f"diff ID {r.diff_id} differs from the config's {config_diff_id}")
+    if facts.diff_id is not None and config_diff_id is not None and facts.diff_id != config_diff_id:
+        r.problems.append(f"diff ID {facts.diff_id} differs from the config's {config_diff_id}")
     size = annotations.get(UNCOMPRESSED_SIZE_ANNOTATION)
-    if size is not None and r.uncompressed_size is not None and size != str(r.uncompressed_size):
+    if size is not None and facts.uncompressed_size is not None and size != str(facts.uncompressed_size):
         r.problems.append(
             f"{UNCOMPRESSED_SIZE_ANNOTATION} annotation {size} differs from the size read, "
-            f"{r.uncompressed_size}"
+            f"{facts.uncompressed_size}"
         )
     return r
 
