@@ -13,12 +13,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from ctr_remote.profile import ProfileResult, Workload, profile
+from ctr_remote.profile.workload import RecorderKind
 from tests.helpers.images import LayerBuilder, image_config
 
 ROOT = Path(__file__).resolve().parents[2]
 SENTINEL = "987654"  # tests that must be interrupted sleep this long; no such process may survive
+
+
+@pytest.fixture(autouse=True)
+def logs_on_stderr() -> Iterator[None]:
+    """As the CLI has them: the workload's stdout is then what the tests see on stdout."""
+    saved = structlog.get_config()
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+    yield
+    structlog.configure(**saved)
 
 
 @pytest.fixture(scope="session")
@@ -58,8 +69,17 @@ def work(tmp_path: Path) -> Iterator[Path]:
     assert_no_leftovers(tmp_path, path)
 
 
+RECORDERS = [kind.value for kind in RecorderKind]
+
+
 @pytest.fixture
-def run(work: Path, busybox_layer: Path):
+def recorder() -> str:
+    """The `--recorder` of the `run` fixture; `parametrize("recorder", RECORDERS)` runs a test with each."""
+    return RecorderKind.FUSE.value
+
+
+@pytest.fixture
+def run(work: Path, busybox_layer: Path, recorder: str):
     """run(script, *upper_layers, **workload fields) -> ProfileResult: `sh -c script` on busybox + layers."""
 
     def _run(script: str | None, *layers: Path, config: dict | None = None, **fields: Any) -> ProfileResult:
@@ -67,6 +87,7 @@ def run(work: Path, busybox_layer: Path):
 
         cfg = config or image_config(cmd=["/bin/sh", "-c", script or "true"])
         fields.setdefault("period", 30)
+        fields.setdefault("recorder", RecorderKind(recorder))
         return profile([busybox_layer, *layers], cfg, Workload(**fields), workdir=work)
 
     return _run
