@@ -176,12 +176,20 @@ class FanotifyRecorder:
         if not stat.S_ISREG(st.st_mode):
             return  # device nodes and FIFOs are served by their drivers, not by the layers
         path = raw
-        if st.st_nlink == 0 and path.endswith(_DELETED):
-            # Removed by the workload since it opened it: the name it had is the one to record (a
-            # file really named "x (deleted)" still has a link).
-            path = path[: -len(_DELETED)]
         if path.startswith(self._host_prefix):  # opened through our own mount namespace's path
             path = path[len(self._host_prefix) - 1 :]
+        if path.endswith(_DELETED) and not self._names_this(path, st):
+            # Removed by the workload since it opened it: the name it had is the one to record.
+            path = path[: -len(_DELETED)]
         if path not in self._named:
             self._named.add(path)
             self.paths.append(path[1:].decode("utf-8", "surrogateescape"))
+
+    def _names_this(self, path: bytes, st: os.stat_result) -> bool:
+        """Whether `path` (in the container) still names the opened file: only a file really called
+        "x (deleted)" does. Looked up through the overlay (its own device: nothing else can match)."""
+        try:
+            found = os.lstat(os.fsencode(self.rootfs) + path)
+        except OSError:
+            return False
+        return (found.st_dev, found.st_ino) == (st.st_dev, st.st_ino)

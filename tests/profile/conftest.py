@@ -52,11 +52,22 @@ def _processes_mentioning(needles: Sequence[str]) -> list[str]:
     return found
 
 
+def _link(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return ""
+
+
 def assert_no_leftovers(tmp_path: Path, work: Path) -> None:
     mounts = [line for line in Path("/proc/mounts").read_text().splitlines() if str(tmp_path) in line]
     assert not mounts, f"mounts left behind: {mounts}"
     procs = _processes_mentioning([str(tmp_path), f"sleep {SENTINEL}"])
     assert not procs, f"processes left behind: {procs}"
+    groups = [
+        fd for fd in os.listdir("/proc/self/fd") if _link(f"/proc/self/fd/{fd}") == "anon_inode:[fanotify]"
+    ]
+    assert not groups, f"fanotify groups left open: {groups}"
     assert list(work.iterdir()) == [], f"files left in the work dir: {list(work.iterdir())}"
 
 
@@ -143,13 +154,14 @@ def wait_for_line(proc: subprocess.Popen, text: str) -> list[str]:
 
 
 def start_sleeping_workload(
-    tmp_path: Path, work: Path, layers: Sequence[Path]
+    tmp_path: Path, work: Path, layers: Sequence[Path], recorder: str = RecorderKind.FUSE.value
 ) -> tuple[subprocess.Popen, Path]:
     """profile() in a separate process on a workload that reads /data/before.txt, says READY and then
     sleeps through a 600 s period; returns once READY was printed (the caller stops it)."""
     script = f"cat /data/before.txt; echo; echo READY; sleep {SENTINEL}"
     proc, result = start_driver(
-        tmp_path, work, layers, image_config(cmd=["/bin/sh", "-c", script]), {"period": 600},
+        tmp_path, work, layers, image_config(cmd=["/bin/sh", "-c", script]),
+        {"period": 600, "recorder": recorder},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
