@@ -27,6 +27,7 @@ import tarfile
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from ctr_remote.log import configure
@@ -89,19 +90,22 @@ t = time.monotonic_ns()
 pid = os.fork()
 if pid == 0:
     os.execvp(sys.argv[1], sys.argv[1:])
-_, status = os.waitpid(pid, 0)
-print("ELAPSED", time.monotonic_ns() - t, status, flush=True)
+_, status, usage = os.wait4(pid, 0)
+cpu = int((usage.ru_utime + usage.ru_stime) * 1e9)
+print("ELAPSED", time.monotonic_ns() - t, cpu, status, flush=True)
 sys.exit(os.waitstatus_to_exitcode(status))
 """
-NODE = b"""import os, time
-t = time.monotonic_ns()
+NODE = b"""import os, resource, time
+t, c = time.monotonic_ns(), resource.getrusage(resource.RUSAGE_SELF)
 n = 0
 for root, dirs, files in os.walk("/node_modules"):
     for name in files:
         with open(os.path.join(root, name), "rb") as f:
             f.read()
         n += 1
-print("ELAPSED", time.monotonic_ns() - t, n, flush=True)
+e = resource.getrusage(resource.RUSAGE_SELF)
+cpu = int((e.ru_utime + e.ru_stime - c.ru_utime - c.ru_stime) * 1e9)
+print("ELAPSED", time.monotonic_ns() - t, cpu, n, flush=True)
 """
 WORKLOADS = {
     "py": ["python3", "/bench/timer.py", "python3", "-c", "import " + ", ".join(IMPORTS)],
@@ -159,19 +163,28 @@ def _image(tmp: Path) -> list[Path]:
     ]
 
 
-def _elapsed(output: str) -> float:
-    """The workload's own measure, from its "ELAPSED ns ..." line."""
+@dataclass(frozen=True)
+class Timing:
+    """What the workload measured itself: wall seconds, and its CPU seconds (user + system), which
+    are steadier than wall time on a shared machine and hold the in-kernel cost of a recorder."""
+
+    wall: float
+    cpu: float
+
+
+def _elapsed(output: str) -> Timing:
+    """The workload's own measure, from its "ELAPSED wall-ns cpu-ns ..." line."""
     for line in output.splitlines():
         if line.startswith("ELAPSED "):
             fields = line.split()
-            return int(fields[1]) / 1e9
+            return Timing(int(fields[1]) / 1e9, int(fields[2]) / 1e9)
     raise RuntimeError(f"the workload printed no time: {output[-500:]!r}")
 
 
 _RUN_NUMBERS = itertools.count()
 
 
-def _runc(tmp: Path, rootfs: Path, argv: list[str]) -> float:
+def _runc(tmp: Path, rootfs: Path, argv: list[str]) -> Timing:
     """`runc run` of `argv` on `rootfs`, with the spec the profiler would write."""
     n = next(_RUN_NUMBERS)
     workload = Workload(period=600)
@@ -209,7 +222,7 @@ def _runc(tmp: Path, rootfs: Path, argv: list[str]) -> float:
     return _elapsed(done.stdout)
 
 
-def _overlay_run(tmp: Path, layers: Path, count: int, argv: list[str]) -> float:
+def _overlay_run(tmp: Path, layers: Path, count: int, argv: list[str]) -> Timing:
     """The floor of both recorders: the profiler's overlay over the unpacked layers, no recorder."""
     n = next(_RUN_NUMBERS)
     run = tmp / f"ovl-{n}"
@@ -273,7 +286,7 @@ class _FuseStats:
 
 def _profiled_run(
     tmp: Path, layers: list[Path], argv: list[str], kind: RecorderKind
-) -> tuple[float, list[list[str]]]:
+) -> tuple[Timing, list[list[str]]]:
     out = tmp / "profiled.out"
     config = image_config(cmd=argv, env=["PATH=/usr/bin:/bin"])
     with _stdout_to(out):
@@ -282,8 +295,23 @@ def _profiled_run(
     return _elapsed(out.read_text()), result.accessed
 
 
-def _median(values: list[float]) -> str:
-    return f"{statistics.median(values) * 1000:.0f} ms"
+def _wall(runs: list[Timing]) -> float:
+    return statistics.median(t.wall for t in runs)
+
+
+def _cpu(runs: list[Timing]) -> float:
+    return statistics.median(t.cpu for t in runs)
+
+
+def _cell(runs: list[Timing], floor: list[Timing] | None) -> str:
+    """Median wall and CPU milliseconds, and with `floor` their ratios to it."""
+    text = f"{_wall(runs) * 1000:.0f} ms"
+    if floor is not None:
+        text += f" ({_wall(runs) / _wall(floor):.2f}x)"
+    text += f", CPU {_cpu(runs) * 1000:.0f} ms"
+    if floor is not None:
+        text += f" ({_cpu(runs) / _cpu(floor):.2f}x)"
+    return text
 
 
 def main() -> None:
@@ -306,10 +334,10 @@ def main() -> None:
         print(f"{REPS} interleaved runs each; load average before: {_load()}", flush=True)
         rows = []
         for name, argv in WORKLOADS.items():
-            times: dict[str, list[float]] = {c: [] for c in COLUMNS}
+            times: dict[str, list[Timing]] = {c: [] for c in COLUMNS}
             recorded: dict[str, list[list[list[str]]]] = {"fanotify": [], "fuse": []}
             fuse = _FuseStats()
-            runs: dict[str, Callable[[], float]] = {
+            runs: dict[str, Callable[[], Timing]] = {
                 "plain": lambda argv=argv: _runc(tmp, rootfs, argv),
                 "overlay": lambda argv=argv: _overlay_run(tmp, unpacked, len(layers), argv),
             }
@@ -357,14 +385,11 @@ def _same(recorded: dict[str, list[list[list[str]]]]) -> str:
     return f"DIFFERENT: {len(sets)} distinct sets; fanotify^fuse per layer (first 5): {diff}"
 
 
-def _print_row(name: str, times: dict[str, list[float]], recorded: dict, fuse: _FuseStats) -> None:
-    overlay = statistics.median(times["overlay"])
-    ratios = ", ".join(
-        f"{c} {_median(times[c])} ({statistics.median(times[c]) / overlay:.2f}x)" for c in COLUMNS
-    )
+def _print_row(name: str, times: dict[str, list[Timing]], recorded: dict, fuse: _FuseStats) -> None:
+    cells = ", ".join(f"{c} {_cell(times[c], times['overlay'])}" for c in COLUMNS)
     requests = fuse.requests[0] if fuse.requests else {}
     cpu = statistics.median(fuse.cpu) if fuse.cpu else 0.0
-    print(f"{name}: {ratios} (x of overlay)", flush=True)
+    print(f"{name}: {cells} (x: of overlay)", flush=True)
     print(f"  recorded: {_same(recorded)}", flush=True)
     print(f"  FUSE daemon: {cpu:.2f} s CPU, requests {dict(requests)}", flush=True)
 
@@ -374,12 +399,8 @@ def _print_table(rows: list) -> None:  # type: ignore[type-arg]
     print("| workload | plain runc | overlay, no recorder | fanotify | FUSE |")
     print("|---|---|---|---|---|")
     for name, times, _, _ in rows:
-        overlay = statistics.median(times["overlay"])
-        cells = [_median(times["plain"]), _median(times["overlay"])]
-        cells += [
-            f"{_median(times[c])} ({statistics.median(times[c]) / overlay:.2f}x)"
-            for c in ("fanotify", "fuse")
-        ]
+        cells = [_cell(times["plain"], None), _cell(times["overlay"], None)]
+        cells += [_cell(times[c], times["overlay"]) for c in ("fanotify", "fuse")]
         print(f"| {name} | " + " | ".join(cells) + " |")
 
 

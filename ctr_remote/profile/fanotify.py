@@ -49,6 +49,9 @@ _AT_FDCWD = -100
 _EVENT_FLAGS = os.O_RDONLY | os.O_LARGEFILE | os.O_CLOEXEC | os.O_NONBLOCK
 _METADATA = struct.Struct("=IBBHQii")  # struct fanotify_event_metadata
 _READ_SIZE = 1 << 16
+# How long the reader lets events gather after the first one arrives (measured on the node workload:
+# the workload's CPU time under the recorder went from 1.33x to 1.0-1.2x of overlayfs alone).
+BATCH_SECONDS = 0.002
 _DELETED = b" (deleted)"
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -134,9 +137,12 @@ class FanotifyRecorder:
             poller.register(self._fd, select.POLLIN)
             poller.register(self._wake_r, select.POLLIN)
             while True:
-                ready = {fd for fd, _ in poller.poll()}
+                done = any(fd == self._wake_r for fd, _ in poller.poll())
+                # Let events gather: one wake-up per batch instead of one per open, and a file's
+                # reads merge into its queued open event (the kernel merges events not yet read).
+                done = done or bool(select.select([self._wake_r], [], [], BATCH_SECONDS)[0])
                 self._drain()
-                if self._wake_r in ready:
+                if done:
                     return  # the container is gone: what it queued was just drained
         except Exception as e:  # reported by check(): the run must not pass for a complete one
             self.failure = " ".join(str(e).split()) or type(e).__name__
