@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -354,10 +355,61 @@ def main() -> None:
             _print_row(name, times, recorded, fuse)
         print(f"load average after: {_load()}", flush=True)
         _print_table(rows)
+        _round_trips(tmp)
     finally:
         with contextlib.suppress(OSError):
             mounts.umount(tmp, lazy=True)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+ROUND_TRIP_FILES = 2000
+
+
+def _round_trips(tmp: Path) -> None:
+    """What each request the FUSE recorder still serves costs the opener: one layer mounted by the
+    daemon vs the same directory read directly, N distinct files, in this process (per-call Python
+    overhead cancels out). stat of a new name = LOOKUP; open+close = OPEN + (async) RELEASE; read =
+    passthrough (no request)."""
+    blob = LayerBuilder()
+    for i in range(ROUND_TRIP_FILES):
+        blob.file(f"rt/d{i % 20}/f{i}", b"x" * 100)
+    state = tmp / "rt-state"
+    state.mkdir()
+    layer = unpack_layer(blob.write(tmp / "rt.tar", compression=None), tmp / "rt-layer")
+    daemon = recorder_mod.RecorderDaemon(state)
+    try:
+        mount = daemon.serve(0, layer, tmp / "rt-mnt")
+        daemon.wait_ready(time.monotonic() + recorder_mod.READY_TIMEOUT)
+        names = [f"rt/d{i % 20}/f{i}" for i in range(ROUND_TRIP_FILES)]
+        results = {}
+        for where, root in (("dir", layer.root), ("fuse", mount.mountpoint)):
+            paths = [os.fsencode(root / n) for n in names]
+            started = time.perf_counter()
+            for p in paths:
+                os.stat(p)
+            lookup = time.perf_counter() - started
+            started = time.perf_counter()
+            for p in paths:
+                os.close(os.open(p, os.O_RDONLY))
+            opened = time.perf_counter() - started
+            started = time.perf_counter()
+            for p in paths:
+                fd = os.open(p, os.O_RDONLY)
+                os.read(fd, 4096)
+                os.close(fd)
+            read = time.perf_counter() - started - opened
+            results[where] = (lookup, opened, read)
+        per = [(f - d) / ROUND_TRIP_FILES * 1e6 for f, d in zip(results["fuse"], results["dir"], strict=True)]
+        base = [d / ROUND_TRIP_FILES * 1e6 for d in results["dir"]]
+        print(
+            f"FUSE round trips, added per call over the directory itself ({ROUND_TRIP_FILES} files): "
+            f"LOOKUP (stat of a new name) +{per[0]:.1f} us (dir: {base[0]:.1f} us), "
+            f"OPEN+RELEASE (open+close) +{per[1]:.1f} us (dir: {base[1]:.1f} us), "
+            f"read through passthrough +{per[2]:.1f} us (dir: {base[2]:.1f} us)",
+            flush=True,
+        )
+    finally:
+        daemon.stop()
 
 
 def logging_quiet() -> None:
