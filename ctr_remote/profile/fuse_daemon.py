@@ -98,7 +98,8 @@ STATFS_OUT = struct.Struct("<QQQQQIIII24x")
 DIRENT = struct.Struct("<QQII")
 BACKING_MAP = struct.Struct("<iIQ")
 
-OP_OPEN, OP_RELEASE = 14, 18
+OP_OPEN, OP_RELEASE, OP_IOCTL = 14, 18, 39
+IOCTL_ANSWER = -errno.ENOTTY
 OPENED_SIZE = OUT_HEADER.size + OPEN_OUT.size
 PASSED = FOPEN_PASSTHROUGH | FOPEN_NOFLUSH
 TIMEOUT = 3600  # seconds: entries, attributes and negative lookups (the layer never changes)
@@ -187,6 +188,10 @@ class Layer:
             if opcode == OP_RELEASE:
                 stats["release"] += 1
                 write(dev, OUT_HEADER.pack(OUT_HEADER.size, 0, unique))
+                continue
+            if opcode == OP_IOCTL:  # e.g. every Python open() asks isatty(): TCGETS
+                stats["ioctl"] += 1
+                write(dev, OUT_HEADER.pack(OUT_HEADER.size, IOCTL_ANSWER, unique))
                 continue
             if opcode == OP_OPEN and nodeid in backing:
                 stats["open"] += 1
