@@ -283,6 +283,8 @@ class Layer:
             raise OSError(errno.EPROTO, f"FUSE protocol {major} is not supported")
         offered = flags | (flags2 << 32 if flags & FUSE_INIT_EXT else 0)
         want = offered & WANTED
+        if os.environ.get("CTR_REMOTE_FUSE_PASSTHROUGH") == "0":  # as on a kernel without it (tests)
+            want &= ~FUSE_PASSTHROUGH
         self.passthrough = bool(want & FUSE_PASSTHROUGH)
         self.no_opendir = bool(want & FUSE_NO_OPENDIR_SUPPORT)
         reply = INIT_OUT.pack(

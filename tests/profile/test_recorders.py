@@ -4,6 +4,7 @@ stops it, and the same files in the same layers for the corner cases where they 
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import subprocess
@@ -112,3 +113,17 @@ def test_cli_records_the_same_with_either_recorder(tmp_path: Path) -> None:
     assert {"path": "app/run.sh", "layerIndex": 2} in [
         {k: r[k] for k in ("path", "layerIndex")} for r in records["fuse"]
     ]
+
+
+def test_without_fuse_passthrough_the_daemon_serves_the_reads(
+    run, tmp_path: Path, capfd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As on a kernel before 6.9: reads (and the page faults of an mmap: the binary itself) go
+    through the daemon, and the same files are recorded."""
+    monkeypatch.setenv("CTR_REMOTE_FUSE_PASSTHROUGH", "0")
+    big = bytes(range(256)) * 1024  # several READ requests
+    layer = LayerBuilder().file("app/big", big).file("app/empty", b"").write(tmp_path / "l.tar")
+    result = run("busybox md5sum /app/big; cat /app/empty", layer)
+    assert result.exit_code == 0
+    assert capfd.readouterr().out.split()[0] == hashlib.md5(big).hexdigest()
+    assert result.accessed == [["etc/passwd", "etc/group", "bin/busybox"], ["app/big", "app/empty"]]
