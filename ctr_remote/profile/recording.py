@@ -16,11 +16,15 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import structlog
+
 from ctr_remote.profile.attribute import attribute_merged, attribute_per_layer
 from ctr_remote.profile.fanotify import FanotifyRecorder, check_fanotify
 from ctr_remote.profile.recorder import READY_TIMEOUT, RecorderDaemon, RecordingMount, check_fuse
 from ctr_remote.profile.unpack import UnpackedLayer
 from ctr_remote.profile.workload import RecorderKind
+
+log = structlog.get_logger()
 
 
 def check_recorder(kind: RecorderKind) -> None:
@@ -80,6 +84,12 @@ class FanotifyRecording:
     def accessed(self, excluded: Sequence[str]) -> list[list[str]]:
         assert self.recorder is not None
         self.recorder.check()
+        log.debug(
+            "fanotify events",
+            events=self.recorder.events,
+            unnamed=self.recorder.unnamed,  # files the kernel could not open for us: not layer files
+            paths=len(self.recorder.paths),
+        )
         return attribute_merged(self.recorder.paths, self.layers, excluded)
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from ctr_remote.image import open_store, parse_reference
-from tests.helpers.images import LayerBuilder
+from tests.helpers.images import LayerBuilder, image_config
 from tests.helpers.sample import app_layers, publish, runnable_image
-from tests.profile.conftest import RECORDERS, ROOT, SENTINEL
+from tests.profile.conftest import DRIVER_ENV, RECORDERS, ROOT, SENTINEL, driver_command
 
 MANY = 5000
 
@@ -127,3 +127,19 @@ def test_without_fuse_passthrough_the_daemon_serves_the_reads(
     assert result.exit_code == 0
     assert capfd.readouterr().out.split()[0] == hashlib.md5(big).hexdigest()
     assert result.accessed == [["etc/passwd", "etc/group", "bin/busybox"], ["app/big", "app/empty"]]
+
+
+def test_fanotify_unavailable_is_a_one_line_error(tmp_path: Path, work: Path, busybox_layer: Path) -> None:
+    """In a user namespace (root there, not in the initial one) fanotify groups are refused."""
+    cmd, _ = driver_command(
+        tmp_path, work, [busybox_layer], image_config(cmd=["true"]), {"recorder": "fanotify"}
+    )
+    done = subprocess.run(
+        ["unshare", "--user", "--map-root-user", *cmd],
+        capture_output=True, text=True, timeout=60, cwd=ROOT, env=DRIVER_ENV,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.splitlines() == [
+        "ctr-remote: cannot use fanotify (Operation not permitted): --recorder fanotify needs root in the "
+        "initial user namespace and a kernel with fanotify"
+    ]
