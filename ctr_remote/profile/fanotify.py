@@ -20,6 +20,7 @@ import select
 import stat
 import struct
 import threading
+import time
 from pathlib import Path
 
 import structlog
@@ -93,6 +94,7 @@ class FanotifyRecorder:
         self.events = 0
         self.unnamed = 0  # events whose file the kernel could not open for us (e.g. a tty node)
         self.overflowed = False
+        self.cpu_seconds = 0.0  # the reader thread's, for the logs
         self.failure: str | None = None
         self._fd = -1
         self._wake_r, self._wake_w = -1, -1
@@ -146,6 +148,8 @@ class FanotifyRecorder:
                     return  # the container is gone: what it queued was just drained
         except Exception as e:  # reported by check(): the run must not pass for a complete one
             self.failure = " ".join(str(e).split()) or type(e).__name__
+        finally:
+            self.cpu_seconds = time.thread_time()
 
     def _drain(self) -> None:
         while True:

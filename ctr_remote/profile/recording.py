@@ -89,6 +89,7 @@ class FanotifyRecording:
             events=self.recorder.events,
             unnamed=self.recorder.unnamed,  # files the kernel could not open for us: not layer files
             paths=len(self.recorder.paths),
+            reader_cpu_seconds=round(self.recorder.cpu_seconds, 3),
         )
         return attribute_merged(self.recorder.paths, self.layers, excluded)
 
