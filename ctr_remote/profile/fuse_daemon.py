@@ -415,7 +415,8 @@ class Layer:
 
     def _readdir(self, nodeid: int, data: bytes, *, plus: bool) -> bytes:
         # Offsets are indexes into the listing, which is taken once, at offset 0, and kept until the
-        # last chunk has been sent.
+        # kernel asks past its end (it always does, once, to learn that the listing is over: that
+        # request used to list and stat the whole directory again, for nothing).
         _, offset, size, _ = READ_IN.unpack_from(data, IN_HEADER.size)
         path = self.paths[nodeid]
         listing = self.listings.get(nodeid)
@@ -425,6 +426,9 @@ class Layer:
             with os.scandir(directory) as it:
                 listing += [(e.name, e.stat(follow_symlinks=False)) for e in it]
             self.listings[nodeid] = listing
+        if offset >= len(listing):
+            del self.listings[nodeid]
+            return b""
         out = []
         used = 0
         for index in range(offset, len(listing)):
@@ -441,8 +445,6 @@ class Layer:
             dirent = DIRENT.pack(s.st_ino, index + 1, len(name), stat.S_IFMT(s.st_mode) >> 12) + name
             out.append(dirent + b"\0" * (padded - len(dirent)))
             used += record
-        else:
-            del self.listings[nodeid]  # listed to the end
         return b"".join(out)
 
 
