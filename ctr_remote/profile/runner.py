@@ -133,10 +133,10 @@ def _run(
     os.chmod(work, 0o700)  # device nodes and setuid files of the image live below
     for name in ("l", "m", "s", "upper", "ovl", "rootfs", "etc", "bundle", "runc"):
         (work / name).mkdir()
-    recording = recording_for(workload.recorder, work, stack)
+    recording = recording_for(workload.recorder, work, stack, stop)
     for i, blob in enumerate(layers):
         recording.add_layer(i, unpack_layer(blob, work / "l" / str(i), what=f"layer {i} ({blob.name})"))
-    recording.ready(stop)
+    recording.ready()
 
     rootfs = work / "rootfs"
     if not layers:  # no layers at all: an empty lower dir
@@ -184,7 +184,7 @@ def _run(
     (bundle / "config.json").write_text(json.dumps(spec, indent=1), encoding="utf-8")
     # From here on, what opens the image's files is the runtime's and the workload's: the lookups above
     # (the user, the binary) are not recorded by fanotify.
-    recording.start(rootfs, stack)
+    recording.start(stack)
     container = Container(runtime, work / "runc", container_id, bundle)
     stack.callback(container.delete)
     started = time.monotonic()

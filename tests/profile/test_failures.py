@@ -56,13 +56,16 @@ _DAEMON_KILLED = (
     "the recorded accesses would be incomplete"
 )
 _RUNC_KILLED = "runc was killed by SIGKILL while running the workload"
+_READER_KILLED = (
+    "the fanotify reader died during the run (killed by SIGKILL); the recorded accesses would be incomplete"
+)
 
 
 @pytest.mark.parametrize(
     ("needle", "message", "recorder"),
     [
         pytest.param("fuse_daemon.py", _DAEMON_KILLED, "fuse", id="fuse-daemon"),
-        # The fanotify recorder is a thread of the profiler: runc is the part that can die alone.
+        pytest.param("fanotify_reader.py", _READER_KILLED, "fanotify", id="fanotify-reader"),
         *(pytest.param(" run --bundle ", _RUNC_KILLED, r, id=f"runc-{r}") for r in RECORDERS),
     ],
 )
