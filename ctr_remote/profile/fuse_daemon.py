@@ -26,8 +26,10 @@ What each open costs, and what was cut (counts per request type go to LOG.stats 
 - LOOKUP/GETATTR: once per name and node, cached for an hour (the layer never changes); a missing
   name is cached as a negative entry. Directory listings are READDIRPLUS, entries registered with
   their attributes, so the kernel looks nothing up after a listing.
-- OPENDIR, ACCESS, and for layers without extended attributes GETXATTR/LISTXATTR: answered ENOSYS
-  once, after which the kernel stops asking. Symlink targets are cached (FUSE_CACHE_SYMLINKS).
+- OPENDIR, and for layers without extended attributes GETXATTR/LISTXATTR: answered ENOSYS once, after
+  which the kernel stops asking. IOCTL (asked on every isatty() of a file opened on this mount itself;
+  overlayfs does not pass it down) is answered ENOTTY without further ado. Symlink targets are cached
+  (FUSE_CACHE_SYMLINKS).
 """
 
 from __future__ import annotations
@@ -106,12 +108,14 @@ TIMEOUT = 3600  # seconds: entries, attributes and negative lookups (the layer n
 MAX_READ = 1 << 17  # without passthrough: the largest READ the kernel asks for
 # Nothing is ever written to a layer, so the smallest write size the kernel allows: a request then
 # fits in the smallest read buffer it allows, whose allocation per read() is cheap (a 132 KiB buffer,
-# allocated and freed by the allocator's mmap on every request, doubled the daemon's CPU per request).
+# allocated and freed by the allocator's mmap on every request, more than doubled the daemon's CPU per
+# request).
 MAX_WRITE = 4096
 BUFFER = 8192
 _MAX_OPEN_FILES = 512
 _NO_REPLY = ("forget", "batch_forget", "interrupt")
 
+_U64 = (1 << 64) - 1
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -120,7 +124,9 @@ def _attr(s: os.stat_result) -> tuple[int, ...]:
     major, minor = os.major(rdev), os.minor(rdev)
     return (
         s.st_ino, s.st_size, s.st_blocks,
-        s.st_atime_ns // 1_000_000_000, s.st_mtime_ns // 1_000_000_000, s.st_ctime_ns // 1_000_000_000,
+        # Seconds are signed for the kernel: a time before 1970 (a tar may say so) as two's complement.
+        s.st_atime_ns // 1_000_000_000 & _U64, s.st_mtime_ns // 1_000_000_000 & _U64,
+        s.st_ctime_ns // 1_000_000_000 & _U64,
         s.st_atime_ns % 1_000_000_000, s.st_mtime_ns % 1_000_000_000, s.st_ctime_ns % 1_000_000_000,
         s.st_mode, s.st_nlink, s.st_uid, s.st_gid,
         (minor & 0xFF) | (major << 8) | ((minor & ~0xFF) << 12),  # the kernel's new_encode_dev
@@ -150,7 +156,7 @@ class Layer:
         self.listings: dict[int, list[tuple[bytes, os.stat_result]]] = {}
         self.seen: set[bytes] = set()
         self.stats: Counter[str] = Counter()
-        self.log_failed = False
+        self.failed = False
 
     # --- the connection ---------------------------------------------------------------------------
 
@@ -206,6 +212,9 @@ class Layer:
                 reply = handler(nodeid, data) if handler else -errno.ENOSYS
             except OSError as e:
                 reply = -(e.errno or errno.EIO)
+            except Exception as e:  # a bug of ours: the opener gets EIO, the run fails with one line
+                reply = -errno.EIO
+                self.fail(f"failed to answer a {name} request: {' '.join(str(e).split())}")
             if name in _NO_REPLY:
                 continue
             self.reply(unique, reply)
@@ -242,9 +251,13 @@ class Layer:
             os.write(self.log_fd, path[1:] + b"\0")
         except OSError as e:
             # The workload's open still succeeds; the parent learns that this profile is incomplete.
-            if not self.log_failed:
-                self.log_failed = True
-                os.write(self.ready_fd, f"{self.index} !cannot write its access log: {e.strerror}\n".encode())
+            self.fail(f"cannot write its access log: {e.strerror}")
+
+    def fail(self, message: str) -> None:
+        """Tell the parent (once) that this layer's record cannot be trusted: it fails the run."""
+        if not self.failed:
+            self.failed = True
+            os.write(self.ready_fd, f"{self.index} !{message}\n".encode(errors="replace")[:500])
 
     def entry(self, path: bytes, s: os.stat_result) -> bytes:
         """An entry reply for `path`; the kernel now holds one more lookup of its node."""

@@ -154,3 +154,17 @@ def test_fanotify_unavailable_is_a_one_line_error(tmp_path: Path, work: Path, bu
         "ctr-remote: cannot use fanotify (Operation not permitted): --recorder fanotify needs root in the "
         "initial user namespace and a kernel with fanotify"
     ]
+
+
+@pytest.mark.parametrize("recorder", RECORDERS)
+def test_times_before_1970_and_far_ahead_are_served_as_the_layer_has_them(run, tmp_path: Path, capfd) -> None:
+    layer = (
+        LayerBuilder()
+        .file("old", b"o", mtime=-86400 * 365)
+        .file("new", b"n", mtime=1 << 33)
+        .write(tmp_path / "l.tar")
+    )
+    result = run("cat /old /new > /dev/null; stat -c %Y /old /new", layer)
+    assert result.exit_code == 0
+    assert capfd.readouterr().out.split() == [str(-86400 * 365), str(1 << 33)]
+    assert result.accessed[1] == ["old", "new"]
