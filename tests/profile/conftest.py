@@ -20,7 +20,9 @@ from ctr_remote.profile.workload import RecorderKind
 from tests.helpers.images import LayerBuilder, image_config
 
 ROOT = Path(__file__).resolve().parents[2]
-SENTINEL = "987654"  # tests that must be interrupted sleep this long; no such process may survive
+# Tests that must be interrupted sleep this long; no such process may survive. Unique to this pytest
+# process: other suites running at the same time on the machine sleep their own.
+SENTINEL = f"98{os.getpid() % 10_000:04d}"
 
 
 @pytest.fixture(autouse=True)
