@@ -22,6 +22,7 @@ from ctr_remote.profile.workload import (
     CniConfig,
     DnsConfig,
     NetworkMode,
+    RecorderKind,
     Workload,
 )
 
@@ -77,6 +78,7 @@ def _workload(p: dict[str, Any]) -> Workload:
         ),
         add_hosts=flags.add_hosts(p["add_hosts"]),
         runtime=p["runtime"],
+        recorder=RecorderKind(p["recorder"]),
     )
 
 
@@ -221,6 +223,14 @@ _dir = click.Path(file_okay=False, path_type=Path)
     default="runc",
     show_default=True,
     help="OCI runtime binary used to run the container (e.g. crun)",
+)
+@click.option(
+    "--recorder",
+    type=click.Choice([k.value for k in RecorderKind]),
+    default=RecorderKind.FUSE.value,
+    show_default=True,
+    help="how file accesses are recorded: a FUSE passthrough under each layer, or fanotify on the "
+    "container's overlay (as upstream; needs root in the initial user namespace)",
 )
 def optimize_command(source_ref: str, target_ref: str, **params: object) -> None:
     """Optimize an image with user-specified workload.
