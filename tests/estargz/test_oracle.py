@@ -70,7 +70,7 @@ def test_go_tests_of_the_oracle() -> None:
     cycle, legacy and malformed footers, a zstd footer claiming a huge TOC: each rejected with its own
     error, against both upstream versions (the minute-long every-byte-flip test is left out here)."""
     p = subprocess.run(
-        [str(ROOT / "scripts" / "setup.sh"), "oracle-test", str(ORACLE.parent)],
+        [str(ROOT / "script" / "setup.sh"), "oracle-test", str(ORACLE.parent)],
         capture_output=True,
         text=True,
         timeout=300,
