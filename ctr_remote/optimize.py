@@ -19,7 +19,7 @@ from pathlib import Path
 
 import structlog
 
-from ctr_remote.cancel import CancelToken, run_parallel
+from ctr_remote.cancel import CancelToken, checked_file, run_parallel
 from ctr_remote.errors import CtrRemoteError
 from ctr_remote.estargz import (
     TOC_DIGEST_ANNOTATION,
@@ -43,10 +43,12 @@ from ctr_remote.image import (
 from ctr_remote.image.digest import encoded
 from ctr_remote.image.resolve import resolve_images
 from ctr_remote.layer.archive import members, open_layer
+from ctr_remote.layer.compression import CorruptLayerError, uncompress
 from ctr_remote.options import OptimizeOptions
 from ctr_remote.prefetch_list import visible_per_layer
-from ctr_remote.profile import ProfileResult, Workload, check_requirements, profile, record_lines
+from ctr_remote.profile import Workload, check_requirements, profile
 from ctr_remote.progress import Progress
+from ctr_remote.record import Record, record_lines
 
 log = structlog.get_logger()
 
@@ -70,6 +72,14 @@ def optimize(options: OptimizeOptions, workload: Workload, progress: Progress | 
         return _Pipeline(
             Path(tmp), src, dst, options, workload, progress or Progress(live=False), record
         ).run()
+
+
+def convert(options: OptimizeOptions, progress: Progress | None = None) -> str:
+    """`image convert`: the same pipeline with nothing run; the prioritized files come from
+    `options.record_in`, or there are none."""
+    if options.optimize or options.record_out is not None:
+        raise ValueError("convert runs no workload: optimize=False and no record_out")
+    return optimize(options, Workload(), progress)
 
 
 class _RecordFile:
@@ -153,9 +163,8 @@ class _Pipeline:
         if host is not None and self.options.runs_workload:
             check_requirements(self.workload)  # fail before any download, not after
         self._fetch_layers(images)
-        accessed = self._accessed(host) if host is not None else None
-
-        jobs = [(img, self._lists(img, accessed if img is host else None)) for img in images]
+        self._check_record(images)
+        jobs = [(img, self._prioritized(img, host)) for img in images]
         converted = self._convert_all(jobs)
         outputs: list[tuple[ImageBlobs, Descriptor, bytes, _Converted, list[_Converted]]] = []
         for img, lists in jobs:
@@ -215,34 +224,49 @@ class _Pipeline:
         )
         return None
 
-    def _accessed(self, img: ImageBlobs) -> list[list[str]]:
+    def _prioritized(self, img: ImageBlobs, host: ImageBlobs | None) -> list[list[str]]:
+        """Each layer's files to put first: replayed from a record (every image), recorded from the
+        workload or selected by --prefetch-list (the host's image), or none."""
+        if self.options.record_in is not None:
+            return self._replay(img, self.options.record_in)
+        if img is not host:
+            return [[] for _ in img.manifest.layers]
         layers = [self._layer_file(d) for d in img.manifest.layers]
         if self.prefetch is not None:
             visible = visible_per_layer([_layer_entries(p) for p in layers])
             accessed = [self.prefetch.select(names) for names in visible]
-            if self.record is not None:
-                self.record.write(record_lines(ProfileResult(accessed, None), img.manifest_desc.digest))
-            return accessed
-        self.progress.commit()  # the workload may write to the terminal the progress lines are on
-        if self.workload.wait_on_signal:
-            log.info("press Ctrl+C to terminate the container")
-        elif self.workload.wait_on_line is None:
-            log.info(f"waiting for {self.workload.period:g}s ...")
-        result = profile(layers, img.config.raw, self.workload, workdir=self.work)
+        else:
+            self.progress.commit()  # the workload may write to the terminal the progress lines are on
+            if self.workload.wait_on_signal:
+                log.info("press Ctrl+C to terminate the container")
+            elif self.workload.wait_on_line is None:
+                log.info(f"waiting for {self.workload.period:g}s ...")
+            accessed = profile(layers, img.config.raw, self.workload, workdir=self.work).accessed
         if self.record is not None:
-            self.record.write(record_lines(result, img.manifest_desc.digest))
-        return result.accessed
+            self.record.write(record_lines(accessed, img.manifest_desc.digest))
+        return accessed
+
+    def _check_record(self, images: Sequence[ImageBlobs]) -> None:
+        record = self.options.record_in
+        if record is None or any(img.manifest_desc.digest in record.manifests for img in images):
+            return
+        log.warning(
+            "the record names no manifest of the source: prioritizing its paths by name in every "
+            "layer that has them, as upstream does",
+            recorded=",".join(record.manifests) or "none",
+        )
+
+    def _replay(self, img: ImageBlobs, record: Record) -> list[list[str]]:
+        """The record's per-layer lists for this manifest; for a manifest it does not name, its
+        paths by name in each layer that serves them in the merged image (upstream's replay)."""
+        lists = record.per_layer(img.manifest_desc.digest, len(img.manifest.layers))
+        if lists is not None:
+            return lists
+        paths = record.paths()
+        visible = visible_per_layer([_layer_entries(self._layer_file(d)) for d in img.manifest.layers])
+        return [[p for p in paths if p in served] for served in map(set, visible)]
 
     # -- conversion -----------------------------------------------------------------------------
-
-    @staticmethod
-    def _lists(img: ImageBlobs, accessed: list[list[str]] | None) -> list[list[str]]:
-        layers = img.manifest.layers
-        if accessed is None:
-            return [[] for _ in layers]
-        if len(accessed) != len(layers):
-            raise CtrRemoteError(f"internal error: {len(accessed)} access lists for {len(layers)} layers")
-        return accessed
 
     def _convert_all(
         self, jobs: Sequence[tuple[ImageBlobs, list[list[str]]]]
@@ -265,11 +289,36 @@ class _Pipeline:
 
     def _layer_media_type(self, src: Descriptor) -> str:
         docker = media_types.is_docker(src.media_type) and not self.options.oci
+        if self.options.uncompressed:
+            return media_types.DOCKER_LAYER if docker else media_types.OCI_LAYER
         return media_types.DOCKER_LAYER_GZIP if docker else media_types.OCI_LAYER_GZIP
+
+    def _uncompress_layer(self, desc: Descriptor, cancel: CancelToken) -> _Converted:
+        """convert --uncompress: the plain tar, its digest also its diff ID."""
+        fd, name = tempfile.mkstemp(prefix="layer-", dir=self.work / "out")
+        os.close(fd)
+        out = Path(name)
+        self.progress.step(desc.digest, "convert")
+        with open(self._layer_file(desc), "rb") as fin, open(out, "wb") as fout:
+            try:
+                digest, size = uncompress(checked_file(fin, cancel, "layer conversion"), fout)
+            except CorruptLayerError as e:
+                raise CtrRemoteError(f"layer {desc.digest}: {e}") from None
+        self.progress.done(desc.digest, "convert", log_line=False, size=size)
+        annotations = {
+            k: v
+            for k, v in (desc.annotations or {}).items()
+            if k not in (TOC_DIGEST_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION)  # no longer true
+        }
+        new = Descriptor(self._layer_media_type(desc), digest, size, annotations or None)
+        log.info("converted", digest=digest, source=desc.digest, format="tar")
+        return _Converted(out, new, digest)
 
     def _convert_layer(
         self, desc: Descriptor, files: list[str], diff_id: str | None, cancel: CancelToken
     ) -> _Converted:
+        if self.options.uncompressed:
+            return self._uncompress_layer(desc, cancel)
         path = self._layer_file(desc)
         annotations = dict(desc.annotations or {})
         if self.options.reuse and not files and diff_id and self._reusable(path, desc):

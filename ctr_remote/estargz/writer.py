@@ -27,7 +27,7 @@ from typing import IO, BinaryIO, cast
 import deflate
 from zlib_ng import zlib_ng
 
-from ctr_remote.cancel import CancelToken, CheckedFile
+from ctr_remote.cancel import CancelToken, checked_file
 from ctr_remote.estargz.errors import EstargzError
 from ctr_remote.estargz.options import BuildOptions, BuildResult
 from ctr_remote.estargz.order import Generated, Item, order_entries
@@ -80,9 +80,8 @@ def build(
     is spooled to an unlinked temp file. Once `cancel` is set the conversion stops (Cancelled) at
     its next read or write."""
     if cancel is not None:
-        # Duck-typed files: the writer only reads `src` and writes `dst`.
-        src = cast(BinaryIO, CheckedFile(src, cancel, "layer conversion"))
-        dst = cast(BinaryIO, CheckedFile(dst, cancel, "layer conversion"))
+        src = checked_file(src, cancel, "layer conversion")
+        dst = checked_file(dst, cancel, "layer conversion")
     try:
         tar, _ = open_tar_stream(src, "layer")
         # Closing the tar stream stops its decompression thread (`src` itself stays open).

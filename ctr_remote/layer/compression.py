@@ -7,6 +7,7 @@ Every consumer of layer blobs (the eStargz writer, the layer unpacker, the reade
 from __future__ import annotations
 
 import enum
+import hashlib
 import io
 from typing import BinaryIO
 
@@ -148,3 +149,16 @@ def open_tar_stream(raw: BinaryIO, what: str = "layer") -> tuple[BinaryIO, Compr
     else:
         inner = _ZstdReader(prefixed)  # type: ignore[assignment]
     return io.BufferedReader(_Checked(inner, what, kind), buffer_size=1 << 20), kind
+
+
+def uncompress(src: BinaryIO, dst: BinaryIO) -> tuple[str, int]:
+    """Write the plain tar of the layer blob `src` to `dst`; its sha256 (the layer's new digest and
+    its diff ID alike) and size."""
+    stream, _ = open_tar_stream(src, "layer")
+    h, size = hashlib.sha256(), 0
+    with stream:
+        while data := stream.read(1 << 20):
+            dst.write(data)
+            h.update(data)
+            size += len(data)
+    return "sha256:" + h.hexdigest(), size

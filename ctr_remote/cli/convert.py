@@ -1,0 +1,152 @@
+"""`ctr-remote image convert`: upstream's convert flags; the optimize pipeline without a workload.
+
+The prioritized files come from a record (`--estargz-record-in`, written by `optimize --record-out`)
+or nowhere. Nothing runs, so no root, runc or FUSE is needed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+import structlog
+
+from ctr_remote.cli.types import PLATFORM, reference
+from ctr_remote.errors import UsageError
+from ctr_remote.estargz import DEFAULT_COMPRESSION_LEVEL, BuildOptions
+from ctr_remote.options import OptimizeOptions
+from ctr_remote.record import Record, RecordError
+
+log = structlog.get_logger()
+
+# Accepted as upstream's, refused until their writers exist here.
+_NOT_YET = ("zstdchunked", "estargz_min_chunk_size", "estargz_external_toc", "estargz_keep_diff_id")
+
+
+def _record(path: Path | None) -> Record | None:
+    if path is None:
+        return None
+    try:
+        return Record.load(path)
+    except RecordError as e:
+        raise UsageError(str(e)) from None
+
+
+def _conflicts(p: dict[str, Any]) -> None:
+    """Upstream's refusals, in upstream's words."""
+    if p["estargz"] and p["uncompress"]:
+        raise UsageError("option --estargz conflicts with --uncompress")
+    if p["estargz"] and p["zstdchunked"]:
+        raise UsageError("option --estargz conflicts with --zstdchunked")
+    if p["zstdchunked"] and p["uncompress"]:
+        raise UsageError("option --zstdchunked conflicts with --uncompress")
+    if p["zstdchunked"] and not p["oci"]:
+        raise UsageError("option --zstdchunked must be used in conjunction with --oci")
+    if p["estargz_keep_diff_id"] and not p["estargz_external_toc"]:
+        raise UsageError("option --estargz-keep-diff-id must be used with --estargz-external-toc")
+    if p["estargz_keep_diff_id"] and p["estargz_record_in"]:
+        raise UsageError("option --estargz-keep-diff-id conflicts with --estargz-record-in")
+    if not (p["estargz"] or p["zstdchunked"] or p["uncompress"]):
+        raise UsageError("specify layer converter (--estargz, --zstdchunked or --uncompress)")
+    if p["all_platforms"] and p["platform"]:
+        raise UsageError("--platform can't be used with --all-platforms")
+    if p["estargz_record_in"] and not p["estargz"]:
+        raise UsageError("--estargz-record-in needs --estargz")
+    if p["zstdchunked_record_in"] and not p["zstdchunked"]:
+        raise UsageError("--zstdchunked-record-in needs --zstdchunked")
+    if p["reuse"] and p["uncompress"]:
+        raise UsageError("--reuse can't be used with --uncompress")
+    for name in _NOT_YET:
+        if p[name]:
+            flag = "--" + name.replace("_", "-")
+            raise UsageError(f"{flag} is not supported yet: this tool writes eStargz (gzip) layers")
+    if not 1 <= p["estargz_compression_level"] <= 9:
+        raise UsageError(
+            f"--estargz-compression-level must be between 1 and 9, got {p['estargz_compression_level']}"
+        )
+    if p["estargz_chunk_size"] < 0:
+        raise UsageError(f"--estargz-chunk-size must not be negative, got {p['estargz_chunk_size']}")
+
+
+def _options(source_ref: str, target_ref: str, p: dict[str, Any]) -> OptimizeOptions:
+    layer = BuildOptions(compression_level=p["estargz_compression_level"])
+    if p["estargz_chunk_size"]:  # upstream: 0 means the default
+        layer = BuildOptions(compression_level=layer.compression_level, chunk_size=p["estargz_chunk_size"])
+    return OptimizeOptions(
+        source=reference(source_ref, plain_http=p["plain_http"]),
+        target=reference(target_ref, plain_http=p["plain_http"]),
+        platforms=tuple(p["platform"]),
+        all_platforms=p["all_platforms"],
+        optimize=False,
+        record_in=_record(p["estargz_record_in"] or p["zstdchunked_record_in"]),
+        reuse=p["reuse"],
+        oci=p["oci"],
+        layer=layer,
+        uncompressed=p["uncompress"],
+    )
+
+
+_record_file = click.Path(dir_okay=False, path_type=Path)
+
+
+@click.command(
+    "convert",
+    short_help="convert an image",
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
+)
+@click.argument("source_ref")
+@click.argument("target_ref")
+@click.option(
+    "--estargz",
+    is_flag=True,
+    help="convert legacy tar(.gz) layers to eStargz for lazy pulling. "
+    "Should be used in conjunction with '--oci'",
+)
+@click.option(
+    "--estargz-record-in",
+    type=_record_file,
+    help="Read 'ctr-remote optimize --record-out=<FILE>' record file",
+)
+@click.option(
+    "--estargz-compression-level",
+    type=int,
+    default=DEFAULT_COMPRESSION_LEVEL,
+    show_default=True,
+    help="eStargz compression level",
+)
+@click.option("--estargz-chunk-size", type=int, default=0, help="eStargz chunk size (0: 4 MiB)")
+@click.option("--estargz-min-chunk-size", type=int, default=0, help="not supported yet")
+@click.option("--estargz-external-toc", is_flag=True, help="not supported yet")
+@click.option("--estargz-keep-diff-id", is_flag=True, help="not supported yet")
+@click.option("--zstdchunked", is_flag=True, help="not supported yet")
+@click.option("--zstdchunked-record-in", type=_record_file, help="Read a record file (with --zstdchunked)")
+@click.option("--zstdchunked-compression-level", type=int, default=3, help="zstd:chunked compression level")
+@click.option("--zstdchunked-chunk-size", type=int, default=0, help="zstd:chunked chunk size")
+@click.option("--uncompress", is_flag=True, help="convert tar.gz layers to uncompressed tar layers")
+@click.option("--oci", is_flag=True, help="convert Docker media types to OCI media types")
+@click.option(
+    "--platform", type=PLATFORM, multiple=True, help="Convert content for a specific platform; repeatable"
+)
+@click.option("--all-platforms", is_flag=True, help="Convert content for all platforms")
+@click.option(
+    "--plain-http", is_flag=True, help="allow HTTP connections to registries given as http://host/repo"
+)
+@click.option(
+    "--reuse", is_flag=True, help="copy layers that are eStargz already and verify, instead of converting"
+)
+def convert_command(source_ref: str, target_ref: str, **params: Any) -> None:
+    """Convert an image format.
+
+    e.g., 'ctr-remote image convert --estargz --oci example.com/foo:orig example.com/foo:esgz'.
+    With --estargz-record-in, each layer puts first the files a recorded `optimize --record-out`
+    run read from it. Needs no root: nothing is run.
+    """
+    _conflicts(params)
+    options = _options(source_ref, target_ref, params)
+    if params["estargz"] and not params["oci"]:
+        log.warning("option --estargz should be used in conjunction with --oci")
+    from ctr_remote.optimize import convert  # the pipeline pulls in every package: load it only to run
+
+    root = click.get_current_context().find_root()
+    click.echo(convert(options, root.obj))
