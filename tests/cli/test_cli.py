@@ -22,5 +22,6 @@ def test_image_aliases() -> None:
 
 def test_unknown_command_is_one_line_error() -> None:
     p = run("nosuch")
-    assert p.returncode != 0
-    assert "Traceback" not in p.stderr
+    assert p.returncode == 2 and p.stdout == ""
+    assert len(p.stderr.splitlines()) == 1 and p.stderr.endswith("\n"), p.stderr
+    assert "No such command 'nosuch'" in p.stderr
