@@ -160,11 +160,16 @@ def test_bad_options(kwargs: dict, message: str) -> None:
         BuildOptions(**kwargs)
 
 
-def test_success_leaves_no_temp_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    out = io.BytesIO()
-    build(io.BytesIO(GOOD), out)
-    assert out.getvalue() and list(tmp_path.iterdir()) == []
+def test_success_leaves_no_temp_files(oracle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spool_dir = tmp_path / "tmp"
+    spool_dir.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spool_dir))
+    out = tmp_path / "good.esgz"
+    with out.open("wb") as dst:
+        result = build(io.BytesIO(GOOD), dst)
+    assert list(spool_dir.iterdir()) == []
+    report = oracle.check_blob(out, result.toc_digest)
+    assert report["files"] == 4 and report["tar_equal"]  # a, sock, b and the landmark
 
 
 def _member_sizes(blob: bytes) -> list[int]:

@@ -231,9 +231,10 @@ def test_unseekable_streams_in_and_out(oracle, tmp_path: Path) -> None:
     check(oracle, path, result)
 
 
-def test_is_estargz(tmp_path: Path) -> None:
+def test_is_estargz(oracle, tmp_path: Path) -> None:
     layer = make_tar([f("a", b"a")])
-    path, _ = convert(tmp_path, layer)
+    path, result = convert(tmp_path, layer)
+    check(oracle, path, result)
     with path.open("rb") as fh:
         assert is_estargz(fh)
     for other in (compress(layer, "gzip"), layer, b"", b"x" * 51):
