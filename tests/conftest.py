@@ -118,6 +118,20 @@ def _levels(report: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
                 yield f"{where} layer {layer.get('index')} blob", layer["blob"]
 
 
+# Fixtures that start real services (a registry, the lazy-pull stack, CNI networks): no `unit` test
+# may use them, so that `pytest -m unit` stays runnable without root or services.
+SERVICE_FIXTURES = {"registry", "registry_factory", "fault_proxy", "stack", "playground"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        params = set(callspec.params) if callspec else set()  # a parameter may share a fixture's name
+        services = SERVICE_FIXTURES & (set(getattr(item, "fixturenames", ())) - params)
+        if item.get_closest_marker("unit") and services:
+            raise pytest.UsageError(f"{item.nodeid} is marked unit but uses {sorted(services)}")
+
+
 @pytest.fixture(scope="session")
 def oracle() -> Oracle:
     for binary in (ORACLE, ORACLE_V012):

@@ -23,6 +23,8 @@ from ctr_remote.estargz.tar import encode_header
 from tests.conftest import ROOT
 from tests.estargz.layers import Entry, compress, f, make_tar, pattern
 
+pytestmark = pytest.mark.unit
+
 
 def _retype(layer: bytes, name: bytes, flag: bytes) -> bytes:
     """Change the type flag of the header named `name` (and fix its checksum)."""

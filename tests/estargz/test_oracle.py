@@ -24,6 +24,8 @@ from tests.estargz.layers import (
     upstream_layer,
 )
 
+pytestmark = pytest.mark.unit
+
 UNCOMPRESSED_ANNOTATION = "io.containers.estargz.uncompressed-size"
 ORACLE_GEN_V012 = Path(str(ORACLE_GEN) + "-v0.12")
 

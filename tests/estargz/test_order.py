@@ -22,6 +22,8 @@ from tests.estargz.layers import (
     upstream_layer,
 )
 
+pytestmark = pytest.mark.unit
+
 LONG = "deep/" + "d" * 60 + "/" + "e" * 60 + "/" + "f" * 120
 
 CASES = {

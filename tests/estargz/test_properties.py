@@ -26,6 +26,8 @@ from hypothesis import strategies as st
 from ctr_remote.estargz import BuildResult, EstargzError, open_estargz
 from tests.estargz.layers import Entry, compress, convert, make_tar, pattern, toc_names, upstream_layer
 
+pytestmark = pytest.mark.unit
+
 CHUNK = 64
 _SCALE = int(os.environ.get("ESTARGZ_PROPERTY_EXAMPLES", "1"))
 _SETTINGS = {

@@ -25,6 +25,8 @@ from tests.estargz.layers import (
     upstream_layer,
 )
 
+pytestmark = pytest.mark.unit
+
 
 def test_reads_and_verifies_upstream_blobs(oracle_gen: Path, tmp_path: Path) -> None:
     layer = make_tar(edge_case_entries())

@@ -8,11 +8,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from ctr_remote.estargz import open_estargz
 from ctr_remote.image import open_store, parse_reference
 from tests.conftest import Oracle
 from tests.helpers.sample import app_layers, publish, runnable_image
 from tests.optimize.conftest import Cli
+
+pytestmark = pytest.mark.unit
 
 TOC = "containerd.io/snapshot/stargz/toc.digest"
 USIZE = "io.containers.estargz.uncompressed-size"

@@ -38,6 +38,7 @@ def _read_terminal(primary: int) -> str:
     return b"".join(chunks).decode()
 
 
+@pytest.mark.unit
 def test_ci_gets_one_log_line_per_layer_step(cli: Cli, workdir: Path, oracle: Oracle) -> None:
     src = _source(workdir)
     run = cli.optimize("--no-optimize", f"local://{src}", f"local://{workdir / 'dst'}")
@@ -48,6 +49,7 @@ def test_ci_gets_one_log_line_per_layer_step(cli: Cli, workdir: Path, oracle: Or
     assert report["manifests"][0]["digest"] == run.digest
 
 
+@pytest.mark.unit
 def test_terminal_gets_live_layer_lines(workdir: Path, oracle: Oracle) -> None:
     src = _source(workdir)
     primary, secondary = pty.openpty()
@@ -67,6 +69,7 @@ def test_terminal_gets_live_layer_lines(workdir: Path, oracle: Oracle) -> None:
     assert oracle.check_image(workdir / "dst")["manifests"][0]["digest"] == out.decode().strip()
 
 
+@pytest.mark.unit
 def test_sigterm_during_conversion_leaves_nothing(workdir: Path) -> None:
     """SIGTERM while a big layer converts: exit 143, one line, temp files removed."""
     import random

@@ -23,6 +23,8 @@ from tests.helpers.oci import BuiltImage, _blob
 from tests.helpers.sample import publish
 from tests.optimize.conftest import Cli
 
+pytestmark = pytest.mark.unit
+
 TOC = "containerd.io/snapshot/stargz/toc.digest"
 USIZE = "io.containers.estargz.uncompressed-size"
 COPIED = "no access occur; copying without conversion"
