@@ -56,11 +56,11 @@ class Oracle:
             args.append("--strict")
         return self._run(args, binary)
 
-    def image(self, ref: str | Path, strict: bool = True) -> OracleReport:
+    def image(self, ref: str | Path, strict: bool = True, binary: Path | None = None) -> OracleReport:
         args = ["image", str(ref)]
         if strict:
             args.append("--strict")
-        return self._run(args)
+        return self._run(args, binary)
 
     def check_blob(
         self, path: Path, toc_digest: str, allowed_warnings: tuple[str, ...] = (), older_reader: bool = True
@@ -80,30 +80,40 @@ class Oracle:
         return reports[0]
 
     def check_image(
-        self, ref: str | Path, allowed_warnings: tuple[str, ...] = (), all_estargz: bool = True
+        self,
+        ref: str | Path,
+        allowed_warnings: tuple[str, ...] = (),
+        all_estargz: bool = True,
+        older_reader: bool = True,
     ) -> dict:
         """Assert the image passes at every level: the image, each manifest, each layer and its blob
         (the oracle runs with `--strict` unless warnings are allowed, and every level's own verdict
         and warnings are read here too, not only what the oracle copies to the top). A warning
         anywhere fails unless it contains one of `allowed_warnings`. Unless `all_estargz` is False,
-        every layer must be eStargz (a plain gzip layer is a valid image, but not our output)."""
-        r = self.image(ref, strict=not allowed_warnings)
-        failed, unexpected = [], []
-        for where, level in _levels(r.report):
-            if not level.get("ok", False):
-                failed.append(f"{where}: {level.get('error') or level.get('errors')}")
-            unexpected += [
-                f"{where}: {w}"
-                for w in level.get("warnings") or []
-                if not any(a in w for a in allowed_warnings)
-            ]
-        assert r.ok and not failed, f"estargz-check rejected image {ref}: {r.stderr} {failed}"
-        assert not unexpected, f"estargz-check warnings on {ref}: {unexpected}"
-        layers = r.report["layers"]
-        assert layers == sum(len(m["layers"]) for m in r.report["manifests"]) > 0, r.report
-        if all_estargz:
-            assert r.report["estargz_layers"] == layers, f"{ref}: not every layer is eStargz: {r.report}"
-        return r.report
+        every layer must be eStargz (a plain gzip layer is a valid image, but not our output).
+        Unless `older_reader` is False, the v0.12 build must pass it too. Returns v0.14.3's report."""
+        binaries = [self.binary] + ([self.older] if older_reader and self.older else [])
+        reports = []
+        for binary in binaries:
+            r = self.image(ref, strict=not allowed_warnings, binary=binary)
+            lib = r.report.get("library", binary.name)
+            failed, unexpected = [], []
+            for where, level in _levels(r.report):
+                if not level.get("ok", False):
+                    failed.append(f"{where}: {level.get('error') or level.get('errors')}")
+                unexpected += [
+                    f"{where}: {w}"
+                    for w in level.get("warnings") or []
+                    if not any(a in w for a in allowed_warnings)
+                ]
+            assert r.ok and not failed, f"estargz-check ({lib}) rejected image {ref}: {r.stderr} {failed}"
+            assert not unexpected, f"estargz-check ({lib}) warnings on {ref}: {unexpected}"
+            layers = r.report["layers"]
+            assert layers == sum(len(m["layers"]) for m in r.report["manifests"]) > 0, r.report
+            if all_estargz:
+                assert r.report["estargz_layers"] == layers, f"{ref}: not every layer is eStargz: {r.report}"
+            reports.append(r.report)
+        return reports[0]
 
 
 def _levels(report: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
