@@ -10,6 +10,8 @@ import pytest
 from ctr_remote.cli import flags
 from ctr_remote.profile.workload import Mount
 
+pytestmark = pytest.mark.unit
+
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "ctr_remote", *args], capture_output=True, text=True)
