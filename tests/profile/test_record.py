@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from ctr_remote.profile import Mount, ProfileResult, Workload, profile
-from ctr_remote.record import record_lines
 from ctr_remote.profile.workload import RecorderKind
+from ctr_remote.record import record_lines
 from tests.helpers.images import LayerBuilder, image_config
 from tests.profile.conftest import RECORDERS
 
