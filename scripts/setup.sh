@@ -15,11 +15,13 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 
 # What `ctr-remote image optimize` runs on, and what the demo starts (a registry, a busybox image).
 RUNTIME_PACKAGES=(runc fuse3 docker-registry busybox-static python3-venv ca-certificates)
-# The tests' real parts: skopeo, CNI plugins, the Go oracle's sources, containerd and upstream's tool.
+# The tests' real parts: skopeo, CNI plugins, the Go oracle's sources, containerd and upstream's tool,
+# and the gzip helpers --estargz-gzip-helper runs (pigz; igzip from isal).
 TEST_PACKAGES=(
   skopeo containernetworking-plugins iproute2
   golang-go golang-github-containerd-stargz-snapshotter-dev stargz-snapshotter containerd
   openssl apache2-utils
+  pigz isal
 )
 # Upstream v0.14.3 from Debian 13, as a second reference: its Go source (estargz with external TOC and
 # min chunk size) and its ctr-remote binary (needs only libc6 >= 2.34, which Debian 12 has).

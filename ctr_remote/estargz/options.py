@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ctr_remote.estargz.errors import EstargzError
+from ctr_remote.layer.gzip_helper import GzipHelper
 
 DEFAULT_CHUNK_SIZE = 4 << 20
 
@@ -44,6 +45,7 @@ class BuildOptions:
         this order, followed by `.prefetch.landmark`. None or empty: `.no.prefetch.landmark` first.
     workers: compression threads; None means one per CPU. The output is byte-identical whatever
         the value.
+    gzip_helper: decompress a gzip input with this program (pigz, igzip, gzip) instead of zlib-ng.
     """
 
     chunk_size: int = DEFAULT_CHUNK_SIZE
@@ -53,6 +55,7 @@ class BuildOptions:
     format: LayerFormat = LayerFormat.ESTARGZ
     min_chunk_size: int = 0
     external_toc: bool = False
+    gzip_helper: GzipHelper | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.chunk_size, int) or self.chunk_size < 1:

@@ -90,7 +90,7 @@ def build(src: BinaryIO, dst: BinaryIO, options: BuildOptions = BuildOptions()) 
     written to `dst` (may be unseekable). Memory use does not grow with the layer size; the layer
     is spooled to an unlinked temp file."""
     try:
-        tar, _ = open_tar_stream(src, "layer")
+        tar, _ = open_tar_stream(src, "layer", options.gzip_helper)
         # Closing the tar stream stops its decompression thread (`src` itself stays open).
         with (
             tar,
