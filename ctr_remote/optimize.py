@@ -23,10 +23,16 @@ import structlog
 
 from ctr_remote.errors import CtrRemoteError
 from ctr_remote.estargz import (
+    EXTERNAL_TOC_IMAGE_SUFFIX,
+    EXTERNAL_TOC_LAYER_ANNOTATION,
     TOC_DIGEST_ANNOTATION,
     UNCOMPRESSED_SIZE_ANNOTATION,
+    ZSTD_CHECKSUM_ANNOTATIONS,
+    ZSTD_POSITION_ANNOTATIONS,
     BuildOptions,
     EstargzError,
+    LayerFormat,
+    blob_kind,
     build,
     open_estargz,
 )
@@ -36,7 +42,9 @@ from ctr_remote.image import (
     ImageBlobs,
     ImageStore,
     Index,
+    Manifest,
     Platform,
+    Reference,
     RegistryOptions,
     fetch_blobs,
     host_platform,
@@ -49,7 +57,8 @@ from ctr_remote.image import (
 from ctr_remote.image.digest import encoded
 from ctr_remote.image.resolve import resolve_images
 from ctr_remote.layer.archive import members, open_layer
-from ctr_remote.options import OptimizeOptions
+from ctr_remote.layer.gzip_helper import GzipHelper
+from ctr_remote.options import DEFAULT_CHUNK_SIZE, OptimizeOptions
 from ctr_remote.prefetch_list import PrefetchList, visible_per_layer
 from ctr_remote.profile import ProfileResult, Workload, check_requirements, profile, record_lines
 from ctr_remote.progress import Progress, current
@@ -57,26 +66,63 @@ from ctr_remote.progress import Progress, current
 log = structlog.get_logger()
 
 
+# Annotations that describe one blob's layout: a converted layer must not inherit its source's.
+_FORMAT_ANNOTATIONS = frozenset(
+    {
+        TOC_DIGEST_ANNOTATION,
+        UNCOMPRESSED_SIZE_ANNOTATION,
+        *ZSTD_CHECKSUM_ANNOTATIONS,
+        *ZSTD_POSITION_ANNOTATIONS,
+    }
+)
+
+
 @dataclass(frozen=True)
 class _Converted:
     path: Path
     desc: Descriptor
     diff_id: str
+    toc: Path | None = None  # --estargz-external-toc: the layer's TOC blob
 
 
-def optimize(source: str, target: str, options: OptimizeOptions, workload: Workload) -> str:
-    """Convert `source` into `target`; returns the digest of the top-level document written."""
+@dataclass(frozen=True)
+class OptimizeResult:
+    digest: str  # of the top-level document written
+    extra_images: tuple[str, ...] = ()  # also written: the TOC image with --estargz-external-toc
+
+
+def optimize(source: str, target: str, options: OptimizeOptions, workload: Workload) -> OptimizeResult:
+    """Convert `source` into `target`."""
     src_ref = parse_reference(source, plain_http=options.plain_http)
     dst_ref = parse_reference(target, plain_http=options.plain_http)
     platforms = parse_platforms(options.platforms)
     prefetch = PrefetchList.load(options.prefetch_list) if options.prefetch_list else None
+    helper = GzipHelper.find(options.gzip_helper) if options.gzip_helper else None
+    toc_ref = external_toc_reference(dst_ref) if options.external_toc else None
     with (
         _RecordFile.create(options.record_out) as record,
         tempfile.TemporaryDirectory(prefix="ctr-remote-") as tmp,
         open_store(src_ref) as src,
         open_store(dst_ref, RegistryOptions(mount_from=src_ref)) as dst,
     ):
-        return _Pipeline(Path(tmp), src, dst, options, workload, prefetch, record).run(platforms)
+        pipeline = _Pipeline(Path(tmp), src, dst, options, workload, prefetch, record, helper)
+        digest = pipeline.run(platforms)
+        if toc_ref is None:
+            return OptimizeResult(digest)
+        with open_store(toc_ref, RegistryOptions(mount_from=dst_ref)) as toc_store:
+            pipeline.write_toc_image(toc_store)
+        return OptimizeResult(digest, (str(toc_ref),))
+
+
+def external_toc_reference(target: Reference) -> Reference:
+    """Where `--estargz-external-toc` writes the TOC image: the target's tag + `-esgztoc`, in the
+    same repository (the snapshotter looks there), or the layout entry NAME-esgztoc."""
+    if target.tag is None:
+        what = "local://DIR:NAME" if target.is_layout else "a tag"
+        raise CtrRemoteError(
+            f"--estargz-external-toc needs a target with {what}: the TOC image is TAG-esgztoc"
+        )
+    return target.with_tag(target.tag + EXTERNAL_TOC_IMAGE_SUFFIX)
 
 
 class _RecordFile:
@@ -143,9 +189,12 @@ class _Pipeline:
         workload: Workload,
         prefetch: PrefetchList | None,
         record: _RecordFile | None = None,
+        gzip_helper: GzipHelper | None = None,
     ) -> None:
         self.work, self.src, self.dst, self.record = work, src, dst, record
         self.options, self.workload, self.prefetch = options, workload, prefetch
+        self.gzip_helper = gzip_helper
+        self.converted: list[_Converted] = []  # every layer written, for the TOC image
         self.cancel = threading.Event()  # set when the conversions must stop
         (work / "in").mkdir()
         (work / "out").mkdir()
@@ -172,6 +221,7 @@ class _Pipeline:
             ]
             manifest_desc, manifest_bytes, config = self._rewrite(img, layers)
             outputs.append((img, manifest_desc, manifest_bytes, config, layers))
+            self.converted.extend(layers)
 
         blobs: dict[str, tuple[Path, Descriptor]] = {}
         for _, _, _, config, layers in outputs:
@@ -191,6 +241,33 @@ class _Pipeline:
             data = new_index.to_bytes()
             desc = Descriptor.of(data, new_index.media_type)
         written = write_image(_Reporting(self.dst, current()), list(blobs.values()), children, (data, desc))
+        return written.digest
+
+    def write_toc_image(self, store: ImageStore) -> str:
+        """The `-esgztoc` image, laid out as upstream's externaltoc converter does: config `{}`,
+        one gzip layer per converted layer (sorted by digest), each annotated with the digest of the
+        layer whose TOC it holds."""
+        layers: dict[str, tuple[Path, Descriptor]] = {}
+        for c in self.converted:
+            if c.toc is None:
+                continue
+            data = c.toc.read_bytes()
+            desc = Descriptor.of(data, media_types.OCI_LAYER_GZIP)
+            layers[desc.digest] = (
+                c.toc,
+                replace(desc, annotations={EXTERNAL_TOC_LAYER_ANNOTATION: c.desc.digest}),
+            )
+        config_path = self.work / "out" / "toc-config.json"
+        config_path.write_bytes(b"{}")
+        config = Descriptor.of(b"{}", media_types.OCI_CONFIG)
+        manifest = Manifest(
+            media_type=media_types.OCI_MANIFEST,
+            config=config,
+            layers=[desc for _, (_, desc) in sorted(layers.items())],
+        )
+        data = manifest.to_bytes()
+        desc = Descriptor.of(data, manifest.media_type)
+        written = write_image(store, [(config_path, config), *layers.values()], [], (data, desc))
         return written.digest
 
     # -- inputs -------------------------------------------------------------------------------
@@ -276,25 +353,47 @@ class _Pipeline:
             self.cancel.set()
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def _layer_media_type(self, src: Descriptor) -> str:
+    def _layer_media_type(self, src: Descriptor, zstd: bool) -> str:
+        if zstd:  # zstd:chunked needs --oci (as upstream): Docker has no zstd layer type
+            return media_types.OCI_LAYER_ZSTD
         docker = media_types.is_docker(src.media_type) and not self.options.oci
         return media_types.DOCKER_LAYER_GZIP if docker else media_types.OCI_LAYER_GZIP
 
+    def _build_options(self, files: list[str]) -> BuildOptions:
+        o = self.options
+        if o.zstdchunked:
+            # Upstream applies neither chunk size nor min chunk size to zstd:chunked.
+            fmt, level, chunk, min_chunk = LayerFormat.ZSTD_CHUNKED, o.zstd_compression_level, None, 0
+        else:
+            fmt, level, chunk, min_chunk = (
+                LayerFormat.ESTARGZ,
+                o.compression_level,
+                o.chunk_size,
+                o.min_chunk_size,
+            )
+        return BuildOptions(
+            format=fmt,
+            compression_level=level,
+            chunk_size=chunk or DEFAULT_CHUNK_SIZE,
+            min_chunk_size=min_chunk,
+            external_toc=o.external_toc,
+            prioritized_files=files or None,
+            workers=o.parallelism,
+            gzip_helper=self.gzip_helper,
+        )
+
     def _convert_layer(self, desc: Descriptor, files: list[str], diff_id: str | None) -> _Converted:
         path = self._layer_file(desc)
-        annotations = dict(desc.annotations or {})
+        annotations = {k: v for k, v in (desc.annotations or {}).items() if k not in _FORMAT_ANNOTATIONS}
         if self.options.reuse and not files and diff_id and self._reusable(path, desc):
             log.info("no access occur; copying without conversion", digest=desc.digest)
-            media = self._layer_media_type(desc)
-            return _Converted(path, replace(desc, media_type=media), diff_id)
+            with open(path, "rb") as f:
+                zstd = blob_kind(f) == LayerFormat.ZSTD_CHUNKED.value
+            return _Converted(path, replace(desc, media_type=self._layer_media_type(desc, zstd)), diff_id)
         fd, name = tempfile.mkstemp(prefix="layer-", dir=self.work / "out")
         os.close(fd)
         out = Path(name)
-        opts = BuildOptions(
-            chunk_size=self.options.chunk_size,
-            compression_level=self.options.compression_level,
-            prioritized_files=files or None,
-        )
+        opts = self._build_options(files)
         current().step(desc.digest, "convert")
         with open(path, "rb") as fin, open(out, "wb") as fout:
             res = build(_Cancellable(fin, self.cancel), _Cancellable(fout, self.cancel), opts)
@@ -308,14 +407,19 @@ class _Pipeline:
             )
         annotations[TOC_DIGEST_ANNOTATION] = res.toc_digest
         annotations[UNCOMPRESSED_SIZE_ANNOTATION] = str(res.uncompressed_size)
+        annotations.update(res.annotations)
         new = Descriptor(
-            media_type=self._layer_media_type(desc),
+            media_type=self._layer_media_type(desc, opts.format is LayerFormat.ZSTD_CHUNKED),
             digest=res.digest,
             size=res.size,
             annotations=annotations,
         )
+        toc = None
+        if res.external_toc is not None:
+            toc = out.with_name(out.name + ".toc")
+            toc.write_bytes(res.external_toc)
         log.info("converted", digest=res.digest, source=desc.digest, prioritized=len(files))
-        return _Converted(out, new, res.diff_id)
+        return _Converted(out, new, res.diff_id, toc)
 
     def _reusable(self, path: Path, desc: Descriptor) -> bool:
         """Upstream's test: annotated with a TOC digest that the blob verifies against."""

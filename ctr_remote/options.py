@@ -7,6 +7,7 @@ from pathlib import Path
 
 DEFAULT_CHUNK_SIZE = 4 << 20
 DEFAULT_COMPRESSION_LEVEL = 9
+DEFAULT_ZSTD_COMPRESSION_LEVEL = 3  # upstream's zstd.SpeedDefault
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,12 @@ class OptimizeOptions:
     oci: bool = False
     compression_level: int = DEFAULT_COMPRESSION_LEVEL
     chunk_size: int = DEFAULT_CHUNK_SIZE
+    zstdchunked: bool = False  # zstd:chunked layers (chunk sizes do not apply, as upstream)
+    zstd_compression_level: int = DEFAULT_ZSTD_COMPRESSION_LEVEL
+    min_chunk_size: int = 0
+    external_toc: bool = False  # the TOCs go to the image TARGET-esgztoc
+    gzip_helper: str | None = None  # pigz, igzip or gzip decompresses gzip source layers
+    parallelism: int | None = None  # compression threads per layer; None: one per CPU
 
     @property
     def runs_workload(self) -> bool:
