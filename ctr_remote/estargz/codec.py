@@ -129,28 +129,27 @@ ZSTD_PIECE = 2 << 10
 
 class _ZstdMember:
     """A zstd frame decoder with zlib's `decompress(data, max_length)` contract, so readers walk
-    zstd frames with the code that walks gzip members, and memory stays bounded either way."""
+    zstd frames with the code that walks gzip members: input not fed yet is handed back in
+    `unconsumed_tail` (to pass again), what follows the frame in `unused_data`. Input goes in
+    ZSTD_PIECE pieces until `max_length` is reached, so the output may pass it by one piece's
+    worth: memory stays bounded either way."""
 
     def __init__(self) -> None:
         self._d = zstandard.ZstdDecompressor().decompressobj()
-        self._out = b""
         self._after = b""  # input that followed the frame's end
         self.unconsumed_tail = b""
 
     @property
     def eof(self) -> bool:
-        return bool(self._d.eof) and not self._out
+        return bool(self._d.eof)
 
     @property
     def unused_data(self) -> bytes:
         return self._d.unused_data + self._after if self._d.eof else b""
 
     def decompress(self, data: bytes, max_length: int = 0) -> bytes:
-        data = self.unconsumed_tail + data if self.unconsumed_tail else data
-        self.unconsumed_tail = b""
-        out = [self._out]
-        n = len(self._out)
-        i = 0
+        out: list[bytes] = []
+        n = i = 0
         while i < len(data) and not self._d.eof and (not max_length or n < max_length):
             piece = self._d.decompress(data[i : i + ZSTD_PIECE])
             out.append(piece)
@@ -158,14 +157,10 @@ class _ZstdMember:
             i += ZSTD_PIECE
         if self._d.eof:
             self._after += data[i:]
+            self.unconsumed_tail = b""
         else:
             self.unconsumed_tail = data[i:]
-        joined = b"".join(out)
-        if max_length and len(joined) > max_length:
-            joined, self._out = joined[:max_length], joined[max_length:]
-        else:
-            self._out = b""
-        return joined
+        return b"".join(out)
 
 
 def decompressor(fmt: LayerFormat) -> Decompressor:

@@ -282,3 +282,14 @@ def test_check_reports_each_format(layer: bytes, tmp_path: Path) -> None:
     # Without its TOC blob, an external-TOC layer is a problem, not "not eStargz".
     facts = blob_facts(path)
     assert facts.format == "estargz-external-toc" and "TOC is external" in (facts.problem or "")
+
+
+@pytest.mark.parametrize("min_chunk", [0, 100_000])
+def test_zstd_chunked_frames_larger_than_a_read_verify(tmp_path: Path, min_chunk: int) -> None:
+    """Frames of several MiB decode across the reader's 1 MiB reads (chunks of 4 MiB)."""
+    big = pattern(5 << 20, 1)
+    data = make_tar([f("big", big), f("mid", pattern(2 << 20, 2)), f("small", b"x" * 100)])
+    path, result = convert(tmp_path, data, format=ZSTD, min_chunk_size=min_chunk)
+    read_all(path, result.toc_digest)
+    with path.open("rb") as fh:
+        assert open_estargz(fh).read_file("big") == big
