@@ -9,6 +9,7 @@ import click
 from ctr_remote.cli import flags
 from ctr_remote.cli.streams import WorkloadStreams
 from ctr_remote.errors import CtrRemoteError, UsageError
+from ctr_remote.layer.gzip_helper import GzipHelper, GzipHelperError
 from ctr_remote.log import LogFormat
 from ctr_remote.options import DEFAULT_CHUNK_SIZE, OptimizeOptions
 from ctr_remote.prefetch_list import PrefetchList, PrefetchListError
@@ -41,8 +42,12 @@ def _conflicts(p: dict) -> None:  # type: ignore[type-arg]
         raise UsageError("--cni can't be used with --net-host")
     if p["all_platforms"] and p["platform"]:
         raise UsageError("--platform can't be used with --all-platforms")
-    if p["zstdchunked"]:
-        raise UsageError("--zstdchunked is not supported: this tool writes eStargz (gzip) layers")
+    if p["zstdchunked"] and not p["oci"]:
+        raise UsageError("option --zstdchunked must be used in conjunction with --oci")
+    if p["estargz_external_toc"] and p["reuse"]:
+        raise UsageError('"estargz-external-toc" can\'t be used with "reuse" flag')
+    if p["estargz_external_toc"] and p["zstdchunked"]:
+        raise UsageError("--estargz-external-toc can't be used with --zstdchunked (an eStargz-only layout)")
     if p["gpus"]:
         raise UsageError("--gpus is not supported: profiling containers run without GPU devices")
     if not 1 <= p["estargz_compression_level"] <= 9:
@@ -51,6 +56,17 @@ def _conflicts(p: dict) -> None:  # type: ignore[type-arg]
         )
     if p["estargz_chunk_size"] < 0:
         raise UsageError(f"--estargz-chunk-size must not be negative, got {p['estargz_chunk_size']}")
+    if p["estargz_min_chunk_size"] < 0:
+        raise UsageError(f"--estargz-min-chunk-size must not be negative, got {p['estargz_min_chunk_size']}")
+    if not 1 <= (zstd_level := p["zstdchunked_compression_level"]) <= 22:
+        raise UsageError(f"--zstdchunked-compression-level must be between 1 and 22, got {zstd_level}")
+    if p["estargz_parallelism"] < 0:
+        raise UsageError(f"--estargz-parallelism must not be negative, got {p['estargz_parallelism']}")
+    if p["estargz_gzip_helper"]:
+        try:
+            GzipHelper.find(p["estargz_gzip_helper"])  # before anything is fetched
+        except GzipHelperError as e:
+            raise UsageError(str(e)) from None
 
 
 def _check_syntax(source_ref: str, target_ref: str, options: OptimizeOptions) -> None:
@@ -110,6 +126,12 @@ def _options(p: dict) -> OptimizeOptions:  # type: ignore[type-arg]
         oci=p["oci"],
         compression_level=p["estargz_compression_level"],
         chunk_size=p["estargz_chunk_size"] or DEFAULT_CHUNK_SIZE,
+        zstdchunked=p["zstdchunked"],
+        zstd_compression_level=p["zstdchunked_compression_level"],
+        min_chunk_size=p["estargz_min_chunk_size"],
+        external_toc=p["estargz_external_toc"],
+        gzip_helper=p["estargz_gzip_helper"] or None,
+        parallelism=p["estargz_parallelism"] or None,  # 0: one thread per CPU, as upstream
     )
 
 
@@ -164,7 +186,41 @@ _dir = click.Path(file_okay=False, path_type=Path)
     help="eStargz compression level (gzip, 1-9)",
 )
 @click.option("--estargz-chunk-size", type=int, default=0, help="eStargz chunk size in bytes (0: 4 MiB)")
-@click.option("--zstdchunked", is_flag=True, hidden=True)
+@click.option(
+    "--estargz-min-chunk-size",
+    type=int,
+    default=0,
+    show_default=True,
+    help="minimal compressed bytes of one gzip stream: smaller files share it (innerOffset; "
+    "readers v0.13+; not applied to zstd:chunked)",
+)
+@click.option(
+    "--estargz-external-toc",
+    is_flag=True,
+    help="separate the TOC JSON into another image, TARGET's tag + -esgztoc, in the same repository",
+)
+@click.option(
+    "--estargz-gzip-helper",
+    "--GH",
+    "estargz_gzip_helper",
+    metavar="HELPER",
+    help="decompress gzip source layers with pigz, igzip or gzip",
+)
+@click.option(
+    "--estargz-parallelism",
+    type=int,
+    default=0,
+    show_default=True,
+    help="compression threads per layer (0: one per CPU); the output is the same for any value",
+)
+@click.option("--zstdchunked", is_flag=True, help="use zstd:chunked layers instead of eStargz (needs --oci)")
+@click.option(
+    "--zstdchunked-compression-level",
+    type=int,
+    default=3,
+    show_default=True,
+    help="zstd:chunked compression level",
+)
 @click.option(
     "-t", "--terminal", is_flag=True, help='enable terminal for sample container. must be specified with "-i"'
 )
@@ -257,4 +313,4 @@ def optimize_command(source_ref: str, target_ref: str, **params: object) -> None
     except KeyboardInterrupt:
         # Not left to click, which would print a bare newline first (not a JSON line).
         raise Interrupted("interrupted") from None
-    streams.result(result)
+    streams.result("\n".join([*(f"extra image: {name}" for name in result.extra_images), result.digest]))
