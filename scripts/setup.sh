@@ -96,8 +96,8 @@ case "${1:-}" in
     dir=$(mkdir -p "$dir" && cd "$dir" && pwd)
     # The v0.14.3 stargz-snapshotter source (Debian 13) shadows Debian 12's v0.12 one: its fs/ and
     # snapshot/ build against Debian 12's containerd 1.6 and other -dev packages, which supply every
-    # other import. Offline: GOPATH mode, no module proxy. (main.go also builds against v0.12 alone:
-    # GOPATH=/usr/share/gocode.)
+    # other import. Offline: GOPATH mode, no module proxy. (main.go needs v0.13+: it reads external
+    # TOCs through nativeconverter/estargz/externaltoc.)
     trixie=$here/build/trixie
     [ -f "$trixie/.fetched" ] || "$0" trixie "$trixie"
     (cd "$here/tests/lazypull/stargz-grpc" &&
