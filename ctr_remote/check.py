@@ -355,9 +355,12 @@ def read_toc(reference: str, layer_digest: str, *, plain_http: bool = False) -> 
             raise CtrRemoteError(f"layer {layer_digest} is not in {reference}")
         path = Path(tmp) / encoded(layer_digest)
         store.fetch_blob(desc, path)
+        external = None
+        if _kind(path) == "estargz-external-toc":
+            external = _external_tocs(ref, [layer_digest], Path(tmp)).get(layer_digest)
         with open(path, "rb") as f:
             try:
-                reader = open_estargz(f)
+                reader = open_estargz(f, external)
             except EstargzError as e:
                 raise CtrRemoteError(f"layer {layer_digest}: {e}") from None
         return reader.toc_digest, reader.toc_json

@@ -163,3 +163,15 @@ def store_descriptor(d: dict[str, Any]) -> Any:
     from ctr_remote.image import Descriptor
 
     return Descriptor.from_json(d)
+
+
+def test_get_toc_digest_reads_every_format(cli: Cli, workdir: Path) -> None:
+    src = local_source(workdir)
+    for i, args in enumerate(
+        [("--oci", "--zstdchunked"), ("--estargz-external-toc",), ("--estargz-min-chunk-size", "9999")]
+    ):
+        dst = f"local://{workdir / 'out'}:f{i}"
+        cli.optimize(*args, "--no-optimize", f"local://{src}", dst)
+        layer = layout_manifest(workdir / "out", f"f{i}")["layers"][2]
+        run = cli("image", "get-toc-digest", dst, layer["digest"])
+        assert run.stdout.strip() == layer["annotations"][TOC_DIGEST_ANNOTATION]
