@@ -155,11 +155,11 @@ class _Writer:
         self._gnames: dict[int, str] = {}
 
     def write(self, items: list[Item]) -> BuildResult:
-        with ThreadPoolExecutor(self._workers, thread_name_prefix="estargz-gzip") as pool:
+        with ThreadPoolExecutor(self._workers, thread_name_prefix="estargz-compress") as pool:
             try:
                 for item in items:
                     self._add(item, pool)
-                if self._stream is None and not self._options.min_chunk_size:
+                if not self._options.min_chunk_size:  # streaming wrote as it went
                     self._submit(pool)
                 while self._inflight:
                     self._collect()
