@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ctr_remote.estargz import BuildOptions, LayerFormat, build
+from ctr_remote.estargz import BuildOptions, LayerFormat, build, open_estargz
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "build" / "bench"
@@ -67,6 +67,7 @@ class Run:
     wall: float  # seconds
     cpu: float  # user + system seconds, all threads: unlike wall time, not inflated by other load
     size: int  # bytes of the eStargz blob
+    blob: Path | None = None
 
 
 def _cpu(who: int) -> float:
@@ -106,7 +107,7 @@ def run_ours(tar: Path, out: Path, options: BuildOptions = CASES[0].options) -> 
     t0, c0 = time.perf_counter(), _cpu(resource.RUSAGE_SELF)
     with tar.open("rb") as src, out.open("wb") as dst:
         result = build(src, dst, options)
-    return Run(time.perf_counter() - t0, _cpu(resource.RUSAGE_SELF) - c0, result.size)
+    return Run(time.perf_counter() - t0, _cpu(resource.RUSAGE_SELF) - c0, result.size, out)
 
 
 def run_upstream(tar: Path, outdir: Path, mode: str = CASES[0].upstream_mode) -> Run:
@@ -116,7 +117,21 @@ def run_upstream(tar: Path, outdir: Path, mode: str = CASES[0].upstream_mode) ->
     index = json.loads((outdir / "index.json").read_text())
     manifest_digest = index["manifests"][0]["digest"].split(":")[1]
     manifest = json.loads((outdir / "blobs" / "sha256" / manifest_digest).read_text())
-    return Run(elapsed, cpu, manifest["layers"][0]["size"])
+    layer = manifest["layers"][0]
+    return Run(elapsed, cpu, layer["size"], outdir / "blobs" / "sha256" / layer["digest"].split(":")[1])
+
+
+def member_starts(blob: Path) -> list[bool]:
+    """For each chunk in order: whether it starts a member (False: it joined one, innerOffset)."""
+    with blob.open("rb") as f:
+        entries = open_estargz(f).entries
+    seen: set[int] = set()
+    starts = []
+    for e in entries:
+        if e.type == "chunk" or (e.type == "reg" and e.size):
+            starts.append(e.offset not in seen)
+            seen.add(e.offset)
+    return starts
 
 
 def peak_rss_of_conversion(gib: float) -> tuple[float, float]:
@@ -143,6 +158,12 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="bench-estargz-") as tmp:
             ours = run_ours(tar, Path(tmp) / "ours.esgz", case.options)
             upstream = run_upstream(tar, Path(tmp) / "upstream", case.upstream_mode)
+            grouping = ""
+            if case.options.min_chunk_size and ours.blob and upstream.blob:
+                a, b = member_starts(ours.blob), member_starts(upstream.blob)
+                same = sum(x == y for x, y in zip(a, b, strict=True))
+                grouping = (f"  grouping: same start/join decision for {same}/{len(a)} chunks, "
+                            f"members ours {sum(a)} upstream {sum(b)}")  # fmt: skip
         print(f"[{case.name}]")
         for name, r in (("ours", ours), ("upstream", upstream)):
             print(f"  {name:9}: {r.wall:7.2f} s wall  {r.cpu:7.2f} s cpu  {r.size / (1 << 20):8.2f} MiB"
@@ -150,6 +171,8 @@ def main() -> None:
         load = os.getloadavg()[0]
         print(f"  speed-up : {upstream.wall / ours.wall:.2f}x wall, {upstream.cpu / ours.cpu:.2f}x cpu"
               f"   size ours/upstream: {ours.size / upstream.size:.4f}  (load {load:.1f})")  # fmt: skip
+        if grouping:
+            print(grouping)
     gib = float(os.environ.get("BENCH_ESTARGZ_RSS_GIB", "0"))
     if gib > 0:
         seconds, rss = peak_rss_of_conversion(gib)
