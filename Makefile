@@ -34,10 +34,12 @@ $(STARGZ_GRPC): tests/lazypull/stargz-grpc/main.go $(VENV)/.installed $(TRIXIE)
 
 test: install
 	$(VENV)/bin/ruff check ctr_remote tests bench scripts
+	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check ctr_remote tests bench scripts
+	$(VENV)/bin/mypy
 	$(VENV)/bin/ruff format --check ctr_remote tests bench
 
 bench: install

@@ -20,7 +20,7 @@ import os
 import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,54 +38,62 @@ from ctr_remote.estargz import (
     blob_kind,
     open_estargz,
 )
-from ctr_remote.image import (
-    Descriptor,
-    ImageStore,
-    Platform,
-    Reference,
-    fetch_blobs,
-    open_store,
-    parse_reference,
-)
+from ctr_remote.image import Descriptor, ImageStore, Platform, Reference, fetch_blobs, open_store
 from ctr_remote.image.digest import encoded
 from ctr_remote.image.manifest import parse_manifest
 from ctr_remote.image.resolve import resolve_images
 from ctr_remote.layer.compression import Compression, CorruptLayerError, open_tar_stream
 
 
-@dataclass
-class LayerReport:
-    index: int
-    digest: str
-    size: int
-    media_type: str
+@dataclass(frozen=True)
+class BlobFacts:
+    """What one blob holds, whatever manifest lists it (a layer shared by platforms is read once)."""
+
     # "estargz", "zstd:chunked", "estargz-external-toc", or the compression of a layer that is not
     # eStargz: gzip, zstd, tar
     format: str
     toc_digest: str | None = None  # measured from the blob
-    toc_digest_annotation: str | None = None
     diff_id: str | None = None  # measured: sha256 of the uncompressed tar
-    config_diff_id: str | None = None  # what the image config says
     uncompressed_size: int | None = None
     entries: int | None = None
     chunks: int | None = None
     landmark: str | None = None  # "prefetch", "no-prefetch", or None
     prefetch_bytes: int | None = None  # compressed bytes the snapshotter fetches first
-    prioritized: list[str] = field(default_factory=list)
+    prioritized: tuple[str, ...] = ()
+    problem: str | None = None  # the blob itself does not verify
+    zstd_checksum: str | None = None  # zstd:chunked: sha256 of the compressed TOC
+    zstd_position: str | None = None  # zstd:chunked: offset:length:uncompressed length:type
+
+
+LAZY_FORMATS = ("estargz", "zstd:chunked", "estargz-external-toc")
+
+
+@dataclass
+class LayerReport:
+    """One layer as a manifest lists it: its blob's facts against its descriptor and the config."""
+
+    index: int
+    digest: str
+    size: int
+    media_type: str
+    blob: BlobFacts
+    toc_digest_annotation: str | None = None
+    config_diff_id: str | None = None  # what the image config says
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
     @property
     def is_estargz(self) -> bool:
         """eStargz in any of its layouts (the ones lazy pulling reads)."""
-        return self.format in LAZY_FORMATS
+        return self.blob.format in LAZY_FORMATS
 
     def to_json(self, with_prioritized: bool) -> dict[str, Any]:
-        d = {k: v for k, v in self.__dict__.items() if k != "prioritized"}
+        blob = {k: v for k, v in asdict(self.blob).items() if k not in ("problem", "prioritized")}
+        d = {k: v for k, v in self.__dict__.items() if k != "blob"} | blob
         d["estargz"] = self.is_estargz
         d["ok"] = not self.problems
         if with_prioritized:
-            d["prioritized"] = self.prioritized
+            d["prioritized"] = list(self.blob.prioritized)
         return d
 
 
@@ -113,7 +121,7 @@ class CheckReport:
             if layer.problems:
                 return f"{what}: {layer.problems[0]}"
             if strict and not layer.is_estargz:
-                return f"{what}: not eStargz ({layer.format})"
+                return f"{what}: not eStargz ({layer.blob.format})"
             if strict and layer.warnings:
                 return f"{what}: {layer.warnings[0]}"
         return None
@@ -134,36 +142,13 @@ class CheckReport:
         }
 
 
-LAZY_FORMATS = ("estargz", "zstd:chunked", "estargz-external-toc")
-
-
-@dataclass(frozen=True)
-class _BlobFacts:
-    """What one blob holds, whatever manifest lists it (a layer shared by platforms is read once)."""
-
-    format: str
-    toc_digest: str | None = None
-    diff_id: str | None = None
-    uncompressed_size: int | None = None
-    entries: int | None = None
-    chunks: int | None = None
-    landmark: str | None = None
-    prefetch_bytes: int | None = None
-    prioritized: tuple[str, ...] = ()
-    problem: str | None = None
-    zstd_checksum: str | None = None
-    zstd_position: str | None = None
-
-
 def check_image(
-    reference: str,
+    ref: Reference,
     *,
-    plain_http: bool = False,
     platforms: Sequence[Platform] = (),
     all_platforms: bool = False,
     workers: int | None = None,
 ) -> CheckReport:
-    ref = parse_reference(reference, plain_http=plain_http)
     with tempfile.TemporaryDirectory(prefix="ctr-remote-") as tmp, open_store(ref) as store:
         resolved = resolve_images(store, platforms, all_platforms=all_platforms)
         layers: dict[str, Descriptor] = {}
@@ -184,12 +169,12 @@ def check_image(
                     f"the config lists {len(diff_ids)} diff IDs for {len(reports)} layers"
                 )
             manifests.append(ManifestReport(img.manifest_desc.digest, str(plat), reports))
-    return CheckReport(reference, resolved.top.digest, manifests)
+    return CheckReport(str(ref), resolved.top.digest, manifests)
 
 
 def _read_blobs(
     store: ImageStore, descs: list[Descriptor], tmp: Path, workers: int, ref: Reference
-) -> dict[str, _BlobFacts]:
+) -> dict[str, BlobFacts]:
     files = {d.digest: tmp / encoded(d.digest) for d in descs}
     fetch_blobs(store, [(d, files[d.digest]) for d in descs])
     external = [d.digest for d in descs if _kind(files[d.digest]) == "estargz-external-toc"]
@@ -219,7 +204,7 @@ def _external_tocs(ref: Reference, layers: list[str], tmp: Path) -> dict[str, by
             manifest = parse_manifest(store.read_manifest(top), top.media_type, f"TOC image {toc_ref}")
             for d in manifest.layers:
                 layer = (d.annotations or {}).get(EXTERNAL_TOC_LAYER_ANNOTATION)
-                if layer in wanted and layer not in out:
+                if layer is not None and layer in wanted and layer not in out:
                     path = tmp / ("toc-" + encoded(d.digest))
                     store.fetch_blob(d, path)
                     out[layer] = path.read_bytes()
@@ -228,7 +213,7 @@ def _external_tocs(ref: Reference, layers: list[str], tmp: Path) -> dict[str, by
     return out
 
 
-def blob_facts(path: Path, external_toc: bytes | None = None) -> _BlobFacts:
+def blob_facts(path: Path, external_toc: bytes | None = None) -> BlobFacts:
     """Read the blob at `path` whole: as eStargz (or zstd:chunked) when it has such a footer, else
     as a plain layer. `external_toc`: the TOC blob of a layer whose TOC is external, if found."""
     with open(path, "rb") as f:
@@ -238,17 +223,19 @@ def blob_facts(path: Path, external_toc: bytes | None = None) -> _BlobFacts:
         try:
             reader = open_estargz(f, external_toc)
             verified = reader.verify()
-        except EstargzError as e:
-            return _BlobFacts(format=kind, problem=str(e))
+        except EstargzError as err:
+            return BlobFacts(format=kind, problem=str(err))
     names = [e for e in reader.entries if e.type != "chunk"]
-    landmark, prefetch, prioritized = None, None, ()
-    for i, e in enumerate(names):
-        if e.name in (PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK):
-            landmark = "prefetch" if e.name == PREFETCH_LANDMARK else "no-prefetch"
-            prefetch = e.offset if e.name == PREFETCH_LANDMARK else 0
+    landmark: str | None = None
+    prefetch: int | None = None
+    prioritized: tuple[str, ...] = ()
+    for i, entry in enumerate(names):
+        if entry.name in (PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK):
+            landmark = "prefetch" if entry.name == PREFETCH_LANDMARK else "no-prefetch"
+            prefetch = entry.offset if entry.name == PREFETCH_LANDMARK else 0
             prioritized = tuple(n.name for n in names[:i] if n.type != "dir")
             break
-    return _BlobFacts(
+    return BlobFacts(
         format=reader.kind,
         toc_digest=reader.toc_digest,
         diff_id=verified.diff_id,
@@ -263,7 +250,7 @@ def blob_facts(path: Path, external_toc: bytes | None = None) -> _BlobFacts:
     )
 
 
-def _plain_facts(f: Any) -> _BlobFacts:
+def _plain_facts(f: Any) -> BlobFacts:
     f.seek(0)
     h, total = hashlib.sha256(), 0
     kind = Compression.NONE
@@ -274,58 +261,50 @@ def _plain_facts(f: Any) -> _BlobFacts:
                 h.update(data)
                 total += len(data)
     except (CorruptLayerError, EOFError, OSError) as e:
-        return _BlobFacts(format=_FORMATS[kind], problem=str(e))
-    return _BlobFacts(format=_FORMATS[kind], diff_id="sha256:" + h.hexdigest(), uncompressed_size=total)
+        return BlobFacts(format=_FORMATS[kind], problem=str(e))
+    return BlobFacts(format=_FORMATS[kind], diff_id="sha256:" + h.hexdigest(), uncompressed_size=total)
 
 
 _FORMATS = {Compression.GZIP: "gzip", Compression.ZSTD: "zstd", Compression.NONE: "tar"}
 
 
-def _layer_report(index: int, desc: Descriptor, facts: _BlobFacts, config_diff_id: str | None) -> LayerReport:
+def _layer_report(index: int, desc: Descriptor, facts: BlobFacts, config_diff_id: str | None) -> LayerReport:
     annotations = desc.annotations or {}
     r = LayerReport(
         index=index,
         digest=desc.digest,
         size=desc.size,
         media_type=desc.media_type,
-        format=facts.format,
-        toc_digest=facts.toc_digest,
+        blob=facts,
         toc_digest_annotation=annotations.get(TOC_DIGEST_ANNOTATION),
-        diff_id=facts.diff_id,
         config_diff_id=config_diff_id,
-        uncompressed_size=facts.uncompressed_size,
-        entries=facts.entries,
-        chunks=facts.chunks,
-        landmark=facts.landmark,
-        prefetch_bytes=facts.prefetch_bytes,
-        prioritized=list(facts.prioritized),
     )
     annotated = r.toc_digest_annotation
     if annotated is not None and not r.is_estargz:
-        r.problems.append(f"annotated with a TOC digest but not eStargz (no eStargz footer; {r.format})")
+        r.problems.append(f"annotated with a TOC digest but not eStargz (no eStargz footer; {facts.format})")
     if facts.problem:
         r.problems.append(facts.problem)
     if r.is_estargz and not facts.problem:
         if annotated is None:
             r.warnings.append(f"no {TOC_DIGEST_ANNOTATION} annotation: it will not be lazily pulled")
-        elif annotated != r.toc_digest:
-            r.problems.append(f"TOC digest {r.toc_digest} differs from the annotation's {annotated}")
-        if r.landmark is None:
+        elif annotated != facts.toc_digest:
+            r.problems.append(f"TOC digest {facts.toc_digest} differs from the annotation's {annotated}")
+        if facts.landmark is None:
             r.warnings.append("no prefetch landmark: the snapshotter prefetches nothing it was told of")
     if facts.zstd_checksum is not None:
         _check_zstd_annotations(r, annotations, facts)
-    if r.diff_id is not None and config_diff_id is not None and r.diff_id != config_diff_id:
-        r.problems.append(f"diff ID {r.diff_id} differs from the config's {config_diff_id}")
+    if facts.diff_id is not None and config_diff_id is not None and facts.diff_id != config_diff_id:
+        r.problems.append(f"diff ID {facts.diff_id} differs from the config's {config_diff_id}")
     size = annotations.get(UNCOMPRESSED_SIZE_ANNOTATION)
-    if size is not None and r.uncompressed_size is not None and size != str(r.uncompressed_size):
+    if size is not None and facts.uncompressed_size is not None and size != str(facts.uncompressed_size):
         r.problems.append(
             f"{UNCOMPRESSED_SIZE_ANNOTATION} annotation {size} differs from the size read, "
-            f"{r.uncompressed_size}"
+            f"{facts.uncompressed_size}"
         )
     return r
 
 
-def _check_zstd_annotations(r: LayerReport, annotations: dict[str, str], facts: _BlobFacts) -> None:
+def _check_zstd_annotations(r: LayerReport, annotations: dict[str, str], facts: BlobFacts) -> None:
     """zstd:chunked readers find the TOC through these annotations (upstream's snapshotter the
     io.containers.* pair, containers/storage the io.github.containers.* pair): present ones must
     name the blob's TOC; without either pair the layer is read through its footer only."""
@@ -342,17 +321,16 @@ def _check_zstd_annotations(r: LayerReport, annotations: dict[str, str], facts: 
                 r.problems.append(f"{name} annotation {value} differs from the blob's {measured}")
 
 
-def read_toc(reference: str, layer_digest: str, *, plain_http: bool = False) -> tuple[str, bytes]:
-    """The TOC digest and TOC JSON of the layer `layer_digest`, which a manifest of `reference`
-    (any platform) must list: the layer is fetched and verified against its digest first."""
-    ref = parse_reference(reference, plain_http=plain_http)
+def read_toc(ref: Reference, layer_digest: str) -> tuple[str, bytes]:
+    """The TOC digest and TOC JSON of the layer `layer_digest`, which a manifest of `ref` (any
+    platform) must list: the layer is fetched and verified against its digest first."""
     with tempfile.TemporaryDirectory(prefix="ctr-remote-") as tmp, open_store(ref) as store:
         resolved = resolve_images(store, all_platforms=True)
         desc = next(
             (d for img in resolved.images for d in img.manifest.layers if d.digest == layer_digest), None
         )
         if desc is None:
-            raise CtrRemoteError(f"layer {layer_digest} is not in {reference}")
+            raise CtrRemoteError(f"layer {layer_digest} is not in {ref}")
         path = Path(tmp) / encoded(layer_digest)
         store.fetch_blob(desc, path)
         external = None

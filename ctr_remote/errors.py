@@ -7,10 +7,21 @@ class CtrRemoteError(Exception):
     exit_code: int = 1
 
 
+class Interrupted(CtrRemoteError):
+    """Ctrl-C (SIGINT): the shell's convention, 128 + 2."""
+
+    exit_code = 130
+
+
 class Terminated(CtrRemoteError):
     """SIGTERM arrived: raised where the program was, so every cleanup on the way out still runs."""
 
     exit_code = 143
+
+
+class Cancelled(CtrRemoteError):
+    """Work stopped because its CancelToken was set: the run was interrupted or another job failed
+    (that job's error, or the interrupt, is what the user sees)."""
 
 
 class UsageError(CtrRemoteError):

@@ -8,19 +8,18 @@ top-level index or manifest that makes the result visible under DST's tag.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import tarfile
 import tempfile
-import threading
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import BinaryIO
 
 import structlog
 
+from ctr_remote.cancel import CancelToken, run_parallel
 from ctr_remote.errors import CtrRemoteError
 from ctr_remote.estargz import (
     EXTERNAL_TOC_IMAGE_SUFFIX,
@@ -29,7 +28,6 @@ from ctr_remote.estargz import (
     UNCOMPRESSED_SIZE_ANNOTATION,
     ZSTD_CHECKSUM_ANNOTATIONS,
     ZSTD_POSITION_ANNOTATIONS,
-    BuildOptions,
     EstargzError,
     LayerFormat,
     blob_kind,
@@ -37,31 +35,26 @@ from ctr_remote.estargz import (
     open_estargz,
 )
 from ctr_remote.image import (
-    CancelToken,
     Descriptor,
     ImageBlobs,
     ImageStore,
     Index,
     Manifest,
-    Platform,
     Reference,
     RegistryOptions,
     fetch_blobs,
     host_platform,
     media_types,
     open_store,
-    parse_platforms,
-    parse_reference,
     write_image,
 )
 from ctr_remote.image.digest import encoded
 from ctr_remote.image.resolve import resolve_images
 from ctr_remote.layer.archive import members, open_layer
-from ctr_remote.layer.gzip_helper import GzipHelper
-from ctr_remote.options import DEFAULT_CHUNK_SIZE, OptimizeOptions
-from ctr_remote.prefetch_list import PrefetchList, visible_per_layer
+from ctr_remote.options import OptimizeOptions
+from ctr_remote.prefetch_list import visible_per_layer
 from ctr_remote.profile import ProfileResult, Workload, check_requirements, profile, record_lines
-from ctr_remote.progress import Progress, current
+from ctr_remote.progress import Progress
 
 log = structlog.get_logger()
 
@@ -91,25 +84,23 @@ class OptimizeResult:
     extra_images: tuple[str, ...] = ()  # also written: the TOC image with --estargz-external-toc
 
 
-def optimize(source: str, target: str, options: OptimizeOptions, workload: Workload) -> OptimizeResult:
-    """Convert `source` into `target`."""
-    src_ref = parse_reference(source, plain_http=options.plain_http)
-    dst_ref = parse_reference(target, plain_http=options.plain_http)
-    platforms = parse_platforms(options.platforms)
-    prefetch = PrefetchList.load(options.prefetch_list) if options.prefetch_list else None
-    helper = GzipHelper.find(options.gzip_helper) if options.gzip_helper else None
-    toc_ref = external_toc_reference(dst_ref) if options.external_toc else None
+def optimize(
+    options: OptimizeOptions, workload: Workload, progress: Progress | None = None
+) -> OptimizeResult:
+    """Convert `options.source` into `options.target`. `progress` shows each layer's steps
+    (default: one log line per step)."""
+    toc_ref = external_toc_reference(options.target) if options.layer.external_toc else None
     with (
         _RecordFile.create(options.record_out) as record,
         tempfile.TemporaryDirectory(prefix="ctr-remote-") as tmp,
-        open_store(src_ref) as src,
-        open_store(dst_ref, RegistryOptions(mount_from=src_ref)) as dst,
+        open_store(options.source) as src,
+        open_store(options.target, RegistryOptions(mount_from=options.source)) as dst,
     ):
-        pipeline = _Pipeline(Path(tmp), src, dst, options, workload, prefetch, record, helper)
-        digest = pipeline.run(platforms)
+        pipeline = _Pipeline(Path(tmp), src, dst, options, workload, progress or Progress(live=False), record)
+        digest = pipeline.run()
         if toc_ref is None:
             return OptimizeResult(digest)
-        with open_store(toc_ref, RegistryOptions(mount_from=dst_ref)) as toc_store:
+        with open_store(toc_ref, RegistryOptions(mount_from=options.target)) as toc_store:
             pipeline.write_toc_image(toc_store)
         return OptimizeResult(digest, (str(toc_ref),))
 
@@ -187,20 +178,18 @@ class _Pipeline:
         dst: ImageStore,
         options: OptimizeOptions,
         workload: Workload,
-        prefetch: PrefetchList | None,
+        progress: Progress,
         record: _RecordFile | None = None,
-        gzip_helper: GzipHelper | None = None,
     ) -> None:
         self.work, self.src, self.dst, self.record = work, src, dst, record
-        self.options, self.workload, self.prefetch = options, workload, prefetch
-        self.gzip_helper = gzip_helper
+        self.progress = progress
+        self.options, self.workload, self.prefetch = options, workload, options.prefetch
         self.converted: list[_Converted] = []  # every layer written, for the TOC image
-        self.cancel = threading.Event()  # set when the conversions must stop
         (work / "in").mkdir()
         (work / "out").mkdir()
 
-    def run(self, platforms: Sequence[Platform]) -> str:
-        resolved = resolve_images(self.src, platforms, all_platforms=self.options.all_platforms)
+    def run(self) -> str:
+        resolved = resolve_images(self.src, self.options.platforms, all_platforms=self.options.all_platforms)
         index, images = resolved.index, resolved.images
         if index is None:
             log.info("index not found; treating as a thin image with ignoring the platform option")
@@ -240,7 +229,9 @@ class _Pipeline:
             )
             data = new_index.to_bytes()
             desc = Descriptor.of(data, new_index.media_type)
-        written = write_image(_Reporting(self.dst, current()), list(blobs.values()), children, (data, desc))
+        written = write_image(
+            _Reporting(self.dst, self.progress), list(blobs.values()), children, (data, desc)
+        )
         return written.digest
 
     def write_toc_image(self, store: ImageStore) -> str:
@@ -251,8 +242,7 @@ class _Pipeline:
         for c in self.converted:
             if c.toc is None:
                 continue
-            data = c.toc.read_bytes()
-            desc = Descriptor.of(data, media_types.OCI_LAYER_GZIP)
+            desc = Descriptor.of(c.toc.read_bytes(), media_types.OCI_LAYER_GZIP)
             layers[desc.digest] = (
                 c.toc,
                 replace(desc, annotations={EXTERNAL_TOC_LAYER_ANNOTATION: c.desc.digest}),
@@ -266,8 +256,12 @@ class _Pipeline:
             layers=[desc for _, (_, desc) in sorted(layers.items())],
         )
         data = manifest.to_bytes()
-        desc = Descriptor.of(data, manifest.media_type)
-        written = write_image(store, [(config_path, config), *layers.values()], [], (data, desc))
+        written = write_image(
+            store,
+            [(config_path, config), *layers.values()],
+            [],
+            (data, Descriptor.of(data, manifest.media_type)),
+        )
         return written.digest
 
     # -- inputs -------------------------------------------------------------------------------
@@ -280,7 +274,7 @@ class _Pipeline:
         for img in images:
             for layer in img.manifest.layers:
                 wanted.setdefault(layer.digest, layer)
-        fetch_blobs(_Reporting(self.src, current()), [(d, self._layer_file(d)) for d in wanted.values()])
+        fetch_blobs(_Reporting(self.src, self.progress), [(d, self._layer_file(d)) for d in wanted.values()])
 
     def _host_image(self, images: Sequence[ImageBlobs]) -> ImageBlobs | None:
         """The image to profile: the one for this machine's platform, when optimizing at all."""
@@ -305,7 +299,7 @@ class _Pipeline:
             if self.record is not None:
                 self.record.write(record_lines(ProfileResult(accessed, None), img.manifest_desc.digest))
             return accessed
-        current().commit()  # the workload may write to the terminal the progress lines are on
+        self.progress.commit()  # the workload may write to the terminal the progress lines are on
         if self.workload.wait_on_signal:
             log.info("press Ctrl+C to terminate the container")
         elif self.workload.wait_on_line is None:
@@ -339,19 +333,11 @@ class _Pipeline:
                 )
         if not unique:
             return {}
-        pool = ThreadPoolExecutor(max_workers=min(len(unique), os.cpu_count() or 1))
-        try:
-            futures = {key: pool.submit(self._convert_layer, *job) for key, job in unique.items()}
-            done, _ = wait(futures.values(), return_when=FIRST_EXCEPTION)
-            failed = next((f for f in done if f.exception() is not None), None)
-            if failed is not None:
-                raise failed.exception()  # type: ignore[misc]  # before waiting on the others (finally)
-            return {key: f.result() for key, f in futures.items()}
-        finally:
-            # On Ctrl-C, SIGTERM or a failed layer, stop at once: queued layers never start and
-            # running ones give up at their next read or write, instead of converting to the end.
-            self.cancel.set()
-            pool.shutdown(wait=True, cancel_futures=True)
+        # On Ctrl-C, SIGTERM or a failed layer, every conversion stops at once: queued layers never
+        # start and running ones give up at their next read or write.
+        keys = list(unique)
+        jobs_ = [functools.partial(self._convert_layer, *unique[k]) for k in keys]
+        return dict(zip(keys, run_parallel(jobs_, os.cpu_count() or 1), strict=True))
 
     def _layer_media_type(self, src: Descriptor, zstd: bool) -> str:
         if zstd:  # zstd:chunked needs --oci (as upstream): Docker has no zstd layer type
@@ -359,30 +345,9 @@ class _Pipeline:
         docker = media_types.is_docker(src.media_type) and not self.options.oci
         return media_types.DOCKER_LAYER_GZIP if docker else media_types.OCI_LAYER_GZIP
 
-    def _build_options(self, files: list[str]) -> BuildOptions:
-        o = self.options
-        if o.zstdchunked:
-            # Upstream applies neither chunk size nor min chunk size to zstd:chunked.
-            fmt, level, chunk, min_chunk = LayerFormat.ZSTD_CHUNKED, o.zstd_compression_level, None, 0
-        else:
-            fmt, level, chunk, min_chunk = (
-                LayerFormat.ESTARGZ,
-                o.compression_level,
-                o.chunk_size,
-                o.min_chunk_size,
-            )
-        return BuildOptions(
-            format=fmt,
-            compression_level=level,
-            chunk_size=chunk or DEFAULT_CHUNK_SIZE,
-            min_chunk_size=min_chunk,
-            external_toc=o.external_toc,
-            prioritized_files=files or None,
-            workers=o.parallelism,
-            gzip_helper=self.gzip_helper,
-        )
-
-    def _convert_layer(self, desc: Descriptor, files: list[str], diff_id: str | None) -> _Converted:
+    def _convert_layer(
+        self, desc: Descriptor, files: list[str], diff_id: str | None, cancel: CancelToken
+    ) -> _Converted:
         path = self._layer_file(desc)
         annotations = {k: v for k, v in (desc.annotations or {}).items() if k not in _FORMAT_ANNOTATIONS}
         if self.options.reuse and not files and diff_id and self._reusable(path, desc):
@@ -393,12 +358,12 @@ class _Pipeline:
         fd, name = tempfile.mkstemp(prefix="layer-", dir=self.work / "out")
         os.close(fd)
         out = Path(name)
-        opts = self._build_options(files)
-        current().step(desc.digest, "convert")
+        opts = replace(self.options.layer, prioritized_files=files or None)
+        self.progress.step(desc.digest, "convert")
         with open(path, "rb") as fin, open(out, "wb") as fout:
-            res = build(_Cancellable(fin, self.cancel), _Cancellable(fout, self.cancel), opts)
-        current().done(desc.digest, "convert", log_line=False, size=res.size)
-        current().alias(res.digest, desc.digest)
+            res = build(fin, fout, opts, cancel=cancel)
+        self.progress.done(desc.digest, "convert", log_line=False, size=res.size)
+        self.progress.alias(res.digest, desc.digest)
         if res.missing_prioritized:
             log.debug(
                 "prioritized files not found in layer",
@@ -456,38 +421,30 @@ class _Pipeline:
         return desc, data, _Converted(config_path, config_desc, "")
 
 
-class _Cancelled(Exception):
-    """A conversion stopped because another one failed or the run was interrupted."""
-
-
-class _Cancellable:
-    """A layer conversion's input or output file, which fails once `cancel` is set."""
-
-    def __init__(self, file: BinaryIO, cancel: threading.Event) -> None:
-        self._file, self._cancel = file, cancel
-
-    def read(self, size: int = -1) -> bytes:
-        if self._cancel.is_set():
-            raise _Cancelled("conversion cancelled")
-        return self._file.read(size)
-
-    def write(self, data: bytes) -> int:
-        if self._cancel.is_set():
-            raise _Cancelled("conversion cancelled")
-        return self._file.write(data)
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._file, name)
-
-
 class _Reporting:
     """A store whose blob transfers are reported as progress steps (layers only, not configs)."""
 
     def __init__(self, store: ImageStore, progress: Progress) -> None:
         self._store, self._progress = store, progress
+        self.reference = store.reference
 
-    def __getattr__(self, name: str) -> object:  # everything but blob transfers goes straight through
-        return getattr(self._store, name)
+    def resolve(self) -> Descriptor:
+        return self._store.resolve()
+
+    def read_manifest(self, desc: Descriptor) -> bytes:
+        return self._store.read_manifest(desc)
+
+    def push_manifest(self, data: bytes, desc: Descriptor, *, top: bool = False) -> None:
+        self._store.push_manifest(data, desc, top=top)
+
+    def close(self) -> None:
+        self._store.close()
+
+    def __enter__(self) -> _Reporting:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def fetch_blob(self, desc: Descriptor, dest: Path, *, cancel: CancelToken | None = None) -> None:
         self._progress.step(desc.digest, "pull")

@@ -91,15 +91,3 @@ class Progress:
 
     def flush(self) -> None:
         self.stream.flush()
-
-
-_current = Progress(live=False)
-
-
-def current() -> Progress:
-    return _current
-
-
-def install(progress: Progress) -> None:
-    global _current
-    _current = progress

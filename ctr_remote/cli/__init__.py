@@ -10,9 +10,9 @@ import click
 import structlog
 
 from ctr_remote import __version__
-from ctr_remote.errors import CtrRemoteError, Terminated
+from ctr_remote.errors import CtrRemoteError, Interrupted, Terminated
 from ctr_remote.log import LogFormat, configure, current_format
-from ctr_remote.progress import Progress, install
+from ctr_remote.progress import Progress
 
 
 class _AliasedGroup(click.Group):
@@ -40,15 +40,14 @@ class _AliasedGroup(click.Group):
     show_default=True,
     help="text (upstream-style) or json (one object per line, for CI)",
 )
-def cli(debug: bool, log_format: str) -> None:
+@click.pass_context
+def cli(ctx: click.Context, debug: bool, log_format: str) -> None:
     """A command line client for containerd's stargz snapshotter: image optimization."""
     fmt = LogFormat(log_format)
-    if fmt is LogFormat.TEXT and sys.stderr.isatty() and not debug:
-        live = Progress(live=True)
-        install(live)
-        configure(debug=debug, fmt=fmt, stream=live)  # type: ignore[arg-type]
-    else:
-        configure(debug=debug, fmt=fmt)
+    # On a terminal each layer gets a live line, and log lines are written above them; the commands
+    # find the Progress in the context.
+    ctx.obj = Progress(live=fmt is LogFormat.TEXT and sys.stderr.isatty() and not debug)
+    configure(debug=debug, fmt=fmt, stream=ctx.obj if ctx.obj.live else None)
 
 
 @cli.group()
@@ -78,7 +77,7 @@ def _fail(message: str, exit_code: int) -> NoReturn:
         structlog.get_logger().error(message, exit_code=exit_code)
     else:
         line = f"ctr-remote: {message}"
-        if exit_code == 130 and sys.stderr.isatty():
+        if exit_code == Interrupted.exit_code and sys.stderr.isatty():
             line = "\n" + line  # below the terminal's ^C
         click.echo(line, err=True)
     sys.exit(exit_code)
@@ -92,7 +91,7 @@ def main() -> None:
     except CtrRemoteError as e:
         _fail(str(e), e.exit_code)
     except (click.exceptions.Abort, KeyboardInterrupt):
-        _fail("interrupted", 130)
+        _fail("interrupted", Interrupted.exit_code)
     except click.UsageError as e:
         # One line, like every other error; the hint says where the full usage is.
         where = e.ctx.command_path if e.ctx else "ctr-remote"

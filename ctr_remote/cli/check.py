@@ -6,31 +6,13 @@ import json
 
 import click
 
+from ctr_remote.cli.types import PLATFORM, reference
 from ctr_remote.errors import CtrRemoteError, UsageError
+from ctr_remote.image import Platform
 
 
 class CheckFailed(CtrRemoteError):
     """A layer did not verify: the report is printed, then this one line names it."""
-
-
-def _parse_platforms(platforms: tuple[str, ...], all_platforms: bool) -> list:  # type: ignore[type-arg]
-    from ctr_remote.image import PlatformError, parse_platforms
-
-    if platforms and all_platforms:
-        raise UsageError("--platform can't be used with --all-platforms")
-    try:
-        return parse_platforms(platforms)
-    except PlatformError as e:
-        raise UsageError(str(e)) from None
-
-
-def _parse_reference(ref: str, plain_http: bool) -> None:
-    from ctr_remote.image import InvalidReferenceError, parse_reference
-
-    try:
-        parse_reference(ref, plain_http=plain_http)
-    except InvalidReferenceError as e:
-        raise UsageError(str(e)) from None
 
 
 @click.command("check")
@@ -39,6 +21,7 @@ def _parse_reference(ref: str, plain_http: bool) -> None:
 @click.option(
     "--platform",
     "platforms",
+    type=PLATFORM,
     multiple=True,
     help="check the image for the specified platform (repeatable; default: this machine's)",
 )
@@ -55,7 +38,7 @@ def _parse_reference(ref: str, plain_http: bool) -> None:
 def check_command(
     ref: str,
     plain_http: bool,
-    platforms: tuple[str, ...],
+    platforms: tuple[Platform, ...],
     all_platforms: bool,
     output: str,
     list_prioritized: bool,
@@ -67,11 +50,13 @@ def check_command(
     its digest, the tar headers against the TOC, the diff ID against the image config, the landmark
     and the bytes the snapshotter prefetches first. Exit 0 when every eStargz layer verifies.
     """
-    plats = _parse_platforms(platforms, all_platforms)
-    _parse_reference(ref, plain_http)
+    if platforms and all_platforms:
+        raise UsageError("--platform can't be used with --all-platforms")
     from ctr_remote.check import check_image
 
-    report = check_image(ref, plain_http=plain_http, platforms=plats, all_platforms=all_platforms)
+    report = check_image(
+        reference(ref, plain_http=plain_http), platforms=platforms, all_platforms=all_platforms
+    )
     if output == "json":
         click.echo(json.dumps(report.to_json(list_prioritized), indent=2))
     else:
@@ -98,14 +83,14 @@ def get_toc_digest_command(ref: str, layer_digest: str, plain_http: bool, dump_t
     from ctr_remote.image.digest import validate_digest
     from ctr_remote.image.errors import ImageError
 
-    _parse_reference(ref, plain_http)
+    parsed = reference(ref, plain_http=plain_http)
     try:
         validate_digest(layer_digest)
     except ImageError as e:
         raise UsageError(str(e)) from None
     from ctr_remote.check import read_toc
 
-    toc_digest, toc_json = read_toc(ref, layer_digest, plain_http=plain_http)
+    toc_digest, toc_json = read_toc(parsed, layer_digest)
     if dump_toc:
         click.echo(json.dumps(json.loads(toc_json), indent="\t", ensure_ascii=False))
     else:

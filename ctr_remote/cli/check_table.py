@@ -24,12 +24,13 @@ def _verdict(ok: bool | None) -> str:
 
 
 def _row(layer: LayerReport) -> tuple[str, ...]:
+    blob = layer.blob
     toc_ok = None
-    if layer.toc_digest and layer.toc_digest_annotation:
-        toc_ok = layer.toc_digest == layer.toc_digest_annotation
+    if blob.toc_digest and layer.toc_digest_annotation:
+        toc_ok = blob.toc_digest == layer.toc_digest_annotation
     diff_ok = None
-    if layer.diff_id and layer.config_diff_id:
-        diff_ok = layer.diff_id == layer.config_diff_id
+    if blob.diff_id and layer.config_diff_id:
+        diff_ok = blob.diff_id == layer.config_diff_id
     toc = "no annotation" if layer.is_estargz and not layer.toc_digest_annotation else _verdict(toc_ok)
     if layer.problems:
         status = "FAIL"
@@ -41,12 +42,12 @@ def _row(layer: LayerReport) -> tuple[str, ...]:
         str(layer.index),
         layer.digest.split(":", 1)[1][:12],
         human_size(layer.size),
-        layer.format,
+        blob.format,
         toc,
         _verdict(diff_ok),
-        "-" if layer.chunks is None else str(layer.chunks),
-        layer.landmark or "-",
-        human_size(layer.prefetch_bytes),
+        "-" if blob.chunks is None else str(blob.chunks),
+        blob.landmark or "-",
+        human_size(blob.prefetch_bytes),
         status,
     )
 
@@ -63,6 +64,6 @@ def render(report: CheckReport, list_prioritized: bool) -> str:
             if layer is None:
                 continue
             out.extend(f"      {note}" for note in [*layer.problems, *layer.warnings])
-            if list_prioritized and layer.landmark == "prefetch":
-                out.extend(f"      prioritized: {p}" for p in layer.prioritized)
+            if list_prioritized and layer.blob.landmark == "prefetch":
+                out.extend(f"      prioritized: {p}" for p in layer.blob.prioritized)
     return "\n".join(out) + "\n"

@@ -3,34 +3,32 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
 from ctr_remote.cli import flags
 from ctr_remote.cli.streams import WorkloadStreams
-from ctr_remote.errors import CtrRemoteError, UsageError
+from ctr_remote.cli.types import PLATFORM, PREFETCH_LIST, reference
+from ctr_remote.errors import Interrupted, UsageError
+from ctr_remote.estargz import DEFAULT_CHUNK_SIZE, DEFAULT_COMPRESSION_LEVEL, BuildOptions, LayerFormat
 from ctr_remote.layer.gzip_helper import GzipHelper, GzipHelperError
 from ctr_remote.log import LogFormat
-from ctr_remote.options import DEFAULT_CHUNK_SIZE, OptimizeOptions
-from ctr_remote.prefetch_list import PrefetchList, PrefetchListError
+from ctr_remote.options import OptimizeOptions
 from ctr_remote.profile.workload import (
     DEFAULT_CNI_CONF_DIR,
     DEFAULT_CNI_PLUGIN_DIR,
+    DEFAULT_NAMESERVERS,
     DEFAULT_PERIOD_SECONDS,
     CniConfig,
     DnsConfig,
     NetworkMode,
+    RecorderKind,
     Workload,
 )
 
 
-class Interrupted(CtrRemoteError):
-    """Ctrl-C (SIGINT): the shell's convention, 128 + 2."""
-
-    exit_code = 130
-
-
-def _conflicts(p: dict) -> None:  # type: ignore[type-arg]
+def _conflicts(p: dict[str, Any]) -> None:
     """The combinations upstream refuses, and those that make no sense for this tool."""
     if p["terminal"] and not p["stdin"]:
         raise UsageError('terminal flag must be specified with "-i"')
@@ -62,34 +60,14 @@ def _conflicts(p: dict) -> None:  # type: ignore[type-arg]
         raise UsageError(f"--zstdchunked-compression-level must be between 1 and 22, got {zstd_level}")
     if p["estargz_parallelism"] < 0:
         raise UsageError(f"--estargz-parallelism must not be negative, got {p['estargz_parallelism']}")
-    if p["estargz_gzip_helper"]:
-        try:
-            GzipHelper.find(p["estargz_gzip_helper"])  # before anything is fetched
-        except GzipHelperError as e:
-            raise UsageError(str(e)) from None
 
 
-def _check_syntax(source_ref: str, target_ref: str, options: OptimizeOptions) -> None:
-    """References and platforms are parsed again by the pipeline; a malformed one is a usage error."""
-    from ctr_remote.image import InvalidReferenceError, PlatformError, parse_platforms, parse_reference
-
-    try:
-        for ref in (source_ref, target_ref):
-            parse_reference(ref, plain_http=options.plain_http)
-        parse_platforms(options.platforms)
-        if options.prefetch_list is not None:
-            PrefetchList.load(options.prefetch_list)
-    except (InvalidReferenceError, PlatformError, PrefetchListError) as e:
-        raise UsageError(str(e)) from None
-
-
-def _workload(p: dict) -> Workload:  # type: ignore[type-arg]
+def _workload(p: dict[str, Any]) -> Workload:
     env: list[str] = []
     if p["env_file"]:
         env.extend(flags.env_file(p["env_file"]))
     env.extend(flags.env_pair("--env", e) for e in p["env"])
     network = NetworkMode.CNI if p["cni"] else NetworkMode.HOST if p["net_host"] else NetworkMode.NONE
-    period = p["period"] if p["period"] > 0 else DEFAULT_PERIOD_SECONDS  # upstream: <=0 means default
     return Workload(
         entrypoint=flags.json_array("--entrypoint", p["entrypoint"]),
         args=flags.json_array("--args", p["args"]),
@@ -97,7 +75,7 @@ def _workload(p: dict) -> Workload:  # type: ignore[type-arg]
         user=p["user"],
         cwd=p["cwd"],
         mounts=tuple(flags.mount(m) for m in p["mount"]),
-        period=period,
+        period=p["period"] if p["period"] > 0 else DEFAULT_PERIOD_SECONDS,  # upstream: <= 0 is the default
         wait_on_signal=p["wait_on_signal"],
         wait_on_line=p["wait_on_line"] or None,
         terminal=p["terminal"],
@@ -111,27 +89,50 @@ def _workload(p: dict) -> Workload:  # type: ignore[type-arg]
         ),
         add_hosts=flags.add_hosts(p["add_hosts"]),
         runtime=p["runtime"],
+        recorder=RecorderKind(p["recorder"]),
     )
 
 
-def _options(p: dict) -> OptimizeOptions:  # type: ignore[type-arg]
+def _layer_options(p: dict[str, Any]) -> BuildOptions:
+    """How each layer is written. As upstream, chunk size and min chunk size do not apply to
+    zstd:chunked; 0 means the default for chunk size and parallelism."""
+    helper = None
+    if p["estargz_gzip_helper"]:
+        try:
+            helper = GzipHelper.find(p["estargz_gzip_helper"])  # before anything is fetched
+        except GzipHelperError as e:
+            raise UsageError(str(e)) from None
+    workers = p["estargz_parallelism"] or None
+    if p["zstdchunked"]:
+        return BuildOptions(
+            format=LayerFormat.ZSTD_CHUNKED,
+            compression_level=p["zstdchunked_compression_level"],
+            workers=workers,
+            gzip_helper=helper,
+        )
+    return BuildOptions(
+        compression_level=p["estargz_compression_level"],
+        chunk_size=p["estargz_chunk_size"] or DEFAULT_CHUNK_SIZE,
+        min_chunk_size=p["estargz_min_chunk_size"],
+        external_toc=p["estargz_external_toc"],
+        workers=workers,
+        gzip_helper=helper,
+    )
+
+
+def _options(source_ref: str, target_ref: str, p: dict[str, Any]) -> OptimizeOptions:
+    layer = _layer_options(p)
     return OptimizeOptions(
-        plain_http=p["plain_http"],
+        source=reference(source_ref, plain_http=p["plain_http"]),
+        target=reference(target_ref, plain_http=p["plain_http"]),
         reuse=p["reuse"],
         platforms=tuple(p["platform"]),
         all_platforms=p["all_platforms"],
         optimize=not p["no_optimize"],
-        prefetch_list=p["prefetch_list"],
+        prefetch=p["prefetch_list"],
         record_out=p["record_out"],
         oci=p["oci"],
-        compression_level=p["estargz_compression_level"],
-        chunk_size=p["estargz_chunk_size"] or DEFAULT_CHUNK_SIZE,
-        zstdchunked=p["zstdchunked"],
-        zstd_compression_level=p["zstdchunked_compression_level"],
-        min_chunk_size=p["estargz_min_chunk_size"],
-        external_toc=p["estargz_external_toc"],
-        gzip_helper=p["estargz_gzip_helper"] or None,
-        parallelism=p["estargz_parallelism"] or None,  # 0: one thread per CPU, as upstream
+        layer=layer,
     )
 
 
@@ -153,8 +154,8 @@ _dir = click.Path(file_okay=False, path_type=Path)
 )
 @click.option(
     "--platform",
+    type=PLATFORM,
     multiple=True,
-    metavar="PLATFORM",
     help="convert the image for this platform (os[/arch[/variant]]); repeatable",
 )
 @click.option("--all-platforms", is_flag=True, help="targeting all platform of the source image")
@@ -169,7 +170,7 @@ _dir = click.Path(file_okay=False, path_type=Path)
 @click.option("--no-optimize", is_flag=True, help="convert image without optimization")
 @click.option(
     "--prefetch-list",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    type=PREFETCH_LIST,
     help="file of paths or globs to prioritize, instead of running the workload",
 )
 @click.option(
@@ -181,7 +182,7 @@ _dir = click.Path(file_okay=False, path_type=Path)
 @click.option(
     "--estargz-compression-level",
     type=int,
-    default=9,
+    default=DEFAULT_COMPRESSION_LEVEL,
     show_default=True,
     help="eStargz compression level (gzip, 1-9)",
 )
@@ -255,7 +256,7 @@ _dir = click.Path(file_okay=False, path_type=Path)
 )
 @click.option(
     "--dns-nameservers",
-    default="8.8.8.8",
+    default=",".join(DEFAULT_NAMESERVERS),
     show_default=True,
     help="comma-separated nameservers added to the container's /etc/resolv.conf",
 )
@@ -293,6 +294,14 @@ _dir = click.Path(file_okay=False, path_type=Path)
     show_default=True,
     help="OCI runtime binary used to run the container (e.g. crun)",
 )
+@click.option(
+    "--recorder",
+    type=click.Choice([k.value for k in RecorderKind]),
+    default=RecorderKind.FUSE.value,
+    show_default=True,
+    help="how file accesses are recorded: a FUSE passthrough under each layer, or fanotify on the "
+    "container's overlay (as upstream; needs root in the initial user namespace)",
+)
 def optimize_command(source_ref: str, target_ref: str, **params: object) -> None:
     """Optimize an image with user-specified workload.
 
@@ -302,14 +311,13 @@ def optimize_command(source_ref: str, target_ref: str, **params: object) -> None
     """
     _conflicts(params)
     workload = _workload(params)
-    options = _options(params)
-    _check_syntax(source_ref, target_ref, options)
+    options = _options(source_ref, target_ref, params)
     from ctr_remote.optimize import optimize  # the pipeline pulls in every package: load it only to run
 
-    root = click.get_current_context().find_root().params
+    root = click.get_current_context().find_root()
     try:
-        with WorkloadStreams(LogFormat(root["log_format"]), debug=root["debug"]) as streams:
-            result = optimize(source_ref, target_ref, options, workload)
+        with WorkloadStreams(LogFormat(root.params["log_format"]), debug=root.params["debug"]) as streams:
+            result = optimize(options, workload, root.obj)
     except KeyboardInterrupt:
         # Not left to click, which would print a bare newline first (not a JSON line).
         raise Interrupted("interrupted") from None

@@ -30,7 +30,13 @@ Where we differ from upstream's `estargz.Build`, on purpose:
 """
 
 from ctr_remote.estargz.errors import EstargzError
-from ctr_remote.estargz.options import BuildOptions, BuildResult, LayerFormat
+from ctr_remote.estargz.options import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_COMPRESSION_LEVEL,
+    BuildOptions,
+    BuildResult,
+    LayerFormat,
+)
 from ctr_remote.estargz.reader import EstargzReader, Verified, blob_kind, is_estargz, open_estargz
 from ctr_remote.estargz.toc import (
     EXTERNAL_TOC_IMAGE_SUFFIX,
@@ -47,6 +53,8 @@ from ctr_remote.estargz.toc import (
 from ctr_remote.estargz.writer import build
 
 __all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "DEFAULT_COMPRESSION_LEVEL",
     "EXTERNAL_TOC_IMAGE_SUFFIX",
     "EXTERNAL_TOC_LAYER_ANNOTATION",
     "NO_PREFETCH_LANDMARK",

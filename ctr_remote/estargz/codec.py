@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import zlib
-from typing import Protocol
+from typing import Protocol, cast
 
 import deflate
 import zstandard
@@ -33,9 +33,12 @@ class MemberStream(Protocol):
 class Decompressor(Protocol):
     """zlib's decompressobj interface, which zstandard's follows: one member, then `eof`."""
 
-    eof: bool
-    unused_data: bytes
-    unconsumed_tail: bytes
+    @property
+    def eof(self) -> bool: ...
+    @property
+    def unused_data(self) -> bytes: ...
+    @property
+    def unconsumed_tail(self) -> bytes: ...
 
     def decompress(self, data: bytes, max_length: int = 0) -> bytes: ...
 
@@ -61,7 +64,8 @@ class GzipCodec:
         data = b"".join(member)
         if len(data) < _SMALL_MEMBER:
             return zlib_ng.compress(data, self.level, _GZIP_WBITS)
-        return deflate.gzip_compress(data, self.level)
+        # A bytearray, which every consumer (file writes, len, hashing) takes as bytes: no copy.
+        return cast(bytes, deflate.gzip_compress(data, self.level))
 
     def stream(self) -> MemberStream:
         return _GzipStream(self.level)

@@ -10,6 +10,7 @@ from ctr_remote.estargz.errors import EstargzError
 from ctr_remote.layer.gzip_helper import GzipHelper
 
 DEFAULT_CHUNK_SIZE = 4 << 20
+DEFAULT_COMPRESSION_LEVEL = 9  # gzip's best, upstream's default
 
 
 class LayerFormat(enum.Enum):

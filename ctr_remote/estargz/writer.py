@@ -33,10 +33,11 @@ import tempfile
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import IO, BinaryIO
+from typing import IO, BinaryIO, cast
 
 from zlib_ng import zlib_ng
 
+from ctr_remote.cancel import CancelToken, CheckedFile
 from ctr_remote.estargz.codec import Codec, MemberStream, codec_for
 from ctr_remote.estargz.errors import EstargzError
 from ctr_remote.estargz.options import BuildOptions, BuildResult, LayerFormat
@@ -85,10 +86,21 @@ _INFLIGHT_BYTES = 64 << 20
 _HEADER_RUN_BYTES = 1 << 20
 
 
-def build(src: BinaryIO, dst: BinaryIO, options: BuildOptions = BuildOptions()) -> BuildResult:  # noqa: B008
+def build(
+    src: BinaryIO,
+    dst: BinaryIO,
+    options: BuildOptions = BuildOptions(),  # noqa: B008
+    *,
+    cancel: CancelToken | None = None,
+) -> BuildResult:
     """Convert the layer blob `src` (tar, tar+gzip or tar+zstd; may be unseekable) to eStargz,
     written to `dst` (may be unseekable). Memory use does not grow with the layer size; the layer
-    is spooled to an unlinked temp file."""
+    is spooled to an unlinked temp file. Once `cancel` is set the conversion stops (Cancelled) at
+    its next read or write."""
+    if cancel is not None:
+        # Duck-typed files: the writer only reads `src` and writes `dst`.
+        src = cast(BinaryIO, CheckedFile(src, cancel, "layer conversion"))
+        dst = cast(BinaryIO, CheckedFile(dst, cancel, "layer conversion"))
     try:
         tar, _ = open_tar_stream(src, "layer", options.gzip_helper)
         # Closing the tar stream stops its decompression thread (`src` itself stays open).

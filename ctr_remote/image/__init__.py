@@ -8,7 +8,6 @@ platforms, and one store interface over registries (OCI distribution) and OCI la
 """
 
 from ctr_remote.image import mediatypes as media_types
-from ctr_remote.image.cancel import CancelToken
 from ctr_remote.image.digest import digest_bytes
 from ctr_remote.image.errors import (
     AuthError,
@@ -20,7 +19,6 @@ from ctr_remote.image.errors import (
     PlatformError,
     RegistryError,
     RetriesExhaustedError,
-    TransferCancelled,
     UnsupportedMediaTypeError,
 )
 from ctr_remote.image.manifest import (
@@ -50,7 +48,6 @@ from ctr_remote.image.platform import (
     Platform,
     host_platform,
     parse_platform,
-    parse_platforms,
     select_manifests,
 )
 from ctr_remote.image.reference import Kind, Reference, parse_reference
@@ -79,7 +76,6 @@ __all__ = [
     "OCI_LAYER_ZSTD",
     "OCI_MANIFEST",
     "AuthError",
-    "CancelToken",
     "Descriptor",
     "DigestMismatchError",
     "ImageBlobs",
@@ -98,7 +94,6 @@ __all__ = [
     "RegistryError",
     "RegistryOptions",
     "RetriesExhaustedError",
-    "TransferCancelled",
     "UnsupportedMediaTypeError",
     "config_platform",
     "copy_image",
@@ -111,7 +106,6 @@ __all__ = [
     "parse_index",
     "parse_manifest",
     "parse_platform",
-    "parse_platforms",
     "parse_reference",
     "push_blobs",
     "read_image",

@@ -156,7 +156,7 @@ class Authenticator:
             if service:
                 params.insert(0, ("service", service))
             headers = {"Authorization": creds.basic_header()} if creds else {}
-            req = httpx.Request("GET", realm, params=params, headers=headers)
+            req = httpx.Request("GET", realm, params=tuple(params), headers=headers)
         try:
             resp = self._send(req)
         except AuthError:

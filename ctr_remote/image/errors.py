@@ -52,7 +52,3 @@ class UnsupportedMediaTypeError(ImageError):
 
 class PlatformError(ImageError):
     """A platform specifier that cannot be parsed, or no manifest matching the requested platforms."""
-
-
-class TransferCancelled(ImageError):
-    """A transfer stopped because the run was interrupted or another transfer failed."""

@@ -19,12 +19,13 @@ import threading
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from ctr_remote.cancel import CancelToken, checked
 from ctr_remote.image import mediatypes as mt
-from ctr_remote.image.cancel import CancelToken, checked
 from ctr_remote.image.digest import algorithm, encoded, verify_bytes
 from ctr_remote.image.errors import ImageError, LayoutError, NotFoundError
 from ctr_remote.image.files import copy_verified, read_chunks, write_atomic
 from ctr_remote.image.manifest import ANNOTATION_REF_NAME, Descriptor, sniff_media_type
+from ctr_remote.image.platform import Platform
 from ctr_remote.image.reference import Reference
 
 LAYOUT_FILE = "oci-layout"
@@ -188,7 +189,7 @@ def _label(entry: Descriptor) -> str:
 def _one_image(entries: list[Descriptor]) -> bool:
     """True if `entries` are the platform manifests of one image: no names, all manifests, each
     with a platform none of the others has."""
-    platforms = []
+    platforms: list[Platform] = []
     for e in entries:
         if (e.annotations or {}).get(ANNOTATION_REF_NAME) or not mt.is_manifest(e.media_type):
             return False

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import platform as _host
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -103,10 +103,6 @@ def parse_platform(spec: str) -> Platform:
     else:
         plat = Platform(parts[0], parts[1], parts[2] if len(parts) == 3 else None)
     return plat.normalized()
-
-
-def parse_platforms(specs: Iterable[str]) -> list[Platform]:
-    return [parse_platform(s) for s in specs]
 
 
 class _HasPlatform(Protocol):

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from ctr_remote.image.cancel import CancelToken
+from ctr_remote.cancel import CancelToken
 from ctr_remote.image.manifest import Descriptor
 from ctr_remote.image.reference import Reference
 
@@ -33,12 +33,12 @@ class ImageStore(Protocol):
 
     def fetch_blob(self, desc: Descriptor, dest: Path, *, cancel: CancelToken | None = None) -> None:
         """Stream a blob to `dest` (replaced atomically), digest and size verified. Once `cancel` is
-        set the download stops (TransferCancelled) at its next request or chunk, leaving no file."""
+        set the download stops (Cancelled) at its next request or chunk, leaving no file."""
         ...
 
     def push_blob(self, src: Path, desc: Descriptor, *, cancel: CancelToken | None = None) -> None:
         """Upload a blob (layer or config) unless it is already there; mount it when possible.
-        Once `cancel` is set the upload stops (TransferCancelled) at its next request or chunk."""
+        Once `cancel` is set the upload stops (Cancelled) at its next request or chunk."""
         ...
 
     def push_manifest(self, data: bytes, desc: Descriptor, *, top: bool = False) -> None:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
+from ctr_remote.cancel import CancelToken, run_parallel
 from ctr_remote.image import mediatypes as mt
-from ctr_remote.image.cancel import CancelToken
 from ctr_remote.image.digest import encoded
 from ctr_remote.image.errors import UnsupportedMediaTypeError
 from ctr_remote.image.files import write_atomic
@@ -60,39 +60,26 @@ def config_platform(store: ImageStore) -> Callable[[Descriptor], Platform | None
     return platform_of
 
 
-def _run_parallel(jobs: Sequence[Callable[[CancelToken], None]], workers: int) -> None:
-    """Run `jobs` on a thread pool. The first failure, or an interrupt of the calling thread
-    (KeyboardInterrupt, Terminated), stops everything promptly: queued jobs never start and the
-    running ones are cancelled through their token, at their next request or chunk (a request
-    blocked on the network is cut off). Only then is the failure raised, so that no transfer goes
-    on, or leaves a temp file, behind the caller's back."""
-    if not jobs:
-        return
-    cancel = CancelToken()
-    pool = ThreadPoolExecutor(max_workers=max(1, min(workers, len(jobs))))
-    try:
-        futures = [pool.submit(job, cancel) for job in jobs]
-        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-        errors = [e for f in futures if f in done and (e := f.exception()) is not None]
-        if errors:
-            raise errors[0]
-    finally:
-        cancel.cancel()
-        pool.shutdown(wait=True, cancel_futures=True)
+def _fetch(store: ImageStore, desc: Descriptor, dest: Path, cancel: CancelToken) -> None:
+    store.fetch_blob(desc, dest, cancel=cancel)
+
+
+def _push(store: ImageStore, src: Path, desc: Descriptor, cancel: CancelToken) -> None:
+    store.push_blob(src, desc, cancel=cancel)
 
 
 def fetch_blobs(
     store: ImageStore, items: Sequence[tuple[Descriptor, Path]], *, workers: int = DEFAULT_WORKERS
 ) -> None:
     """Download each (descriptor, destination) in parallel, every blob verified."""
-    _run_parallel([lambda c, d=d, p=p: store.fetch_blob(d, p, cancel=c) for d, p in items], workers)
+    run_parallel([functools.partial(_fetch, store, d, p) for d, p in items], workers)
 
 
 def push_blobs(
     store: ImageStore, items: Sequence[tuple[Path, Descriptor]], *, workers: int = DEFAULT_WORKERS
 ) -> None:
     """Upload each (file, descriptor) in parallel (existing blobs are skipped by the store)."""
-    _run_parallel([lambda c, p=p, d=d: store.push_blob(p, d, cancel=c) for p, d in items], workers)
+    run_parallel([functools.partial(_push, store, p, d) for p, d in items], workers)
 
 
 def write_image(

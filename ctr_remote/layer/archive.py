@@ -45,5 +45,5 @@ def members(tf: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
     """The archive's entries one by one. Iterating the TarFile itself would keep every entry in
     `tf.members` (~450 bytes each: gigabytes for a small blob of millions of empty entries)."""
     while (member := tf.next()) is not None:
-        tf.members.clear()
+        tf.members.clear()  # type: ignore[attr-defined]  # real, but not in typeshed
         yield member

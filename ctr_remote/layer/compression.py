@@ -49,7 +49,7 @@ class _Prefixed(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, b) -> int:  # type: ignore[no-untyped-def]
+    def readinto(self, b: memoryview) -> int:  # type: ignore[override]  # io passes a memoryview
         if self._head:
             n = min(len(b), len(self._head))
             b[:n] = self._head[:n]
@@ -83,7 +83,7 @@ class _ZstdReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, b) -> int:  # type: ignore[no-untyped-def]
+    def readinto(self, b: memoryview) -> int:  # type: ignore[override]  # io passes a memoryview
         while self._pos >= len(self._pending):
             self._pending, self._pos = b"", 0
             if self._in_pos >= len(self._input):
@@ -117,10 +117,10 @@ class _Checked(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, b) -> int:  # type: ignore[no-untyped-def]
+    def readinto(self, b: memoryview) -> int:  # type: ignore[override]  # io passes a memoryview
         try:
             data = self._inner.read(len(b))
-        except (OSError, EOFError, zlib_ng.error, zstandard.ZstdError) as e:
+        except (OSError, EOFError, zlib_ng.error, zstandard.ZstdError) as e:  # type: ignore[misc]  # the stub says zlib_ng.error is an instance
             raise CorruptLayerError(f"{self._what}: corrupt {self._kind.value} stream: {e}") from None
         b[: len(data)] = data
         return len(data)
@@ -150,7 +150,7 @@ def open_tar_stream(
         inner = gzip_helper.open(prefixed, what)
     elif kind is Compression.GZIP:
         # Decompression in a helper thread overlaps with whatever consumes the tar.
-        inner = gzip_ng_threaded.open(prefixed, "rb", threads=1)  # type: ignore[assignment]
+        inner = gzip_ng_threaded.open(prefixed, "rb", threads=1)
     else:
         inner = _ZstdReader(prefixed)  # type: ignore[assignment]
     return io.BufferedReader(_Checked(inner, what, kind), buffer_size=1 << 20), kind

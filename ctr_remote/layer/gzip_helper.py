@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import threading
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from ctr_remote.errors import CtrRemoteError
 
@@ -85,9 +85,9 @@ class _HelperStream(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, b) -> int:  # type: ignore[no-untyped-def]
-        stdout = self._proc.stdout
-        assert stdout is not None
+    def readinto(self, b: memoryview) -> int:  # type: ignore[override]  # io passes a memoryview
+        # Popen's pipes are buffered readers (bufsize -1), which read into a buffer without a copy.
+        stdout = cast(io.BufferedReader, self._proc.stdout)
         n = stdout.readinto(b)
         if n == 0:
             self._finish()

@@ -514,8 +514,8 @@ def _teardown(
         errors.append(e)
     if errors:
         if quiet:
-            for e in errors:
-                _log.warning("CNI teardown incomplete", error=str(e))
+            for error in errors:
+                _log.warning("CNI teardown incomplete", error=str(error))
         else:
             raise CniError(str(errors[0]))
 

@@ -7,9 +7,3 @@ from ctr_remote.errors import CtrRemoteError
 
 class ProfileError(CtrRemoteError):
     """The workload could not be profiled (missing runtime or /dev/fuse, bad layer, bad workload...)."""
-
-
-class ProfileInterrupted(ProfileError):
-    """The profiler received SIGTERM; everything it started was cleaned up before this was raised."""
-
-    exit_code = 143

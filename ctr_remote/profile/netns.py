@@ -82,9 +82,9 @@ def create_netns(path: Path) -> None:
     thread.join()
     if failure:
         _discard(path)
-        e = failure[0]
-        msg = e.args[1] if isinstance(e, OSError) and len(e.args) > 1 else str(e)
-        raise NetnsError(f"cannot create network namespace {path}: {msg}") from e
+        cause = failure[0]
+        msg = cause.args[1] if isinstance(cause, OSError) and len(cause.args) > 1 else str(cause)
+        raise NetnsError(f"cannot create network namespace {path}: {msg}") from cause
 
 
 def remove_netns(path: Path) -> None:

@@ -78,7 +78,6 @@ class RecorderDaemon:
                     stdin=subprocess.PIPE,
                     stdout=err,
                     stderr=err,
-                    env=dict(os.environ, FUSE_LIBRARY_NAME="fuse3"),
                     pass_fds=(ready_w,),
                     start_new_session=True,  # the terminal's Ctrl-C is ours to handle, not the daemon's
                 )

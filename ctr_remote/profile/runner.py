@@ -23,11 +23,12 @@ from pathlib import Path
 
 import structlog
 
+from ctr_remote.errors import Terminated
 from ctr_remote.layer.compression import Compression, detect
 from ctr_remote.layer.paths import clean_name
 from ctr_remote.profile import mounts
-from ctr_remote.profile.errors import ProfileError, ProfileInterrupted
-from ctr_remote.profile.recorder import READY_TIMEOUT, RecorderDaemon, RecordingMount, check_fuse
+from ctr_remote.profile.errors import ProfileError
+from ctr_remote.profile.recording import Recording, check_recorder, recording_for
 from ctr_remote.profile.result import ProfileResult
 from ctr_remote.profile.rootfs import check_executable, resolve_user
 from ctr_remote.profile.runtime import Container, find_runtime, stop_signal_of
@@ -47,9 +48,9 @@ _ABORT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 def check_requirements(workload: Workload) -> None:
     """What `profile` needs before it starts, checked up front (before layers are downloaded):
-    the runtime binary, /dev/fuse, and with --cni the network configuration and its plugins."""
+    the runtime binary, /dev/fuse or fanotify, and with --cni the network configuration and its plugins."""
     find_runtime(workload.runtime)
-    check_fuse()
+    check_recorder(workload.recorder)
     if workload.network is NetworkMode.CNI:
         from ctr_remote.profile.cni import check_config
 
@@ -65,7 +66,7 @@ def profile(
     image config JSON (its "config" object supplies Env, Entrypoint, Cmd, WorkingDir, User,
     StopSignal). Temporary state lives in a fresh directory under `workdir` (default: the system temp
     dir) and is removed, with every mount and the container, before this returns or raises, also
-    on SIGINT (re-raised as KeyboardInterrupt) and SIGTERM (raised as ProfileInterrupted).
+    on SIGINT (re-raised as KeyboardInterrupt) and SIGTERM (raised as Terminated).
     Raises ProfileError on anything that prevents the run; a workload that exits non-zero is not an
     error (its exit code is in the result).
     """
@@ -75,7 +76,7 @@ def profile(
         if not os.access(blob, os.R_OK) or not Path(blob).is_file():
             raise ProfileError(f"layer blob {blob} does not exist or is not a readable file")
     runtime = find_runtime(workload.runtime)
-    check_fuse()
+    check_recorder(workload.recorder)
     command = command_of(config, workload)
     stop_signal = stop_signal_of(config)
     base = Path(workdir or tempfile.gettempdir()).absolute()
@@ -92,19 +93,26 @@ def profile(
         try:
             with contextlib.ExitStack() as stack:
                 try:
-                    recorders, exit_code, excluded = _run(
+                    recording, exit_code, excluded, seconds = _run(
                         work, stack, list(layers), config, workload, runtime, command, stop, stop_signal
                     )
                 finally:
                     with signals_deferred():
-                        stack.close()  # container, overlay and FUSE mounts: the logs are complete after this
-                accessed = _attribute([r.accessed() for r in recorders], excluded)
+                        stack.close()  # container, recorder, overlay: the record is complete after this
+                accessed = recording.accessed(excluded)
         except OSError as e:  # our own files and processes: e.g. the work directory's filesystem is full
             where = f" ({e.filename})" if e.filename else ""
             raise ProfileError(f"profiling failed in {work}: {e.strerror or e}{where}") from None
         finally:
             with signals_deferred():
                 _sweep(work)
+    # What the workload cost, apart from unpacking and mounting: compare it with a plain run.
+    log.info(
+        "workload recorded",
+        recorder=workload.recorder.value,
+        workload_seconds=round(seconds, 3),
+        files_per_layer=[len(paths) for paths in accessed],
+    )
     if exit_code:
         log.warning(
             "the workload exited with a non-zero status; its accesses are recorded", exit_code=exit_code
@@ -122,31 +130,25 @@ def _run(
     command: Command,
     stop: threading.Event,
     stop_signal: signal.Signals,
-) -> tuple[list[RecordingMount], int | None, list[str]]:
+) -> tuple[Recording, int | None, list[str], float]:
     _use_memory_if_it_fits(work, layers)
     os.chmod(work, 0o700)  # device nodes and setuid files of the image live below
     for name in ("l", "m", "s", "upper", "ovl", "rootfs", "etc", "bundle", "runc"):
         (work / name).mkdir()
-    # Started first: the daemon's start-up overlaps with unpacking, and each layer is mounted as soon as
-    # it is unpacked.
-    daemon = RecorderDaemon(work / "s")
-    stack.callback(daemon.stop)
-    recorders: list[RecordingMount] = []
+    recording = recording_for(workload.recorder, work, stack, stop)
     for i, blob in enumerate(layers):
-        layer = unpack_layer(blob, work / "l" / str(i), what=f"layer {i} ({blob.name})")
-        recorders.append(daemon.serve(i, layer, work / "m" / str(i)))
-    daemon.wait_ready(time.monotonic() + READY_TIMEOUT)
-    daemon.watch(stop.set)  # a dead recorder ends the run at once: nothing more would be recorded
+        recording.add_layer(i, unpack_layer(blob, work / "l" / str(i), what=f"layer {i} ({blob.name})"))
+    recording.ready()
 
     rootfs = work / "rootfs"
-    if not recorders:  # no layers at all: an empty lower dir
-        (work / "m" / "empty").mkdir()
-    lowers = [str(r.index) for r in reversed(recorders)] or ["empty"]
+    if not layers:  # no layers at all: an empty lower dir
+        (recording.lower_base / "empty").mkdir()
+    lowers = [str(i) for i in reversed(range(len(layers)))] or ["empty"]
     try:
         # No index/metacopy/redirects: fewer xattr probes on the FUSE layers, none needed read-only.
         mounts.mount_overlay(
             rootfs,
-            work / "m",
+            recording.lower_base,
             lowers,
             work / "upper",
             work / "ovl",
@@ -182,12 +184,17 @@ def _run(
     )
     bundle = work / "bundle"
     (bundle / "config.json").write_text(json.dumps(spec, indent=1), encoding="utf-8")
+    # From here on, what opens the image's files is the runtime's and the workload's: the lookups above
+    # (the user, the binary) are not recorded by fanotify.
+    recording.start(stack)
     container = Container(runtime, work / "runc", container_id, bundle)
     stack.callback(container.delete)
+    started = time.monotonic()
     exit_code = container.run(workload, stop, stop_signal)
-    daemon.check()
+    seconds = time.monotonic() - started
+    recording.check()
     excluded = [clean_name(m["destination"]) for m in spec["mounts"]]
-    return recorders, exit_code, excluded
+    return recording, exit_code, excluded, seconds
 
 
 # Assumed ratio of a compressed layer's tar to its blob, to guess whether the image fits in memory.
@@ -221,21 +228,6 @@ def _mem_available() -> int:
             if line.startswith("MemAvailable:"):
                 return int(line.split()[1]) * 1024
     return 0
-
-
-def _attribute(per_layer: list[list[str]], excluded: list[str]) -> list[list[str]]:
-    """Drop paths under mounts that hid the layers, and keep each path only in the topmost layer."""
-
-    def hidden(path: str) -> bool:
-        return any(path == m or path.startswith(m + "/") for m in excluded)
-
-    taken: set[str] = set()
-    result: list[list[str]] = []
-    for paths in reversed(per_layer):
-        kept = [p for p in paths if p not in taken and not hidden(p)]
-        taken.update(kept)
-        result.append(kept)
-    return list(reversed(result))
 
 
 def _unmount(target: Path) -> None:
@@ -284,7 +276,7 @@ def _signal_handling(workload: Workload, stop: threading.Event) -> Iterator[None
     def abort(signum: int, frame: object) -> None:
         if signum == signal.SIGINT:
             raise KeyboardInterrupt
-        raise ProfileInterrupted(f"interrupted by {signal.Signals(signum).name}")
+        raise Terminated(f"interrupted by {signal.Signals(signum).name}")
 
     handler, signals = (end_period, _STOP_SIGNALS) if workload.wait_on_signal else (abort, _ABORT_SIGNALS)
     previous = {s: signal.signal(s, handler) for s in signals}

@@ -21,7 +21,7 @@ from typing import IO
 import structlog
 
 from ctr_remote.profile.errors import ProfileError
-from ctr_remote.profile.workload import DEFAULT_PERIOD_SECONDS, Workload
+from ctr_remote.profile.workload import Workload
 
 log = structlog.get_logger()
 
@@ -117,8 +117,7 @@ class Container:
             if workload.wait_on_signal:
                 stop.wait()
             else:
-                # As upstream: a period <= 0 means the default.
-                stop.wait(timeout=workload.period if workload.period > 0 else DEFAULT_PERIOD_SECONDS)
+                stop.wait(timeout=workload.period)
             if exited.is_set():
                 self._check_started(process.returncode)
                 return process.returncode

@@ -16,6 +16,13 @@ DEFAULT_CNI_CONF_DIR = Path("/etc/cni/net.d")
 DEFAULT_CNI_PLUGIN_DIR = Path("/opt/cni/bin")
 
 
+class RecorderKind(enum.Enum):
+    """How file accesses are recorded (`--recorder`)."""
+
+    FUSE = "fuse"  # a recording FUSE passthrough under each layer
+    FANOTIFY = "fanotify"  # a fanotify mark on the container's overlay, as upstream
+
+
 class NetworkMode(enum.Enum):
     NONE = "none"  # a fresh network namespace with loopback only (upstream default)
     HOST = "host"  # --net-host
@@ -59,7 +66,7 @@ class Workload:
     user: str | None = None
     cwd: str | None = None
     mounts: tuple[Mount, ...] = ()
-    period: float = DEFAULT_PERIOD_SECONDS
+    period: float = DEFAULT_PERIOD_SECONDS  # seconds, > 0 (the CLI turns upstream's <= 0 into the default)
     wait_on_signal: bool = False
     wait_on_line: str | None = None
     terminal: bool = False
@@ -69,3 +76,4 @@ class Workload:
     dns: DnsConfig = field(default_factory=DnsConfig)
     add_hosts: tuple[tuple[str, str], ...] = ()  # (hostname, ip) from --add-hosts host:IP
     runtime: str = "runc"
+    recorder: RecorderKind = RecorderKind.FUSE

@@ -13,12 +13,25 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from ctr_remote.profile import ProfileResult, Workload, profile
+from ctr_remote.profile.workload import RecorderKind
 from tests.helpers.images import LayerBuilder, image_config
 
 ROOT = Path(__file__).resolve().parents[2]
-SENTINEL = "987654"  # tests that must be interrupted sleep this long; no such process may survive
+# Tests that must be interrupted sleep this long; no such process may survive. Unique to this pytest
+# process: other suites running at the same time on the machine sleep their own.
+SENTINEL = f"98{os.getpid() % 10_000:04d}"
+
+
+@pytest.fixture(autouse=True)
+def logs_on_stderr() -> Iterator[None]:
+    """As the CLI has them: the workload's stdout is then what the tests see on stdout."""
+    saved = structlog.get_config()
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+    yield
+    structlog.configure(**saved)
 
 
 @pytest.fixture(scope="session")
@@ -41,11 +54,22 @@ def _processes_mentioning(needles: Sequence[str]) -> list[str]:
     return found
 
 
+def _link(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return ""
+
+
 def assert_no_leftovers(tmp_path: Path, work: Path) -> None:
     mounts = [line for line in Path("/proc/mounts").read_text().splitlines() if str(tmp_path) in line]
     assert not mounts, f"mounts left behind: {mounts}"
     procs = _processes_mentioning([str(tmp_path), f"sleep {SENTINEL}"])
     assert not procs, f"processes left behind: {procs}"
+    groups = [
+        fd for fd in os.listdir("/proc/self/fd") if _link(f"/proc/self/fd/{fd}") == "anon_inode:[fanotify]"
+    ]
+    assert not groups, f"fanotify groups left open: {groups}"
     assert list(work.iterdir()) == [], f"files left in the work dir: {list(work.iterdir())}"
 
 
@@ -58,8 +82,17 @@ def work(tmp_path: Path) -> Iterator[Path]:
     assert_no_leftovers(tmp_path, path)
 
 
+RECORDERS = [kind.value for kind in RecorderKind]
+
+
 @pytest.fixture
-def run(work: Path, busybox_layer: Path):
+def recorder() -> str:
+    """The `--recorder` of the `run` fixture; `parametrize("recorder", RECORDERS)` runs a test with each."""
+    return RecorderKind.FUSE.value
+
+
+@pytest.fixture
+def run(work: Path, busybox_layer: Path, recorder: str):
     """run(script, *upper_layers, **workload fields) -> ProfileResult: `sh -c script` on busybox + layers."""
 
     def _run(script: str | None, *layers: Path, config: dict | None = None, **fields: Any) -> ProfileResult:
@@ -67,6 +100,7 @@ def run(work: Path, busybox_layer: Path):
 
         cfg = config or image_config(cmd=["/bin/sh", "-c", script or "true"])
         fields.setdefault("period", 30)
+        fields.setdefault("recorder", RecorderKind(recorder))
         return profile([busybox_layer, *layers], cfg, Workload(**fields), workdir=work)
 
     return _run
@@ -122,13 +156,14 @@ def wait_for_line(proc: subprocess.Popen, text: str) -> list[str]:
 
 
 def start_sleeping_workload(
-    tmp_path: Path, work: Path, layers: Sequence[Path]
+    tmp_path: Path, work: Path, layers: Sequence[Path], recorder: str = RecorderKind.FUSE.value
 ) -> tuple[subprocess.Popen, Path]:
     """profile() in a separate process on a workload that reads /data/before.txt, says READY and then
     sleeps through a 600 s period; returns once READY was printed (the caller stops it)."""
     script = f"cat /data/before.txt; echo; echo READY; sleep {SENTINEL}"
     proc, result = start_driver(
-        tmp_path, work, layers, image_config(cmd=["/bin/sh", "-c", script]), {"period": 600},
+        tmp_path, work, layers, image_config(cmd=["/bin/sh", "-c", script]),
+        {"period": 600, "recorder": recorder},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:

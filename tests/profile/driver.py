@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ctr_remote.errors import CtrRemoteError
 from ctr_remote.profile import Mount, NetworkMode, Workload, profile
+from ctr_remote.profile.workload import RecorderKind
 
 
 def workload_of(fields: dict) -> Workload:
@@ -32,6 +33,8 @@ def workload_of(fields: dict) -> Workload:
         fields["add_hosts"] = tuple(tuple(h) for h in fields["add_hosts"])
     if "network" in fields:
         fields["network"] = NetworkMode(fields["network"])
+    if "recorder" in fields:
+        fields["recorder"] = RecorderKind(fields["recorder"])
     return Workload(**fields)
 
 

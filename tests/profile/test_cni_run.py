@@ -13,6 +13,7 @@ import pytest
 
 from ctr_remote.profile import CniConfig, NetworkMode
 from ctr_remote.profile.cni import DEFAULT_NETNS_DIR
+from tests.profile.conftest import RECORDERS
 
 PLUGIN_DIR = Path("/usr/lib/cni")
 
@@ -52,6 +53,7 @@ def cni_conf(tmp_path: Path) -> Iterator[tuple[CniConfig, str]]:
         subprocess.run(["ip", "link", "del", bridge], capture_output=True, check=False)
 
 
+@pytest.mark.parametrize("recorder", RECORDERS)
 def test_cni_network_is_joined_and_released(run, capfd, cni_conf: tuple[CniConfig, str]) -> None:
     config, prefix = cni_conf
     result = run("ls /sys/class/net; ip -4 addr show eth0", network=NetworkMode.CNI, cni=config)

@@ -14,7 +14,7 @@ import pytest
 
 from ctr_remote.profile import ProfileError, Workload, profile
 from tests.helpers.images import LayerBuilder, image_config
-from tests.profile.conftest import start_sleeping_workload
+from tests.profile.conftest import RECORDERS, start_sleeping_workload
 
 
 def _descendant(root: int, needle: str) -> int:
@@ -51,22 +51,34 @@ def data_layer(tmp_path: Path) -> Path:
     )
 
 
+_DAEMON_KILLED = (
+    "the FUSE daemon recording the layers died during the run (killed by SIGKILL); "
+    "the recorded accesses would be incomplete"
+)
+_RUNC_KILLED = "runc was killed by SIGKILL while running the workload"
+_READER_KILLED = (
+    "the fanotify reader died during the run (killed by SIGKILL); the recorded accesses would be incomplete"
+)
+
+
 @pytest.mark.parametrize(
-    ("needle", "message"),
+    ("needle", "message", "recorder"),
     [
-        (
-            "fuse_daemon.py",
-            "the FUSE daemon recording the layers died during the run (killed by SIGKILL); "
-            "the recorded accesses would be incomplete",
-        ),
-        (" run --bundle ", "runc was killed by SIGKILL while running the workload"),
+        pytest.param("fuse_daemon.py", _DAEMON_KILLED, "fuse", id="fuse-daemon"),
+        pytest.param("fanotify_reader.py", _READER_KILLED, "fanotify", id="fanotify-reader"),
+        *(pytest.param(" run --bundle ", _RUNC_KILLED, r, id=f"runc-{r}") for r in RECORDERS),
     ],
-    ids=["fuse-daemon", "runc"],
 )
 def test_a_part_killed_mid_run_is_a_one_line_error_and_cleaned_up(
-    tmp_path: Path, work: Path, busybox_layer: Path, data_layer: Path, needle: str, message: str
+    tmp_path: Path,
+    work: Path,
+    busybox_layer: Path,
+    data_layer: Path,
+    needle: str,
+    message: str,
+    recorder: str,
 ) -> None:
-    proc, result_file = start_sleeping_workload(tmp_path, work, [busybox_layer, data_layer])
+    proc, result_file = start_sleeping_workload(tmp_path, work, [busybox_layer, data_layer], recorder)
     try:
         os.kill(_descendant(proc.pid, needle), signal.SIGKILL)
         _, err = proc.communicate(timeout=90)  # well under the 600 s period: the run ended at once

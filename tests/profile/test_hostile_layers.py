@@ -20,7 +20,7 @@ import pytest
 from ctr_remote.profile import ProfileError
 from ctr_remote.profile.unpack import MAX_DEPTH, MAX_REFUSALS_KEPT, OPAQUE_XATTR, unpack_layer
 from tests.helpers.images import LayerBuilder
-from tests.profile.conftest import ROOT
+from tests.profile.conftest import RECORDERS, ROOT
 from tests.profile.test_failures import _mem_available
 from tests.profile.test_stop import workload_output
 
@@ -131,6 +131,7 @@ def test_odd_entries_stay_inside_the_layer(tmp_path: Path, victim: Path) -> None
     assert layer.refused_count == len(layer.refused) >= 12
 
 
+@pytest.mark.parametrize("recorder", RECORDERS)
 def test_links_in_a_lower_layer_written_through_in_an_upper_one(
     run, tmp_path: Path, victim: Path, capfd
 ) -> None:
@@ -178,6 +179,7 @@ def test_links_in_a_lower_layer_written_through_in_an_upper_one(
         ("huge", f"the image's /etc/passwd is larger than {16 << 20} bytes"),
     ],
 )
+@pytest.mark.parametrize("recorder", RECORDERS)
 def test_user_database_that_is_not_a_small_regular_file(run, tmp_path: Path, kind: str, message: str) -> None:
     """A fifo would block the lookup forever, /dev/zero (the host's, through the mounts) never ends."""
     b = LayerBuilder()
@@ -294,6 +296,7 @@ def test_names_too_deep_or_too_long_are_refused_without_recursion(tmp_path: Path
     assert max(len(r) for r in layer.refused) < 500
 
 
+@pytest.mark.parametrize("recorder", RECORDERS)
 def test_a_workload_building_a_very_deep_tree_is_cleaned_up(run, work: Path, tmp_path: Path) -> None:
     """The upper dir (on the work directory's disk) gets a tree deeper than shutil.rmtree can remove."""
     blob = LayerBuilder().file("data/x", b"x").write(tmp_path / "d.tar", compression=None)

@@ -6,8 +6,15 @@ import json
 import tarfile
 from pathlib import Path
 
+import pytest
+
 from ctr_remote.profile import Mount, ProfileResult, Workload, profile, record_lines
+from ctr_remote.profile.workload import RecorderKind
 from tests.helpers.images import LayerBuilder, image_config
+from tests.profile.conftest import RECORDERS
+
+# Every test here runs with each recorder: both must record the same files in the same layers.
+pytestmark = pytest.mark.parametrize("recorder", RECORDERS)
 
 # runc itself reads these two in every container (user lookup in `runc init`), before the workload.
 RUNC_READS = ["etc/passwd", "etc/group"]
@@ -102,7 +109,7 @@ def test_layers_with_hardlinks_devices_and_setuid(run, tmp_path: Path, capfd) ->
     assert result.accessed[1] == ["app/alias.txt"]
 
 
-def test_image_without_proc_dev_sys(work: Path, busybox_layer: Path, tmp_path: Path) -> None:
+def test_image_without_proc_dev_sys(work: Path, busybox_layer: Path, tmp_path: Path, recorder: str) -> None:
     """A FROM-scratch image: runc creates its mount points in the overlay's upper dir."""
     only = (
         LayerBuilder()
@@ -110,7 +117,10 @@ def test_image_without_proc_dev_sys(work: Path, busybox_layer: Path, tmp_path: P
         .write(tmp_path / "scratch.tar.gz")
     )
     result: ProfileResult = profile(
-        [only], image_config(entrypoint=["/true"]), Workload(period=30), workdir=work
+        [only],
+        image_config(entrypoint=["/true"]),
+        Workload(period=30, recorder=RecorderKind(recorder)),
+        workdir=work,
     )
     assert result.exit_code == 0
     assert result.accessed == [["true"]]

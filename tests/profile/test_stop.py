@@ -13,7 +13,13 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.images import LayerBuilder, image_config
-from tests.profile.conftest import SENTINEL, start_driver, start_sleeping_workload, wait_for_line
+from tests.profile.conftest import (
+    RECORDERS,
+    SENTINEL,
+    start_driver,
+    start_sleeping_workload,
+    wait_for_line,
+)
 
 _LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[")
 
@@ -38,6 +44,7 @@ def test_workload_exiting_early_ends_the_run(run) -> None:
     assert time.monotonic() - started < 60
 
 
+@pytest.mark.parametrize("recorder", RECORDERS)
 def test_wait_on_line_stops_at_the_first_matching_stdout_line(run, capfd) -> None:
     started = time.monotonic()
     script = f"echo starting; cat /etc/group >/dev/null; echo server READY now; sleep {SENTINEL}"
@@ -98,12 +105,20 @@ def test_wait_on_signal_ignores_the_period_and_stops_on_sigint(
     assert result["accessed"][1] == ["data/before.txt", "data/after.txt"]
 
 
+@pytest.mark.parametrize("recorder", RECORDERS)
 @pytest.mark.parametrize(("sig", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_interrupting_the_profiler_mid_workload_cleans_up(
-    tmp_path: Path, work: Path, busybox_layer: Path, data_layer: Path, sig: signal.Signals, status: int
+    tmp_path: Path,
+    work: Path,
+    busybox_layer: Path,
+    data_layer: Path,
+    sig: signal.Signals,
+    status: int,
+    recorder: str,
 ) -> None:
-    """The `work` fixture then checks: no mounts, no processes (FUSE, runc, the workload), no files."""
-    proc, result_file = start_sleeping_workload(tmp_path, work, [busybox_layer, data_layer])
+    """The `work` fixture then checks: no mounts (a fanotify event's descriptor would keep the overlay
+    busy), no processes (FUSE, runc, the workload), no files."""
+    proc, result_file = start_sleeping_workload(tmp_path, work, [busybox_layer, data_layer], recorder)
     try:
         assert any(str(work) in line for line in Path("/proc/mounts").read_text().splitlines())
         (state_root,) = work.glob("ctr-remote-profile-*/runc")

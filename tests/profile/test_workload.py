@@ -16,7 +16,7 @@ import pytest
 from ctr_remote.profile import DnsConfig, Mount, NetworkMode, ProfileError, Workload, profile
 from ctr_remote.profile.runtime import stop_signal_of
 from tests.helpers.images import image_config
-from tests.profile.conftest import DRIVER_ENV, ROOT, driver_command, start_driver
+from tests.profile.conftest import DRIVER_ENV, RECORDERS, ROOT, driver_command, start_driver
 
 ECHO_IMAGE = image_config(entrypoint=["/bin/echo", "image-entrypoint"], cmd=["image-cmd"])
 
@@ -44,6 +44,7 @@ def test_env_replaces_image_keys_and_adds_new_ones(run, capfd) -> None:
     assert "FOO=image" not in env
 
 
+@pytest.mark.parametrize("recorder", RECORDERS)
 @pytest.mark.parametrize(
     ("user", "expected"),
     [
@@ -62,6 +63,7 @@ def test_user(run, capfd, user: str | None, expected: str) -> None:
     assert capfd.readouterr().out.strip() == expected
 
 
+@pytest.mark.parametrize("recorder", RECORDERS)
 def test_user_and_cwd_default_to_the_image_config(run, capfd) -> None:
     config = image_config(cmd=["/bin/sh", "-c", "id -un; pwd"], user="alice", working_dir="/tmp")
     run(None, config=config)
@@ -74,11 +76,13 @@ def test_unknown_user_is_a_one_line_error(run) -> None:
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("recorder", RECORDERS)
 def test_cwd(run, capfd) -> None:
     run("pwd", cwd="/etc")
     assert capfd.readouterr().out == "/etc\n"
 
 
+@pytest.mark.parametrize("recorder", RECORDERS)
 def test_bind_mount(run, capfd, tmp_path: Path) -> None:
     shared = tmp_path / "shared"
     shared.mkdir()
@@ -92,6 +96,7 @@ def test_bind_mount(run, capfd, tmp_path: Path) -> None:
     assert sorted(os.listdir(shared)) == ["hello.txt"]
 
 
+@pytest.mark.parametrize("recorder", RECORDERS)
 def test_tmpfs_mount(run, capfd) -> None:
     run(
         "grep ' /scratch ' /proc/mounts | cut -d' ' -f3",
@@ -194,8 +199,9 @@ def test_missing_dev_fuse_is_a_one_line_error(tmp_path: Path, work: Path, busybo
     ]
 
 
+@pytest.mark.parametrize("recorder", RECORDERS)
 def test_terminal_gives_the_workload_a_pseudo_terminal(
-    tmp_path: Path, work: Path, busybox_layer: Path
+    tmp_path: Path, work: Path, busybox_layer: Path, recorder: str
 ) -> None:
     master, slave = os.openpty()
     before = termios.tcgetattr(slave)
@@ -205,7 +211,7 @@ def test_terminal_gives_the_workload_a_pseudo_terminal(
         work,
         [busybox_layer],
         image_config(cmd=["/bin/sh", "-c", script]),
-        {"terminal": True, "stdin": True, "period": 30},
+        {"terminal": True, "stdin": True, "period": 30, "recorder": recorder},
         stdin=slave,
         stdout=slave,
         stderr=slave,
@@ -228,14 +234,17 @@ def test_without_terminal_the_workload_has_no_tty(run, capfd) -> None:
     assert capfd.readouterr().out == "NO-TTY\n"
 
 
+@pytest.mark.parametrize("recorder", RECORDERS)
 @pytest.mark.parametrize("stdin", [True, False])
-def test_stdin_is_forwarded_only_with_i(tmp_path: Path, work: Path, busybox_layer: Path, stdin: bool) -> None:
+def test_stdin_is_forwarded_only_with_i(
+    tmp_path: Path, work: Path, busybox_layer: Path, stdin: bool, recorder: str
+) -> None:
     proc, _ = start_driver(
         tmp_path,
         work,
         [busybox_layer],
         image_config(cmd=["/bin/sh", "-c", "echo got:$(cat)"]),
-        {"stdin": stdin, "period": 30},
+        {"stdin": stdin, "period": 30, "recorder": recorder},
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
     )

@@ -22,8 +22,8 @@ import httpx
 import structlog
 
 from ctr_remote import __version__
+from ctr_remote.cancel import CancelToken
 from ctr_remote.image.auth import Authenticator
-from ctr_remote.image.cancel import CancelToken
 from ctr_remote.image.errors import (
     AuthError,
     DigestMismatchError,

@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx
 import structlog
 
+from ctr_remote.cancel import CancelToken
 from ctr_remote.image import mediatypes as mt
 from ctr_remote.image.auth import pull_scope, push_scope
-from ctr_remote.image.cancel import CancelToken
 from ctr_remote.image.digest import digest_bytes, verify_bytes
 from ctr_remote.image.errors import (
     DigestMismatchError,
