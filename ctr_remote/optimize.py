@@ -22,9 +22,15 @@ import structlog
 from ctr_remote.cancel import CancelToken, checked_file, run_parallel
 from ctr_remote.errors import CtrRemoteError
 from ctr_remote.estargz import (
+    EXTERNAL_TOC_IMAGE_SUFFIX,
+    EXTERNAL_TOC_LAYER_ANNOTATION,
     TOC_DIGEST_ANNOTATION,
     UNCOMPRESSED_SIZE_ANNOTATION,
+    ZSTD_CHECKSUM_ANNOTATIONS,
+    ZSTD_POSITION_ANNOTATIONS,
     EstargzError,
+    LayerFormat,
+    blob_kind,
     build,
     open_estargz,
 )
@@ -33,6 +39,8 @@ from ctr_remote.image import (
     ImageBlobs,
     ImageStore,
     Index,
+    Manifest,
+    Reference,
     RegistryOptions,
     fetch_blobs,
     host_platform,
@@ -53,28 +61,64 @@ from ctr_remote.record import Record, record_lines
 log = structlog.get_logger()
 
 
+# Annotations that describe one blob's layout: a converted layer must not inherit its source's.
+_FORMAT_ANNOTATIONS = frozenset(
+    {
+        TOC_DIGEST_ANNOTATION,
+        UNCOMPRESSED_SIZE_ANNOTATION,
+        *ZSTD_CHECKSUM_ANNOTATIONS,
+        *ZSTD_POSITION_ANNOTATIONS,
+    }
+)
+
+
 @dataclass(frozen=True)
 class _Converted:
     path: Path
     desc: Descriptor
     diff_id: str
+    toc: Path | None = None  # --estargz-external-toc: the layer's TOC blob
 
 
-def optimize(options: OptimizeOptions, workload: Workload, progress: Progress | None = None) -> str:
-    """Convert `options.source` into `options.target`; returns the digest of the top-level document
-    written. `progress` shows each layer's steps (default: one log line per step)."""
+@dataclass(frozen=True)
+class OptimizeResult:
+    digest: str  # of the top-level document written
+    extra_images: tuple[str, ...] = ()  # also written: the TOC image with --estargz-external-toc
+
+
+def optimize(
+    options: OptimizeOptions, workload: Workload, progress: Progress | None = None
+) -> OptimizeResult:
+    """Convert `options.source` into `options.target`. `progress` shows each layer's steps
+    (default: one log line per step)."""
+    toc_ref = external_toc_reference(options.target) if options.layer.external_toc else None
     with (
         _RecordFile.create(options.record_out) as record,
         tempfile.TemporaryDirectory(prefix="ctr-remote-") as tmp,
         open_store(options.source) as src,
         open_store(options.target, RegistryOptions(mount_from=options.source)) as dst,
     ):
-        return _Pipeline(
-            Path(tmp), src, dst, options, workload, progress or Progress(live=False), record
-        ).run()
+        pipeline = _Pipeline(Path(tmp), src, dst, options, workload, progress or Progress(live=False), record)
+        digest = pipeline.run()
+        if toc_ref is None:
+            return OptimizeResult(digest)
+        with open_store(toc_ref, RegistryOptions(mount_from=options.target)) as toc_store:
+            pipeline.write_toc_image(toc_store)
+        return OptimizeResult(digest, (str(toc_ref),))
 
 
-def convert(options: OptimizeOptions, progress: Progress | None = None) -> str:
+def external_toc_reference(target: Reference) -> Reference:
+    """Where `--estargz-external-toc` writes the TOC image: the target's tag + `-esgztoc`, in the
+    same repository (the snapshotter looks there), or the layout entry NAME-esgztoc."""
+    if target.tag is None:
+        what = "local://DIR:NAME" if target.is_layout else "a tag"
+        raise CtrRemoteError(
+            f"--estargz-external-toc needs a target with {what}: the TOC image is TAG-esgztoc"
+        )
+    return target.with_tag(target.tag + EXTERNAL_TOC_IMAGE_SUFFIX)
+
+
+def convert(options: OptimizeOptions, progress: Progress | None = None) -> OptimizeResult:
     """`image convert`: the same pipeline with nothing run; the prioritized files come from
     `options.record_in`, or there are none."""
     if options.optimize or options.record_out is not None:
@@ -150,6 +194,7 @@ class _Pipeline:
         self.work, self.src, self.dst, self.record = work, src, dst, record
         self.progress = progress
         self.options, self.workload, self.prefetch = options, workload, options.prefetch
+        self.converted: list[_Converted] = []  # every layer written, for the TOC image
         (work / "in").mkdir()
         (work / "out").mkdir()
 
@@ -174,6 +219,7 @@ class _Pipeline:
             ]
             manifest_desc, manifest_bytes, config = self._rewrite(img, layers)
             outputs.append((img, manifest_desc, manifest_bytes, config, layers))
+            self.converted.extend(layers)
 
         blobs: dict[str, tuple[Path, Descriptor]] = {}
         for _, _, _, config, layers in outputs:
@@ -194,6 +240,36 @@ class _Pipeline:
             desc = Descriptor.of(data, new_index.media_type)
         written = write_image(
             _Reporting(self.dst, self.progress), list(blobs.values()), children, (data, desc)
+        )
+        return written.digest
+
+    def write_toc_image(self, store: ImageStore) -> str:
+        """The `-esgztoc` image, laid out as upstream's externaltoc converter does: config `{}`,
+        one gzip layer per converted layer (sorted by digest), each annotated with the digest of the
+        layer whose TOC it holds."""
+        layers: dict[str, tuple[Path, Descriptor]] = {}
+        for c in self.converted:
+            if c.toc is None:
+                continue
+            desc = Descriptor.of(c.toc.read_bytes(), media_types.OCI_LAYER_GZIP)
+            layers[desc.digest] = (
+                c.toc,
+                replace(desc, annotations={EXTERNAL_TOC_LAYER_ANNOTATION: c.desc.digest}),
+            )
+        config_path = self.work / "out" / "toc-config.json"
+        config_path.write_bytes(b"{}")
+        config = Descriptor.of(b"{}", media_types.OCI_CONFIG)
+        manifest = Manifest(
+            media_type=media_types.OCI_MANIFEST,
+            config=config,
+            layers=[desc for _, (_, desc) in sorted(layers.items())],
+        )
+        data = manifest.to_bytes()
+        written = write_image(
+            store,
+            [(config_path, config), *layers.values()],
+            [],
+            (data, Descriptor.of(data, manifest.media_type)),
         )
         return written.digest
 
@@ -287,7 +363,9 @@ class _Pipeline:
         jobs_ = [functools.partial(self._convert_layer, *unique[k]) for k in keys]
         return dict(zip(keys, run_parallel(jobs_, os.cpu_count() or 1), strict=True))
 
-    def _layer_media_type(self, src: Descriptor) -> str:
+    def _layer_media_type(self, src: Descriptor, zstd: bool) -> str:
+        if zstd:  # zstd:chunked needs --oci (as upstream): Docker has no zstd layer type
+            return media_types.OCI_LAYER_ZSTD
         docker = media_types.is_docker(src.media_type) and not self.options.oci
         if self.options.uncompressed:
             return media_types.DOCKER_LAYER if docker else media_types.OCI_LAYER
@@ -310,7 +388,7 @@ class _Pipeline:
             for k, v in (desc.annotations or {}).items()
             if k not in (TOC_DIGEST_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION)  # no longer true
         }
-        new = Descriptor(self._layer_media_type(desc), digest, size, annotations or None)
+        new = Descriptor(self._layer_media_type(desc, zstd=False), digest, size, annotations or None)
         log.info("converted", digest=digest, source=desc.digest, format="tar")
         return _Converted(out, new, digest)
 
@@ -320,11 +398,12 @@ class _Pipeline:
         if self.options.uncompressed:
             return self._uncompress_layer(desc, cancel)
         path = self._layer_file(desc)
-        annotations = dict(desc.annotations or {})
+        annotations = {k: v for k, v in (desc.annotations or {}).items() if k not in _FORMAT_ANNOTATIONS}
         if self.options.reuse and not files and diff_id and self._reusable(path, desc):
             log.info("no access occur; copying without conversion", digest=desc.digest)
-            media = self._layer_media_type(desc)
-            return _Converted(path, replace(desc, media_type=media), diff_id)
+            with open(path, "rb") as f:
+                zstd = blob_kind(f) == LayerFormat.ZSTD_CHUNKED.value
+            return _Converted(path, replace(desc, media_type=self._layer_media_type(desc, zstd)), diff_id)
         fd, name = tempfile.mkstemp(prefix="layer-", dir=self.work / "out")
         os.close(fd)
         out = Path(name)
@@ -342,14 +421,19 @@ class _Pipeline:
             )
         annotations[TOC_DIGEST_ANNOTATION] = res.toc_digest
         annotations[UNCOMPRESSED_SIZE_ANNOTATION] = str(res.uncompressed_size)
+        annotations.update(res.annotations)
         new = Descriptor(
-            media_type=self._layer_media_type(desc),
+            media_type=self._layer_media_type(desc, opts.format is LayerFormat.ZSTD_CHUNKED),
             digest=res.digest,
             size=res.size,
             annotations=annotations,
         )
+        toc = None
+        if res.external_toc is not None:
+            toc = out.with_name(out.name + ".toc")
+            toc.write_bytes(res.external_toc)
         log.info("converted", digest=res.digest, source=desc.digest, prioritized=len(files))
-        return _Converted(out, new, res.diff_id)
+        return _Converted(out, new, res.diff_id, toc)
 
     def _reusable(self, path: Path, desc: Descriptor) -> bool:
         """Upstream's test: annotated with a TOC digest that the blob verifies against."""

@@ -47,11 +47,18 @@ class Oracle:
         return OracleReport(ok=p.returncode == 0, report=report, stderr=p.stderr)
 
     def blob(
-        self, path: Path, toc_digest: str | None = None, strict: bool = True, binary: Path | None = None
+        self,
+        path: Path,
+        toc_digest: str | None = None,
+        strict: bool = True,
+        binary: Path | None = None,
+        external_toc: Path | None = None,
     ) -> OracleReport:
         args = ["blob", str(path)]
         if toc_digest:
             args += ["--toc-digest", toc_digest]
+        if external_toc:
+            args += ["--external-toc", str(external_toc)]
         if strict:
             args.append("--strict")
         return self._run(args, binary)
@@ -63,15 +70,20 @@ class Oracle:
         return self._run(args, binary)
 
     def check_blob(
-        self, path: Path, toc_digest: str, allowed_warnings: tuple[str, ...] = (), older_reader: bool = True
+        self,
+        path: Path,
+        toc_digest: str,
+        allowed_warnings: tuple[str, ...] = (),
+        older_reader: bool = True,
+        external_toc: Path | None = None,
     ) -> dict:
         """Assert the blob passes; warnings fail unless each contains one of `allowed_warnings`.
-        Unless `older_reader` is False (a format only v0.14.3 reads, e.g. innerOffset), the blob must
-        pass the v0.12 build of the oracle as well."""
+        Unless `older_reader` is False (a format only v0.14.3 reads, e.g. innerOffset or an external
+        TOC, given as the TOC blob's path), the blob must pass the v0.12 build of the oracle as well."""
         binaries = [self.binary] + ([self.older] if older_reader and self.older else [])
         reports = []
         for binary in binaries:
-            r = self.blob(path, toc_digest, strict=False, binary=binary)
+            r = self.blob(path, toc_digest, strict=False, binary=binary, external_toc=external_toc)
             lib = r.report.get("library", binary.name)
             assert r.ok, f"estargz-check ({lib}) rejected {path}: {r.stderr} {r.report.get('errors')}"
             unexpected = [w for w in r.warnings if not any(a in w for a in allowed_warnings)]

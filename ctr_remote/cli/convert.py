@@ -12,16 +12,13 @@ from typing import Any
 import click
 import structlog
 
+from ctr_remote.cli.layer_flags import check_layer_flags, layer_flags, layer_options
 from ctr_remote.cli.types import PLATFORM, reference
 from ctr_remote.errors import UsageError
-from ctr_remote.estargz import DEFAULT_COMPRESSION_LEVEL, BuildOptions
 from ctr_remote.options import OptimizeOptions
 from ctr_remote.record import Record, RecordError
 
 log = structlog.get_logger()
-
-# Accepted as upstream's, refused until their writers exist here.
-_NOT_YET = ("zstdchunked", "estargz_min_chunk_size", "estargz_external_toc", "estargz_keep_diff_id")
 
 
 def _record(path: Path | None) -> Record | None:
@@ -41,8 +38,6 @@ def _conflicts(p: dict[str, Any]) -> None:
         raise UsageError("option --estargz conflicts with --zstdchunked")
     if p["zstdchunked"] and p["uncompress"]:
         raise UsageError("option --zstdchunked conflicts with --uncompress")
-    if p["zstdchunked"] and not p["oci"]:
-        raise UsageError("option --zstdchunked must be used in conjunction with --oci")
     if p["estargz_keep_diff_id"] and not p["estargz_external_toc"]:
         raise UsageError("option --estargz-keep-diff-id must be used with --estargz-external-toc")
     if p["estargz_keep_diff_id"] and p["estargz_record_in"]:
@@ -57,22 +52,13 @@ def _conflicts(p: dict[str, Any]) -> None:
         raise UsageError("--zstdchunked-record-in needs --zstdchunked")
     if p["reuse"] and p["uncompress"]:
         raise UsageError("--reuse can't be used with --uncompress")
-    for name in _NOT_YET:
-        if p[name]:
-            flag = "--" + name.replace("_", "-")
-            raise UsageError(f"{flag} is not supported yet: this tool writes eStargz (gzip) layers")
-    if not 1 <= p["estargz_compression_level"] <= 9:
-        raise UsageError(
-            f"--estargz-compression-level must be between 1 and 9, got {p['estargz_compression_level']}"
-        )
-    if p["estargz_chunk_size"] < 0:
-        raise UsageError(f"--estargz-chunk-size must not be negative, got {p['estargz_chunk_size']}")
+    if p["estargz_keep_diff_id"]:
+        # Upstream's lossless external TOC keeps the source's tar bytes; our writer re-frames them.
+        raise UsageError("--estargz-keep-diff-id is not supported yet")
+    check_layer_flags(p)
 
 
 def _options(source_ref: str, target_ref: str, p: dict[str, Any]) -> OptimizeOptions:
-    layer = BuildOptions(compression_level=p["estargz_compression_level"])
-    if p["estargz_chunk_size"]:  # upstream: 0 means the default
-        layer = BuildOptions(compression_level=layer.compression_level, chunk_size=p["estargz_chunk_size"])
     return OptimizeOptions(
         source=reference(source_ref, plain_http=p["plain_http"]),
         target=reference(target_ref, plain_http=p["plain_http"]),
@@ -82,7 +68,7 @@ def _options(source_ref: str, target_ref: str, p: dict[str, Any]) -> OptimizeOpt
         record_in=_record(p["estargz_record_in"] or p["zstdchunked_record_in"]),
         reuse=p["reuse"],
         oci=p["oci"],
-        layer=layer,
+        layer=layer_options(p),
         uncompressed=p["uncompress"],
     )
 
@@ -108,21 +94,10 @@ _record_file = click.Path(dir_okay=False, path_type=Path)
     type=_record_file,
     help="Read 'ctr-remote optimize --record-out=<FILE>' record file",
 )
-@click.option(
-    "--estargz-compression-level",
-    type=int,
-    default=DEFAULT_COMPRESSION_LEVEL,
-    show_default=True,
-    help="eStargz compression level",
-)
-@click.option("--estargz-chunk-size", type=int, default=0, help="eStargz chunk size (0: 4 MiB)")
-@click.option("--estargz-min-chunk-size", type=int, default=0, help="not supported yet")
-@click.option("--estargz-external-toc", is_flag=True, help="not supported yet")
 @click.option("--estargz-keep-diff-id", is_flag=True, help="not supported yet")
-@click.option("--zstdchunked", is_flag=True, help="not supported yet")
+@layer_flags
 @click.option("--zstdchunked-record-in", type=_record_file, help="Read a record file (with --zstdchunked)")
-@click.option("--zstdchunked-compression-level", type=int, default=3, help="zstd:chunked compression level")
-@click.option("--zstdchunked-chunk-size", type=int, default=0, help="zstd:chunked chunk size")
+@click.option("--zstdchunked-chunk-size", type=int, default=0, help="zstd:chunked chunk size (0: 4 MiB)")
 @click.option("--uncompress", is_flag=True, help="convert tar.gz layers to uncompressed tar layers")
 @click.option("--oci", is_flag=True, help="convert Docker media types to OCI media types")
 @click.option(
@@ -149,4 +124,5 @@ def convert_command(source_ref: str, target_ref: str, **params: Any) -> None:
     from ctr_remote.optimize import convert  # the pipeline pulls in every package: load it only to run
 
     root = click.get_current_context().find_root()
-    click.echo(convert(options, root.obj))
+    result = convert(options, root.obj)
+    click.echo("\n".join([*(f"extra image: {name}" for name in result.extra_images), result.digest]))

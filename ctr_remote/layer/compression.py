@@ -15,6 +15,7 @@ import zstandard
 from zlib_ng import gzip_ng_threaded, zlib_ng
 
 from ctr_remote.errors import CtrRemoteError
+from ctr_remote.layer.gzip_helper import GzipHelper
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -132,10 +133,13 @@ class _Checked(io.RawIOBase):
             super().close()
 
 
-def open_tar_stream(raw: BinaryIO, what: str = "layer") -> tuple[BinaryIO, Compression]:
+def open_tar_stream(
+    raw: BinaryIO, what: str = "layer", gzip_helper: GzipHelper | None = None
+) -> tuple[BinaryIO, Compression]:
     """Sniff `raw` and return (uncompressed tar stream, detected compression).
 
-    `raw` may be unseekable. `what` names the input in error messages.
+    `raw` may be unseekable. `what` names the input in error messages. `gzip_helper`: decompress
+    gzip with that program instead (`--estargz-gzip-helper`).
     """
     head = raw.read(4)
     kind = detect(head)
@@ -143,7 +147,9 @@ def open_tar_stream(raw: BinaryIO, what: str = "layer") -> tuple[BinaryIO, Compr
     if kind is Compression.NONE:
         return prefixed, kind
     inner: BinaryIO
-    if kind is Compression.GZIP:
+    if kind is Compression.GZIP and gzip_helper is not None:
+        inner = gzip_helper.open(prefixed, what)
+    elif kind is Compression.GZIP:
         # Decompression in a helper thread overlaps with whatever consumes the tar.
         inner = gzip_ng_threaded.open(prefixed, "rb", threads=1)
     else:
