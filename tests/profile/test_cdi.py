@@ -192,23 +192,31 @@ def test_gpus_all_means_every_nvidia_gpu(run, capfd, tmp_path: Path) -> None:
     assert capfd.readouterr().out.split() == ["nvidia0", "nvidia1", "void"]
 
 
-def test_a_failing_hook_fails_the_run_in_one_line(run, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("edits", "message"),
+    [
+        ({"hooks": [{"hookName": "createContainer", "path": "/bin/false", "args": ["false"]}]}, "hook"),
+        (
+            {"mounts": [{"hostPath": "/no/such/dir", "containerPath": "/x", "options": ["bind"]}]},
+            "/no/such/dir",
+        ),
+    ],
+    ids=["failing-hook", "missing-mount-source"],
+)
+def test_a_resource_that_fails_at_run_time_is_one_line(
+    run, tmp_path: Path, edits: dict[str, Any], message: str
+) -> None:
+    """The CDI spec's "Error Handling": a hook that fails, or a resource missing when the container is
+    created, is surfaced (by the runtime, as one line)."""
     spec = {
         "cdiVersion": "0.3.0",
         "kind": "vendor.test/broken",
-        "devices": [
-            {
-                "name": "x",
-                "containerEdits": {
-                    "hooks": [{"hookName": "createContainer", "path": "/bin/false", "args": ["false"]}]
-                },
-            }
-        ],
+        "devices": [{"name": "x", "containerEdits": edits}],
     }
     write_spec(tmp_path / "cdi", "broken.json", spec)
     with pytest.raises(ProfileError, match="could not start the workload") as e:
         run("true", devices=("vendor.test/broken=x",), cdi_spec_dirs=(tmp_path / "cdi",))
-    assert "\n" not in str(e.value)
+    assert message in str(e.value) and "\n" not in str(e.value)
 
 
 # ---- resolution and the OCI spec (no container) -----------------------------------------------------
