@@ -14,6 +14,8 @@ DEFAULT_PERIOD_SECONDS = 10.0
 DEFAULT_NAMESERVERS: tuple[str, ...] = ("8.8.8.8",)
 DEFAULT_CNI_CONF_DIR = Path("/etc/cni/net.d")
 DEFAULT_CNI_PLUGIN_DIR = Path("/opt/cni/bin")
+# CDI's static and generated spec directories; a later one has priority.
+DEFAULT_CDI_SPEC_DIRS: tuple[Path, ...] = (Path("/etc/cdi"), Path("/var/run/cdi"))
 
 
 class RecorderKind(enum.Enum):
@@ -77,3 +79,6 @@ class Workload:
     add_hosts: tuple[tuple[str, str], ...] = ()  # (hostname, ip) from --add-hosts host:IP
     runtime: str = "runc"
     recorder: RecorderKind = RecorderKind.FUSE
+    # Qualified CDI device names (vendor.com/class=name; --device, and --gpus as nvidia.com/gpu=...).
+    devices: tuple[str, ...] = ()
+    cdi_spec_dirs: tuple[Path, ...] = DEFAULT_CDI_SPEC_DIRS
