@@ -27,6 +27,14 @@ Where we differ from upstream's `estargz.Build`, on purpose:
 - names and link targets longer than PATH_MAX (4096 bytes) are an error (no unpacker can create
   them; Go allows 1 MiB each, which would let a small layer hold gigabytes of names in memory);
 - a run of over 1 MiB of headers without payload starts a new gzip member (memory stays bounded).
+
+Lossless layers (`BuildOptions.lossless`, upstream's `AppendTarLossLess` behind `convert
+--estargz-keep-diff-id`) keep the input's tar byte for byte, with the TOC external. There:
+- PAX global headers (comment only) are kept (upstream refuses any);
+- a path whose earlier copy is chunked and whose last copy is a one-chunk file is an error
+  (upstream writes it, and its reader then serves the earlier copy's chunks);
+- a landmark the input holds starts its member at a min chunk size (upstream lets it share one);
+- an empty tar gives a TOC whose entries are `null`, as upstream's.
 """
 
 from ctr_remote.estargz.errors import EstargzError

@@ -47,6 +47,11 @@ class BuildOptions:
     workers: compression threads; None means one per CPU. The output is byte-identical whatever
         the value.
     gzip_helper: decompress a gzip input with this program (pigz, igzip, gzip) instead of zlib-ng.
+    lossless: upstream's `--estargz-keep-diff-id` (`AppendTarLossLess`): the blob decompresses to
+        exactly the input's tar bytes (same diff ID): input order, every header and padding byte,
+        duplicates, PAX global headers, the end-of-archive and anything after it; no landmark. The
+        TOC cannot be part of that tar, so it needs `external_toc`, and it takes no prioritized
+        files. An input already holding a TOC entry cannot be kept as it is and is refused.
     """
 
     chunk_size: int = DEFAULT_CHUNK_SIZE
@@ -57,6 +62,7 @@ class BuildOptions:
     min_chunk_size: int = 0
     external_toc: bool = False
     gzip_helper: GzipHelper | None = None
+    lossless: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.chunk_size, int) or self.chunk_size < 1:
@@ -72,6 +78,10 @@ class BuildOptions:
             raise EstargzError(f"min chunk size must be 0 or more bytes, not {self.min_chunk_size!r}")
         if self.external_toc and self.format is not LayerFormat.ESTARGZ:
             raise EstargzError("an external TOC is only defined for gzip eStargz")
+        if self.lossless and not self.external_toc:
+            raise EstargzError("a lossless layer needs an external TOC: its tar cannot hold the TOC")
+        if self.lossless and self.prioritized_files:
+            raise EstargzError("a lossless layer keeps the input's order: it takes no prioritized files")
         if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 1):
             raise EstargzError(f"workers must be at least 1, not {self.workers!r}")
         if isinstance(self.prioritized_files, str):

@@ -8,6 +8,8 @@ directories have no entries (layers built by umoci) is still prioritized, preced
 we add as readers and unpackers assume them; upstream aborts there. Another: when no listed path
 is in the layer, the landmark is `.no.prefetch.landmark`, as for an empty list. And a hardlink always
 follows its target (moved up if a later duplicate replaced it), and hardlink cycles are refused.
+
+A lossless layer (`input_order`) keeps the input's order and adds nothing.
 """
 
 from __future__ import annotations
@@ -103,6 +105,30 @@ def order_entries(
             place_rest(e)
     _check_hardlinks_follow_targets(front, index)
     return front, tuple(missing)
+
+
+def input_order(entries: list[Scanned]) -> list[Item]:
+    """A lossless layer's order: the input's, duplicates and all, and no landmark. Nothing can be
+    moved, so a hardlink the readers could not resolve is an error here."""
+    index = {e.key: e for e in entries}  # the later duplicate wins, as for tar readers
+    _check_hardlinks(index)
+    _check_hardlinks_follow_targets(list(entries), index)
+    _check_stale_chunks(entries, index)
+    return list(entries)
+
+
+def _check_stale_chunks(entries: list[Scanned], index: dict[str, Scanned]) -> None:
+    """Upstream's reader (the snapshotter's) keeps a path's chunk list until a later entry of that
+    path is itself chunked: a file in several chunks replaced by a smaller non-empty one would be
+    served with the first one's chunks. Refused rather than written for it to read wrongly."""
+    chunked = {e.key for e in entries if e.typeflag == REG and e.chunk_digests}
+    for key in chunked:
+        last = index[key]
+        if last.typeflag == REG and last.size and not last.chunk_digests:
+            raise EstargzError(
+                f"{key!r} is in the layer twice, first in several chunks, then in one: the snapshotter's "
+                "reader would serve the first one's chunks (convert without --estargz-keep-diff-id)"
+            )
 
 
 def _check_hardlinks_follow_targets(items: list[Item], index: dict[str, Scanned]) -> None:

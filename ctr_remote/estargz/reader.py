@@ -148,6 +148,8 @@ def _reader(
         doc = json.loads(toc_bytes)
     except (ValueError, UnicodeDecodeError) as e:
         raise EstargzError(f"invalid eStargz TOC JSON: {e}") from None
+    if isinstance(doc, dict) and "entries" in doc and doc["entries"] is None:
+        doc["entries"] = []  # upstream's TOC of an empty tar (Go's nil slice)
     if not isinstance(doc, dict) or doc.get("version") != 1 or not isinstance(doc.get("entries"), list):
         raise EstargzError("invalid eStargz TOC: expected version 1 with an entries list")
     entries = tuple(TOCEntry.from_json(e) for e in doc["entries"])
@@ -224,14 +226,12 @@ class EstargzReader:
             i += 1
             if e.type != "reg" or e.size == 0:
                 continue
-            chunks = files[e.name]
-            if chunks[0] is not e:
-                raise EstargzError(f"invalid TOC: {e.name!r} is listed twice as a non-empty file")
+            chunks = files[i - 1]
             _verify_file(stream, e.name, chunks)
             i += len(chunks) - 1
             _skip(stream, padding(e.size), e.name)
         if self._toc_outside_tar:
-            _zeros_to_end(stream)
+            _tar_end(stream)
         else:
             self._verify_tail(stream)
         return Verified(
@@ -288,7 +288,8 @@ class EstargzReader:
 
     def read_file(self, name: str) -> bytes:
         """The contents of the regular file `name` (its TOC name), verified chunk by chunk."""
-        chunks = self._files().get(name)
+        # A lossless blob may list a path more than once; as in a tar, the last one is the file.
+        chunks = next((c for c in reversed(self._files().values()) if c[0].name == name), None)
         if chunks is None:
             raise EstargzError(f"no regular file {name!r} in the eStargz blob")
         out = []
@@ -299,12 +300,13 @@ class EstargzReader:
             out.append(data)
         return b"".join(out)
 
-    def _files(self) -> dict[str, list[TOCEntry]]:
-        files: dict[str, list[TOCEntry]] = {}
+    def _files(self) -> dict[int, list[TOCEntry]]:
+        """Each non-empty regular file's entry and chunks, by the index of its entry in the TOC."""
+        files: dict[int, list[TOCEntry]] = {}
         current: list[TOCEntry] | None = None
-        for e in self.entries:
+        for i, e in enumerate(self.entries):
             if e.type == "reg" and e.size > 0:
-                current = files[e.name] = [e]
+                current = files[i] = [e]
             elif e.type == "chunk":
                 if current is None or current[0].name != e.name:
                     raise EstargzError(f"invalid TOC: chunk of {e.name!r} does not follow its file")
@@ -413,11 +415,15 @@ def _verify_file(stream: _Members, name: str, chunks: list[TOCEntry]) -> None:
         raise EstargzError(f"content digest mismatch in {name!r}")
 
 
-def _zeros_to_end(stream: _Members) -> None:
-    """After the last entry of a tar without a TOC entry: nothing but zero blocks (or nothing)."""
-    while data := stream.read(1 << 20):
-        if data.count(0) != len(data):
-            raise EstargzError("invalid blob: data after the last entry the TOC lists")
+def _tar_end(stream: _Members) -> None:
+    """After the last entry of a tar without a TOC entry: nothing, or an end-of-archive block, past
+    which tar readers read nothing (a lossless blob keeps whatever its input had there; it is read
+    all the same, as it counts in the diff ID)."""
+    block = stream.read(BLOCK)
+    if block.count(0) != len(block):
+        raise EstargzError("invalid blob: data after the last entry the TOC lists")
+    while stream.read(1 << 20):
+        pass
 
 
 def _pieces(stream: _Members, n: int, name: str) -> Iterator[bytes]:

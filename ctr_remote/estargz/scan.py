@@ -32,7 +32,7 @@ class Scanned:
     key: str  # clean name: the entry's identity
     typeflag: str
     link_key: str | None  # clean target of a hardlink
-    raw_start: int  # spool offset of its first header block
+    raw_start: int  # spool offset of its first header block (lossless: right after the previous entry)
     data_start: int  # spool offset of its payload
     size: int  # payload bytes
     # Raw sha256 digests (not hex strings: a layer may have 100k+ entries): of the payload of a
@@ -69,34 +69,49 @@ def _spool_errors() -> Iterator[None]:
         raise EstargzError(f"cannot spool the layer to a temp file in {tempfile.gettempdir()}: {e}") from None
 
 
-def scan(tar: BinaryIO, spool: IO[bytes], chunk_size: int) -> list[Scanned]:
-    """Copy the tar stream to `spool` and return its entries in upstream's order (duplicates
-    resolved: the later one wins), without the reserved TOC and landmark entries."""
+def scan(
+    tar: BinaryIO, spool: IO[bytes], chunk_size: int, lossless: bool = False
+) -> tuple[list[Scanned], int]:
+    """Copy the tar stream to `spool` and return its entries, and the spool offset where they end
+    (the end-of-archive and whatever follows start there).
+
+    Normally the entries are in upstream's order (duplicates resolved: the later one wins), without
+    the reserved TOC and landmark entries, and PAX global headers fall between entries. `lossless`
+    keeps every entry in input order, each starting right where the previous one's padding ends
+    (so its header bytes include any PAX global header before it), and refuses a TOC entry."""
     r = _Spooling(tar, spool)
     entries: list[Scanned | None] = []
     latest: dict[str, int] = {}
     while True:
+        end = r.pos
         raw = read_header(r)
         if raw is None:
             break
-        start = r.pos - len(raw.raw)
+        start = end if lossless else r.pos - len(raw.raw)
         h = raw.header
         size = h.payload_size
         digest, chunks = _copy_payload(r, size, chunk_size, h.name) if h.typeflag == REG else (b"", ())
         if padding(size) and len(r.read(padding(size))) != padding(size):
             raise EstargzError(f"truncated tar: stream ended inside the padding of {h.name!r}")
         key = clean_name(h.name)
-        if key in _RESERVED:
+        if lossless and key == TOC_NAME:
+            # Dropping it would change the tar; keeping it would give the blob two TOCs.
+            raise EstargzError(f"the layer already holds {TOC_NAME!r}: it cannot be converted losslessly")
+        if key in _RESERVED and not lossless:
             continue
-        if key in latest:
+        if key in latest and not lossless:
             entries[latest[key]] = None
         latest[key] = len(entries)
         link_key = clean_name(h.linkname) if h.typeflag == HARDLINK else None
-        entries.append(Scanned(key, h.typeflag, link_key, start, start + len(raw.raw), size, digest, chunks))
-    while tar.read(_PIECE):  # drain, so a corrupt tail of a compressed layer is still noticed
+        entries.append(
+            Scanned(key, h.typeflag, link_key, start, r.pos - size - padding(size), size, digest, chunks)
+        )
+    # Drain, so a corrupt tail of a compressed layer is still noticed; lossless keeps the tail.
+    drain = r.read if lossless else tar.read
+    while drain(_PIECE):
         pass
     r.flush()
-    return [e for e in entries if e is not None]
+    return [e for e in entries if e is not None], end
 
 
 def _copy_payload(r: _Spooling, size: int, chunk_size: int, name: str) -> tuple[bytes, tuple[bytes, ...]]:

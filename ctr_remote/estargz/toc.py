@@ -152,6 +152,12 @@ def toc_json_tail() -> bytes:
     return b"\n\t]\n}"
 
 
+def toc_json_empty() -> bytes:
+    """A TOC without entries (a lossless layer of an empty tar): Go encodes upstream's nil slice
+    as null."""
+    return b'{\n\t"version": 1,\n\t"entries": null\n}'
+
+
 _EPOCH = datetime.datetime(1970, 1, 1)
 
 

@@ -11,6 +11,10 @@ Then the tail, by format (upstream's `Compressor.WriteTOCAndFooter`):
 - zstd:chunked: no TOC entry and no end-of-archive blocks in the tar; the TOC JSON, zstd-compressed,
   in a skippable frame, then the footer in another.
 
+Lossless (external TOC only): the entries in input order, each with all the bytes since the previous
+one's padding (PAX global headers included), then the input's end-of-archive and whatever follows,
+in the last member; the blob decompresses to exactly the input tar.
+
 With a min chunk size (upstream's `MinChunkSize`), a chunk joins the current member (found by
 `innerOffset`) until that member holds that many compressed bytes: a decision that needs each
 member's compressed size as it grows, so those blobs are compressed on one thread, streaming, as
@@ -41,7 +45,7 @@ from ctr_remote.cancel import CancelToken, checked_file
 from ctr_remote.estargz.codec import Codec, MemberStream, codec_for
 from ctr_remote.estargz.errors import EstargzError
 from ctr_remote.estargz.options import BuildOptions, BuildResult, LayerFormat
-from ctr_remote.estargz.order import Generated, Item, order_entries
+from ctr_remote.estargz.order import Generated, Item, input_order, order_entries
 from ctr_remote.estargz.scan import Scanned, scan
 from ctr_remote.estargz.tar import (
     BLOCK,
@@ -67,6 +71,7 @@ from ctr_remote.estargz.toc import (
     encode_zstd_footer,
     format_modtime,
     skippable_frame,
+    toc_json_empty,
     toc_json_head,
     toc_json_tail,
     zstd_position,
@@ -108,9 +113,14 @@ def build(
             _temp_file("ctr-remote-estargz-") as spool,
             _temp_file("ctr-remote-estargz-toc-") as toc_file,
         ):
-            entries = scan(tar, spool, options.chunk_size)
-            items, missing = order_entries(entries, options.prioritized_files)
-            result = _Writer(spool, toc_file, dst, options).write(items)
+            entries, end = scan(tar, spool, options.chunk_size, options.lossless)
+            missing: tuple[str, ...] = ()
+            if options.lossless:
+                items, tail = input_order(entries), end
+            else:
+                items, missing = order_entries(entries, options.prioritized_files)
+                tail = None
+            result = _Writer(spool, toc_file, dst, options).write(items, tail)
     except CorruptLayerError as e:
         raise EstargzError(str(e)) from None
     return dataclasses.replace(result, missing_prioritized=missing)
@@ -165,11 +175,14 @@ class _Writer:
         self._unames: dict[int, str] = {}
         self._gnames: dict[int, str] = {}
 
-    def write(self, items: list[Item]) -> BuildResult:
+    def write(self, items: list[Item], tail: int | None = None) -> BuildResult:
+        """`tail`: lossless, the spool offset of the input's end-of-archive, kept from there on."""
         with ThreadPoolExecutor(self._workers, thread_name_prefix="estargz-compress") as pool:
             try:
                 for item in items:
                     self._add(item, pool)
+                if tail is not None:
+                    self._add_tail(tail, pool)
                 if not self._options.min_chunk_size:  # streaming wrote as it went
                     self._submit(pool)
                 while self._inflight:
@@ -275,6 +288,17 @@ class _Writer:
             self._append(next(payload))
             self._header_run = 0
         self._append(bytes(padding(size)))
+
+    def _add_tail(self, start: int, pool: ThreadPoolExecutor) -> None:
+        """The input's end-of-archive blocks and whatever follows them, byte for byte: they ride in
+        the member of the last entry, as upstream's lossless writer leaves them."""
+        end = os.fstat(self._fd).st_size
+        for offset in range(start, end, _HEADER_RUN_BYTES):
+            if self._header_run >= _HEADER_RUN_BYTES and self._stream is None:
+                self._new_member(pool)
+            data = _pread_exact(self._fd, min(_HEADER_RUN_BYTES, end - offset), offset)
+            self._append(data)
+            self._header_run += len(data)
 
     def _stream_chunk(self, entry: TOCEntry) -> None:
         """Upstream's min-chunk rule (`appendTar`): before each chunk the member is flushed; it is
@@ -404,7 +428,7 @@ class _TocSpool:
         self._sep = b",\n"
 
     def finish(self) -> int:
-        self._write(toc_json_tail())
+        self._write(toc_json_tail() if self._sep != toc_json_head() else toc_json_empty())
         try:
             self._file.flush()
         except OSError as e:

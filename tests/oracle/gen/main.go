@@ -6,7 +6,9 @@
 //
 // writes a one-layer OCI layout. MODE is KIND[+OPTION...][:PATH,PATH...]:
 //
-//	KIND     gzip (the tar gzipped as is) | estargz | zstdchunked
+//	KIND     gzip (the tar gzipped as is) | estargz | zstdchunked | lossless (upstream's
+//	         --estargz-keep-diff-id: AppendTarLossLess with an external TOC, v0.14.3 only; the TOC
+//	         blob is written to OUTDIR/external-toc.gz, beside the layout)
 //	OPTION   chunk=N (chunk size) | minchunk=N (v0.14.3's min chunk size: small files share a
 //	         gzip member, found through innerOffset)
 //	PATHS    prioritized files, in order (estargz.WithPrioritizedFiles; paths the layer lacks are
@@ -47,7 +49,7 @@ func fail(format string, a ...interface{}) {
 
 func usage() {
 	fmt.Fprintln(os.Stderr, "usage: estargz-check-gen oci-image SRC.tar OUTDIR KIND[+chunk=N][+minchunk=N][:PATH,...]")
-	fmt.Fprintln(os.Stderr, "       KIND: gzip | estargz | zstdchunked")
+	fmt.Fprintln(os.Stderr, "       KIND: gzip | estargz | zstdchunked | lossless")
 	os.Exit(2)
 }
 
@@ -63,7 +65,7 @@ func parseMode(s string) mode {
 	spec, list, hasList := strings.Cut(s, ":")
 	parts := strings.Split(spec, "+")
 	m.kind = parts[0]
-	if m.kind != "gzip" && m.kind != "estargz" && m.kind != "zstdchunked" {
+	if m.kind != "gzip" && m.kind != "estargz" && m.kind != "zstdchunked" && m.kind != "lossless" {
 		usage()
 	}
 	for _, o := range parts[1:] {
@@ -82,7 +84,7 @@ func parseMode(s string) mode {
 		}
 	}
 	if hasList {
-		if m.kind == "gzip" || list == "" {
+		if m.kind == "gzip" || m.kind == "lossless" || list == "" {
 			usage()
 		}
 		m.prioritized = strings.Split(list, ",")
@@ -144,6 +146,16 @@ func buildLayer(src, out string, m mode) (builtLayer, error) {
 			pw.CloseWithError(err)
 		}()
 		rc = pr
+	} else if m.kind == "lossless" {
+		var blob bytes.Buffer
+		toc, dg, err := losslessLayer(f, &blob, m.chunk, m.minChunk)
+		if err != nil {
+			return builtLayer{}, fmt.Errorf("AppendTarLossLess: %w", err)
+		}
+		if err := os.WriteFile(filepath.Join(out, "external-toc.gz"), toc, 0o644); err != nil {
+			return builtLayer{}, err
+		}
+		rc, tocDigest = &blob, dg
 	} else {
 		opts := []estargz.Option{}
 		if m.chunk > 0 {
