@@ -289,7 +289,9 @@ def _layer_report(index: int, desc: Descriptor, facts: BlobFacts, config_diff_id
             r.warnings.append(f"no {TOC_DIGEST_ANNOTATION} annotation: it will not be lazily pulled")
         elif annotated != facts.toc_digest:
             r.problems.append(f"TOC digest {facts.toc_digest} differs from the annotation's {annotated}")
-        if facts.landmark is None:
+        # An external-TOC layer without one is what --estargz-keep-diff-id writes by design: its
+        # tar is the source's, byte for byte, so nothing could be added to it.
+        if facts.landmark is None and facts.format != "estargz-external-toc":
             r.warnings.append("no prefetch landmark: the snapshotter prefetches nothing it was told of")
     if facts.zstd_checksum is not None:
         _check_zstd_annotations(r, annotations, facts)

@@ -52,9 +52,6 @@ def _conflicts(p: dict[str, Any]) -> None:
         raise UsageError("--zstdchunked-record-in needs --zstdchunked")
     if p["reuse"] and p["uncompress"]:
         raise UsageError("--reuse can't be used with --uncompress")
-    if p["estargz_keep_diff_id"]:
-        # Upstream's lossless external TOC keeps the source's tar bytes; our writer re-frames them.
-        raise UsageError("--estargz-keep-diff-id is not supported yet")
     check_layer_flags(p)
 
 
@@ -94,7 +91,12 @@ _record_file = click.Path(dir_okay=False, path_type=Path)
     type=_record_file,
     help="Read 'ctr-remote optimize --record-out=<FILE>' record file",
 )
-@click.option("--estargz-keep-diff-id", is_flag=True, help="not supported yet")
+@click.option(
+    "--estargz-keep-diff-id",
+    is_flag=True,
+    help="convert to esgz without changing diffID (cannot be used in conjunction with "
+    "'--estargz-record-in'. must be specified with '--estargz-external-toc')",
+)
 @layer_flags
 @click.option("--zstdchunked-record-in", type=_record_file, help="Read a record file (with --zstdchunked)")
 @click.option("--zstdchunked-chunk-size", type=int, default=0, help="zstd:chunked chunk size (0: 4 MiB)")

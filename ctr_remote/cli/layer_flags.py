@@ -120,6 +120,8 @@ def layer_options(p: dict[str, Any]) -> BuildOptions:
         chunk_size=p["estargz_chunk_size"] or DEFAULT_CHUNK_SIZE,
         min_chunk_size=p["estargz_min_chunk_size"],
         external_toc=p["estargz_external_toc"],
+        # convert's --estargz-keep-diff-id; optimize has none (its point is to reorder).
+        lossless=p.get("estargz_keep_diff_id", False),
         workers=workers,
         gzip_helper=helper,
     )

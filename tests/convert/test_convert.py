@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import json
 import os
 import subprocess
@@ -11,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from ctr_remote.image import open_store, parse_reference
+from ctr_remote.estargz import EXTERNAL_TOC_LAYER_ANNOTATION, TOC_DIGEST_ANNOTATION, open_estargz
+from ctr_remote.image import Descriptor, open_store, parse_reference
 from tests.conftest import Oracle
 from tests.helpers.images import LayerBuilder
 from tests.helpers.registry import RegistryServer
@@ -155,6 +158,20 @@ def test_uncompress_writes_plain_tar_layers(cli: Cli, workdir: Path) -> None:
         (["--estargz", "--uncompress"], "option --estargz conflicts with --uncompress"),
         (["--zstdchunked"], "option --zstdchunked must be used in conjunction with --oci"),
         (["--estargz", "--estargz-keep-diff-id"], "must be used with --estargz-external-toc"),
+        (
+            [
+                "--estargz",
+                "--estargz-external-toc",
+                "--estargz-keep-diff-id",
+                "--estargz-record-in",
+                "/dev/null",
+            ],
+            "option --estargz-keep-diff-id conflicts with --estargz-record-in",
+        ),
+        (
+            ["--estargz", "--estargz-external-toc", "--estargz-keep-diff-id", "--reuse"],
+            'can\'t be used with "reuse" flag',
+        ),
         (["--uncompress", "--estargz-record-in", "/dev/null"], "--estargz-record-in needs --estargz"),
         (["--estargz", "--platform", "linux/amd64", "--all-platforms"], "can't be used with --all-platforms"),
     ],
@@ -170,3 +187,95 @@ def test_a_malformed_record_names_its_line(cli: Cli, workdir: Path) -> None:
     run = cli("image", "convert", "--estargz", "--estargz-record-in", str(record), "local:///x/a", "local:///x/b",
               check=False)  # fmt: skip
     assert run.returncode == 2 and f"{record}:2: not a record line" in run.stderr, run.stderr
+
+
+def _pull(
+    registry: RegistryServer, tag: str, into: Path
+) -> tuple[dict[str, Any], dict[str, Any], list[Path]]:
+    """An image's manifest, config and layer blobs (as files under `into`)."""
+    into.mkdir()
+    with open_store(registry.reference(tag), registry.options()) as store:
+        manifest = json.loads(store.read_manifest(store.resolve()))
+        blobs = []
+        for d in [manifest["config"], *manifest["layers"]]:
+            path = into / d["digest"].replace(":", "-")
+            store.fetch_blob(Descriptor.from_json(d), path)
+            blobs.append(path)
+    return manifest, json.loads(blobs[0].read_bytes()), blobs[1:]
+
+
+def _sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def test_keep_diff_id_keeps_every_layer_s_tar(
+    cli: Cli, registry: RegistryServer, source: str, workdir: Path, oracle: Oracle
+) -> None:
+    kept = f"http://{registry.host}/app:kept"
+    run = cli("image", "convert", "--plain-http", "--estargz", "--oci", "--estargz-external-toc",
+              "--estargz-keep-diff-id", source, kept)  # fmt: skip
+    assert run.stdout.strip().splitlines()[-2] == f"extra image: {kept}-esgztoc"
+    _, src_config, src_blobs = _pull(registry, "app:src", workdir / "src")
+    manifest, config, blobs = _pull(registry, "app:kept", workdir / "kept")
+    toc_manifest, _, toc_blobs = _pull(registry, "app:kept-esgztoc", workdir / "tocs")
+    tocs = {
+        d["annotations"][EXTERNAL_TOC_LAYER_ANNOTATION]: p
+        for d, p in zip(toc_manifest["layers"], toc_blobs, strict=True)
+    }
+    # The config's diff IDs are the source's: each blob decompresses to the source layer's tar.
+    assert config["rootfs"]["diff_ids"] == src_config["rootfs"]["diff_ids"]
+    for desc, blob, src, diff_id in zip(
+        manifest["layers"], blobs, src_blobs, config["rootfs"]["diff_ids"], strict=True
+    ):
+        assert (
+            _sha256(gzip.decompress(blob.read_bytes()))
+            == _sha256(gzip.decompress(src.read_bytes()))
+            == diff_id
+        )
+        toc_digest = desc["annotations"][TOC_DIGEST_ANNOTATION]
+        report = oracle.check_blob(
+            blob, toc_digest, ("no landmark",), older_reader=False, external_toc=tocs[desc["digest"]]
+        )
+        assert report["diff_id"] == diff_id
+        with blob.open("rb") as fh:  # every file reads back through the external TOC
+            reader = open_estargz(fh, tocs[desc["digest"]].read_bytes())
+            reader.verify(toc_digest)
+            regular = [e for e in reader.entries if e.type == "reg" and e.size]
+            assert regular and all(len(reader.read_file(e.name)) == e.size for e in regular)
+    # `image check` finds the TOCs in the -esgztoc image; no landmark is no warning (by design).
+    check = json.loads(cli("image", "check", "--plain-http", "--output", "json", "--strict", kept).stdout)
+    assert check["ok"], check
+    assert {la["format"] for la in layers(check)} == {"estargz-external-toc"}
+    assert all(la["diff_id"] == la["config_diff_id"] for la in layers(check))
+    # Reproducible, and idempotent: the converted image converted again gives the same layers.
+    cli("image", "convert", "--plain-http", "--estargz", "--oci", "--estargz-external-toc",
+        "--estargz-keep-diff-id", kept, f"http://{registry.host}/app:again")  # fmt: skip
+    again, _, _ = _pull(registry, "app:again", workdir / "again")
+    assert [d["digest"] for d in again["layers"]] == [d["digest"] for d in manifest["layers"]]
+
+
+def test_reuse_converts_lossless_layers_again(
+    cli: Cli, registry: RegistryServer, source: str, oracle: Oracle
+) -> None:
+    """--reuse copies layers that verify against their TOC digest; a keep-diff-id layer's TOC is in
+    another image, so it is converted (from the same tar) instead of copied unverified."""
+    kept = f"http://{registry.host}/app:kept"
+    cli("image", "convert", "--plain-http", "--estargz", "--oci", "--estargz-external-toc",
+        "--estargz-keep-diff-id", source, kept)  # fmt: skip
+    run = cli("--log-format", "json", "image", "convert", "--plain-http", "--estargz", "--oci", "--reuse",
+              kept, f"http://{registry.host}/app:reused")  # fmt: skip
+    assert sum(e["event"] == "not reusable: converting" for e in run.events) == 3
+    report = oracle.check_image(f"{registry.host}/app:reused")
+    assert [la["blob"]["landmark"] for la in layers(report)] == ["no-prefetch"] * 3
+
+
+def test_keep_diff_id_refuses_an_estargz_source(cli: Cli, registry: RegistryServer, source: str) -> None:
+    """An eStargz layer's tar holds its TOC: it can be neither dropped (the diff ID would change) nor
+    kept (two TOCs). One line, naming the layer."""
+    esgz = f"http://{registry.host}/app:esgz"
+    cli("image", "convert", "--plain-http", "--estargz", "--oci", source, esgz)
+    run = cli("--log-format", "json", "image", "convert", "--plain-http", "--estargz", "--oci",
+              "--estargz-external-toc", "--estargz-keep-diff-id", esgz, f"http://{registry.host}/app:no",
+              check=False)  # fmt: skip
+    assert run.returncode == 1
+    assert "already holds 'stargz.index.json': it cannot be converted losslessly" in run.error, run.error
