@@ -59,3 +59,35 @@ def test_lazy_pull_of_each_format(stack: StargzStack, workdir: Path, kind: str) 
     assert out.splitlines() == ["data", "app motd", "workload-done"]
     for layer in expected:
         assert stack.blob_fetches("app", layer, before, after) == [], f"{layer} fetched during the run"
+
+
+def test_lazy_pull_of_a_keep_diff_id_image(stack: StargzStack, workdir: Path) -> None:
+    """`convert --estargz-keep-diff-id`: the layers keep their source's tar (no landmark), their TOCs
+    are in the `-esgztoc` image, and the snapshotter still mounts them lazily: ranges only at pull,
+    and the workload reads its files through the external TOCs."""
+    (workdir / "tmpdir").mkdir()
+    (workdir / "docker-config").mkdir()
+    with open_store(
+        parse_reference(f"http://{stack.ref('app:src')}", plain_http=True),
+        RegistryOptions(docker_config=workdir / "docker-config"),
+    ) as store:
+        publish(store, runnable_image(app_layers()), workdir / "push")
+    cli = Cli(workdir / "tmpdir", workdir / "docker-config")
+    src, kept = f"http://{stack.ref('app:src')}", f"http://{stack.ref('app:kept')}"
+    cli("image", "convert", "--plain-http", "--estargz", "--oci", "--estargz-external-toc",
+        "--estargz-keep-diff-id", src, kept)  # fmt: skip
+    check = cli("image", "check", "--plain-http", "--output", "json", "--strict", kept)
+    layers = json.loads(check.stdout)["manifests"][0]["layers"]
+    assert all(la["landmark"] is None and la["diff_id"] == la["config_diff_id"] for la in layers), layers
+
+    pulling = stack.mark()
+    stack.ctr("image", "rpull", "--plain-http", stack.ref("app:kept"))
+    pulled = stack.mark()
+    content = stack.ctr("content", "ls", "-q")
+    assert not [la for la in layers if la["digest"] in content], (
+        "a layer was downloaded: the pull was not lazy"
+    )
+    fetched = [f for la in layers for f in stack.blob_fetches("app", la["digest"], pulling, pulled)]
+    assert all(f.status == 206 for f in fetched), fetched  # ranges only
+    out = stack.ctr("run", "--rm", "--snapshotter=stargz", stack.ref("app:kept"), "lazypull-workload")
+    assert out.splitlines() == ["data", "app motd", "workload-done"]
