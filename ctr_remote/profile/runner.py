@@ -1,7 +1,8 @@
 """`profile()`: unpack, mount, run, record, clean up.
 
 Work directory layout (one fresh, root-only directory per run):
-    l/N       layer N unpacked in overlay form          m/N      its recording FUSE mount
+    l/N       layer N unpacked in overlay form (l/ a tmpfs when the image fits in memory)
+    m/N       its recording FUSE mount
     s/        the FUSE daemon's logs, access logs       upper/, ovl/   overlay upper and work dirs
     rootfs/   the overlay the container runs on         etc/     generated hosts and resolv.conf
     bundle/   config.json and the runtime's log         runc/    the runtime's private state root
@@ -131,10 +132,10 @@ def _run(
     stop: threading.Event,
     stop_signal: signal.Signals,
 ) -> tuple[Recording, int | None, list[str], float]:
-    _use_memory_if_it_fits(work, layers)
     os.chmod(work, 0o700)  # device nodes and setuid files of the image live below
     for name in ("l", "m", "s", "upper", "ovl", "rootfs", "etc", "bundle", "runc"):
         (work / name).mkdir()
+    _unpack_in_memory_if_it_fits(work / "l", layers)
     recording = recording_for(workload.recorder, work, stack, stop)
     for i, blob in enumerate(layers):
         recording.add_layer(i, unpack_layer(blob, work / "l" / str(i), what=f"layer {i} ({blob.name})"))
@@ -201,12 +202,15 @@ def _run(
 _COMPRESSION_RATIO = 5
 
 
-def _use_memory_if_it_fits(work: Path, layers: list[Path]) -> None:
-    """Put the whole work dir on a tmpfs when the unpacked image fits comfortably in memory.
+def _unpack_in_memory_if_it_fits(target: Path, layers: list[Path]) -> None:
+    """Unpack the layers on a tmpfs when the unpacked image fits comfortably in memory.
 
     Creating thousands of files on a busy disk costs ~0.3 ms each (measured here: 1.3 s for a
     3,000-file layer vs 30 ms on tmpfs), and the FUSE daemons serve from these files while the
-    workload runs. nosuid,nodev: nothing of the image is usable from the host side.
+    workload runs. Only the layers: their size is the image's, known up front. The workload's own
+    writes (the overlay's upper dir) stay on the work directory's disk, so a workload writing
+    gigabytes costs disk, not the host's memory. nosuid,nodev: nothing of the image is usable from
+    the host side.
     """
     need = 0
     for blob in layers:
@@ -218,7 +222,7 @@ def _use_memory_if_it_fits(work: Path, layers: list[Path]) -> None:
         log.info("unpacking on disk: the image may not fit in memory", estimated_bytes=need)
         return
     mounts.mount(
-        "tmpfs", work, "tmpfs", f"mode=0700,size={available // 2}", mounts.MS_NOSUID | mounts.MS_NODEV
+        "tmpfs", target, "tmpfs", f"mode=0700,size={available // 2}", mounts.MS_NOSUID | mounts.MS_NODEV
     )
 
 

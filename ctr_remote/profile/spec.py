@@ -224,6 +224,9 @@ def build_spec(
             {"destination": "/etc/hosts", "type": "bind", "source": str(hosts), "options": ["bind"]}
         )
     mounts += _user_mounts(workload)
+    resources: dict[str, Any] = {"devices": [{"allow": False, "access": "rwm"}]}
+    if workload.pids_limit is not None:
+        resources["pids"] = {"limit": workload.pids_limit}
     return {
         "ociVersion": "1.0.2",
         "process": {
@@ -246,7 +249,7 @@ def build_spec(
         "mounts": mounts,
         "linux": {
             "namespaces": namespaces,
-            "resources": {"devices": [{"allow": False, "access": "rwm"}]},
+            "resources": resources,
             "maskedPaths": MASKED_PATHS,
             "readonlyPaths": READONLY_PATHS,
         },
