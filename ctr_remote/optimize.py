@@ -47,6 +47,7 @@ from ctr_remote.options import OptimizeOptions
 from ctr_remote.prefetch_list import visible_per_layer
 from ctr_remote.profile import ProfileResult, Workload, check_requirements, profile, record_lines
 from ctr_remote.progress import Progress
+from ctr_remote.runstate import recorded
 
 log = structlog.get_logger()
 
@@ -62,11 +63,13 @@ def optimize(options: OptimizeOptions, workload: Workload, progress: Progress | 
     """Convert `options.source` into `options.target`; returns the digest of the top-level document
     written. `progress` shows each layer's steps (default: one log line per step)."""
     with (
+        recorded() as run,  # what this run leaves on the host, removed even if it is SIGKILLed
         _RecordFile.create(options.record_out) as record,
         tempfile.TemporaryDirectory(prefix="ctr-remote-") as tmp,
         open_store(options.source) as src,
         open_store(options.target, RegistryOptions(mount_from=options.source)) as dst,
     ):
+        run.add_temp_dir(Path(tmp))
         return _Pipeline(
             Path(tmp), src, dst, options, workload, progress or Progress(live=False), record
         ).run()

@@ -257,7 +257,10 @@ def optimize_command(source_ref: str, target_ref: str, **params: object) -> None
     _conflicts(params)
     workload = _workload(params)
     options = _options(source_ref, target_ref, params)
+    from ctr_remote.cli.cleanup import sweep_before_run
     from ctr_remote.optimize import optimize  # the pipeline pulls in every package: load it only to run
+
+    sweep_before_run()
 
     root = click.get_current_context().find_root()
     try:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import IO
 
 from ctr_remote.profile import mounts
+from ctr_remote.profile.children import die_with_parent
 from ctr_remote.profile.errors import ProfileError
 from ctr_remote.profile.unpack import UnpackedLayer
 
@@ -79,6 +80,7 @@ class RecorderDaemon:
                     stdout=err,
                     stderr=err,
                     pass_fds=(ready_w,),
+                    preexec_fn=die_with_parent,
                     start_new_session=True,  # the terminal's Ctrl-C is ours to handle, not the daemon's
                 )
         except BaseException:

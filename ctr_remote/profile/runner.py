@@ -15,7 +15,6 @@ import json
 import os
 import secrets
 import signal
-import subprocess
 import tempfile
 import threading
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import structlog
 
-from ctr_remote.errors import Terminated
+from ctr_remote import leftovers  # the module: it imports this package's mounts in turn
 from ctr_remote.layer.compression import Compression, detect
 from ctr_remote.layer.paths import clean_name
 from ctr_remote.profile import mounts
@@ -36,7 +35,8 @@ from ctr_remote.profile.runtime import Container, find_runtime, stop_signal_of
 from ctr_remote.profile.spec import Command, build_spec, command_of, hosts_text, resolv_conf_text
 from ctr_remote.profile.unpack import unpack_layer
 from ctr_remote.profile.workload import NetworkMode, Workload
-from ctr_remote.signals import signals_deferred
+from ctr_remote.runstate import RecordedContainer, RecordedNetwork, RunRecord, recorded
+from ctr_remote.signals import aborting, signals_deferred
 
 log = structlog.get_logger()
 
@@ -44,7 +44,6 @@ log = structlog.get_logger()
 # manifest (up to 4 MiB) can list tens of thousands.
 MAX_LAYERS = 500
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
-_ABORT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def check_requirements(workload: Workload) -> None:
@@ -86,16 +85,26 @@ def profile(
             f"work directory {base} contains ',', ':' or '\\', which overlayfs options cannot hold"
         )
     stop = threading.Event()
-    with _signal_handling(workload, stop):
+    with _signal_handling(workload, stop), recorded() as record:
         try:
             work = Path(tempfile.mkdtemp(prefix="ctr-remote-profile-", dir=base))
+            record.add_temp_dir(work)
         except OSError as e:
             raise ProfileError(f"cannot create a work directory in {base}: {e.strerror}") from None
         try:
             with contextlib.ExitStack() as stack:
                 try:
                     recording, exit_code, excluded, seconds = _run(
-                        work, stack, list(layers), config, workload, runtime, command, stop, stop_signal
+                        work,
+                        stack,
+                        list(layers),
+                        config,
+                        workload,
+                        runtime,
+                        command,
+                        stop,
+                        stop_signal,
+                        record,
                     )
                 finally:
                     with signals_deferred():
@@ -106,7 +115,7 @@ def profile(
             raise ProfileError(f"profiling failed in {work}: {e.strerror or e}{where}") from None
         finally:
             with signals_deferred():
-                _sweep(work)
+                leftovers.remove_tree(work)
     # What the workload cost, apart from unpacking and mounting: compare it with a plain run.
     log.info(
         "workload recorded",
@@ -131,6 +140,7 @@ def _run(
     command: Command,
     stop: threading.Event,
     stop_signal: signal.Signals,
+    record: RunRecord,
 ) -> tuple[Recording, int | None, list[str], float]:
     os.chmod(work, 0o700)  # device nodes and setuid files of the image live below
     for name in ("l", "m", "s", "upper", "ovl", "rootfs", "etc", "bundle", "runc"):
@@ -170,8 +180,17 @@ def _run(
     container_id = f"ctr-remote-profile-{os.getpid()}-{secrets.token_hex(4)}"
     netns_path = None
     if workload.network is NetworkMode.CNI:
-        from ctr_remote.profile.cni import cni_network
+        from ctr_remote.profile.cni import DEFAULT_IFNAME, DEFAULT_NETNS_DIR, cni_network
 
+        record.add_network(
+            RecordedNetwork(
+                str(DEFAULT_NETNS_DIR / container_id),
+                container_id,
+                DEFAULT_IFNAME,
+                str(workload.cni.conf_dir.absolute()),
+                str(workload.cni.plugin_dir.absolute()),
+            )
+        )
         netns_path = stack.enter_context(cni_network(workload.cni, container_id)).netns_path
     spec = build_spec(
         command,
@@ -189,6 +208,7 @@ def _run(
     # (the user, the binary) are not recorded by fanotify.
     recording.start(stack)
     container = Container(runtime, work / "runc", container_id, bundle)
+    record.add_container(RecordedContainer(runtime, str(container.state_root), container_id))
     stack.callback(container.delete)
     started = time.monotonic()
     exit_code = container.run(workload, stop, stop_signal)
@@ -241,31 +261,6 @@ def _unmount(target: Path) -> None:
         mounts.umount(target, lazy=True)
 
 
-def _sweep(work: Path) -> None:
-    """Last line of defence: nothing mounted below `work` survives, then `work` goes.
-
-    `rm -rf --one-file-system`, not shutil.rmtree: the workload may have built a tree in the upper
-    dir deeper than rmtree's recursion allows, and a mount that would not go is not descended into.
-    """
-    for point in mounts.mountpoints_under(work):
-        with contextlib.suppress(OSError):
-            mounts.umount(point, lazy=True)
-    try:
-        done = subprocess.run(
-            ["rm", "-rf", "--one-file-system", "--", str(work)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            check=False,
-        )
-        error = done.stderr.strip()[-300:] if done.returncode else ""
-    except OSError as e:  # no `rm` on PATH
-        error = e.strerror or str(e)
-    if error:
-        log.warning("could not remove the work directory", path=str(work), error=error)
-
-
 @contextlib.contextmanager
 def _signal_handling(workload: Workload, stop: threading.Event) -> Iterator[None]:
     """SIGINT/SIGTERM abort the run (cleanly); with --wait-on-signal they end the period instead."""
@@ -273,17 +268,16 @@ def _signal_handling(workload: Workload, stop: threading.Event) -> Iterator[None
         yield
         return
 
+    if not workload.wait_on_signal:
+        with aborting():
+            yield
+        return
+
     def end_period(signum: int, frame: object) -> None:
         log.info("signal received; stopping the workload", signal=signal.Signals(signum).name)
         stop.set()
 
-    def abort(signum: int, frame: object) -> None:
-        if signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        raise Terminated(f"interrupted by {signal.Signals(signum).name}")
-
-    handler, signals = (end_period, _STOP_SIGNALS) if workload.wait_on_signal else (abort, _ABORT_SIGNALS)
-    previous = {s: signal.signal(s, handler) for s in signals}
+    previous = {s: signal.signal(s, end_period) for s in _STOP_SIGNALS}
     try:
         yield
     finally:

@@ -4,7 +4,6 @@ stopping it: at the end of the period, on a stdout line, on a signal, or when it
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import shutil
@@ -20,6 +19,7 @@ from typing import IO
 
 import structlog
 
+from ctr_remote.profile.children import die_with_parent
 from ctr_remote.profile.errors import ProfileError
 from ctr_remote.profile.workload import Workload
 
@@ -27,7 +27,6 @@ log = structlog.get_logger()
 
 STOP_GRACE_SECONDS = 5.0  # upstream waits this long after the stop signal before SIGKILL
 KILL_TIMEOUT_SECONDS = 10.0
-_PR_SET_PDEATHSIG = 1
 
 
 def find_runtime(name: str) -> str:
@@ -50,14 +49,6 @@ def stop_signal_of(config: dict) -> signal.Signals:
         )
     except (KeyError, ValueError):
         raise ProfileError(f"image config has an unknown StopSignal {raw!r}") from None
-
-
-_prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before fork: the child only calls it
-
-
-def _die_with_parent() -> None:
-    # If the profiler itself is killed outright, take runc down with it rather than leave it running.
-    _prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
 
 
 @dataclass
@@ -94,7 +85,7 @@ class Container:
             stdin=stdin,
             stdout=stdout,
             start_new_session=True,  # Ctrl-C reaches us, and we stop the container in order
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         exited = threading.Event()
 

@@ -1,0 +1,106 @@
+"""SIGKILL of the process running profile(): its janitor removes the container, the FUSE daemon's
+mounts, the work dir and its record; `ctr-remote cleanup` waits for that and finds nothing more."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ctr_remote.runstate import RUNS_DIR, start_time
+from tests.profile.conftest import DRIVER_ENV, RECORDERS, ROOT, start_sleeping_workload
+
+
+def children(pid: int) -> list[tuple[int, int]]:
+    """(pid, start time) of the processes whose parent is `pid`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_bytes()
+        except OSError:
+            continue
+        if int(stat[stat.rindex(b")") + 2 :].split()[1]) == pid:
+            start = start_time(int(entry))
+            if start is not None:
+                found.append((int(entry), start))
+    return found
+
+
+def cleanup() -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ctr_remote", "cleanup"],
+        cwd=ROOT, env=DRIVER_ENV, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def wait_gone(pid: int) -> None:
+    """Wait for a process that is not our child to exit (a pidfd is readable once it has)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        assert select.select([fd], [], [], 120)[0], f"process {pid} still running after 120 s"
+    finally:
+        os.close(fd)
+
+
+def killed_run(tmp_path: Path, work: Path, layers: list[Path], recorder: str, *, janitor_too: bool):
+    """Start a run, SIGKILL it (and its janitor if `janitor_too`); returns its helpers and record."""
+    proc, _ = start_sleeping_workload(tmp_path, work, layers, recorder)
+    helpers = children(proc.pid)  # runc, the recorder's process, the janitor
+    janitors = [pid for pid, _ in helpers if "ctr_remote.janitor" in cmdline(pid)]
+    assert len(helpers) >= 3 and len(janitors) == 1, helpers
+    record = RUNS_DIR / f"{proc.pid}-{start_time(proc.pid)}.json"
+    assert record.exists()
+    if janitor_too:
+        os.kill(janitors[0], signal.SIGKILL)
+        wait_gone(janitors[0])
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    return helpers, janitors[0], record
+
+
+def assert_gone(helpers: list[tuple[int, int]], record: Path) -> None:
+    alive = [(pid, cmdline(pid)) for pid, start in helpers if start_time(pid) == start]
+    assert not alive, f"still running after the run was killed: {alive}"
+    assert not record.exists()
+    # The `work` fixture checks mounts, the sleeping workload and the work dir.
+
+
+@pytest.mark.parametrize("recorder", RECORDERS)
+def test_the_janitor_removes_what_a_killed_run_left(
+    tmp_path: Path, work: Path, busybox_layer: Path, recorder: str
+) -> None:
+    helpers, janitor, record = killed_run(tmp_path, work, [busybox_layer], recorder, janitor_too=False)
+    wait_gone(janitor)
+    assert_gone(helpers, record)
+
+
+def test_cleanup_removes_what_a_killed_run_and_its_janitor_left(
+    tmp_path: Path, work: Path, busybox_layer: Path
+) -> None:
+    helpers, _, record = killed_run(tmp_path, work, [busybox_layer], "fuse", janitor_too=True)
+    assert record.exists()
+    done = cleanup()
+    assert done.returncode == 0, done.stderr
+    removed = done.stdout.splitlines()
+    assert any(line.startswith("removed container ctr-remote-profile-") for line in removed), removed
+    assert any(line.startswith("removed mount ") and str(work) in line for line in removed), removed
+    assert any(line.startswith(f"removed directory {work}/") for line in removed), removed
+    assert_gone(helpers, record)
+    assert cleanup().stdout == ""  # nothing left to remove
