@@ -20,6 +20,10 @@ def abort(signum: int, _frame: object = None) -> None:
     program is (KeyboardInterrupt for SIGINT, Terminated for SIGTERM), so every cleanup on the way out
     runs; a later one (a second Ctrl-C 50 ms after the first) is ignored, so that cleanup finishes and
     the exit code and message are the first signal's."""
+    # Ignored from now on by the kernel, not by a Python handler: Python puts the default action back
+    # for its own handlers when the interpreter exits, and a SIGTERM then would kill the process with
+    # its cleanup half done and the wrong exit status.
+    _ignore_held()
     if _aborting:
         return
     _aborting.append(signal.Signals(signum))
@@ -28,9 +32,10 @@ def abort(signum: int, _frame: object = None) -> None:
     raise Terminated(f"terminated by {signal.Signals(signum).name}")
 
 
-def aborted_by() -> signal.Signals | None:
-    """The signal that is aborting the run, if one is."""
-    return _aborting[0] if _aborting else None
+def _ignore_held() -> None:
+    if threading.current_thread() is threading.main_thread():
+        for s in HELD:
+            signal.signal(s, signal.SIG_IGN)
 
 
 def install() -> None:
@@ -56,6 +61,8 @@ def aborting() -> Iterator[None]:
             signal.signal(s, handler)
         if any(handler is not abort for handler in previous.values()):
             _aborting.clear()
+        elif _aborting:
+            _ignore_held()
 
 
 @contextmanager
