@@ -9,6 +9,7 @@ import click
 import structlog
 
 from ctr_remote import __version__, signals
+from ctr_remote.cli import streams
 from ctr_remote.errors import CtrRemoteError, Interrupted
 from ctr_remote.log import LogFormat, configure, current_format
 from ctr_remote.progress import Progress
@@ -81,6 +82,7 @@ def _fail(message: str, exit_code: int) -> NoReturn:
 
 
 def main() -> None:
+    streams.open_standard_fds()  # before anything opens a file
     signals.install()  # the first SIGINT/SIGTERM raises; cleanup on the way out cannot be interrupted
     try:
         cli.main(standalone_mode=False)

@@ -192,6 +192,8 @@ def _run(
             )
         )
         netns_path = stack.enter_context(cni_network(workload.cni, container_id)).netns_path
+    container = Container(runtime, work / "runc", container_id, work / "bundle")
+    started_hook = container.started_hook()
     spec = build_spec(
         command,
         user,
@@ -201,18 +203,19 @@ def _run(
         resolv_conf=resolv_conf,
         hostname=container_id[:63],
         netns_path=netns_path,
+        started_hook=started_hook,
     )
-    bundle = work / "bundle"
+    bundle = container.bundle
     (bundle / "config.json").write_text(json.dumps(spec, indent=1), encoding="utf-8")
     # From here on, what opens the image's files is the runtime's and the workload's: the lookups above
     # (the user, the binary) are not recorded by fanotify.
     recording.start(stack)
-    container = Container(runtime, work / "runc", container_id, bundle)
     record.add_container(RecordedContainer(runtime, str(container.state_root), container_id))
     stack.callback(container.delete)
     started = time.monotonic()
     exit_code = container.run(workload, stop, stop_signal)
     seconds = time.monotonic() - started
+    container.check_ran(started_hook, exit_code)
     recording.check()
     excluded = [clean_name(m["destination"]) for m in spec["mounts"]]
     return recording, exit_code, excluded, seconds

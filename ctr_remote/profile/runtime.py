@@ -65,6 +65,23 @@ class Container:
     def log_path(self) -> Path:
         return self.bundle / "runtime.log"
 
+    @property
+    def started_marker(self) -> Path:
+        return self.bundle / "started"
+
+    def started_hook(self) -> list[str] | None:
+        """The poststart hook that proves the runtime started the container: it creates
+        `started_marker` (None without a `touch` on the host: nothing is checked then)."""
+        touch = shutil.which("touch")
+        return [touch, str(self.started_marker)] if touch else None
+
+    def check_ran(self, hook: list[str] | None, exit_code: int | None) -> None:
+        """A runtime that exits without running the container (`/bin/true`, a wrapper that gives up
+        quietly) must not pass for a workload that read nothing."""
+        if hook is not None and not self.started_marker.exists():
+            status = "" if exit_code is None else f" (it exited with status {exit_code})"
+            raise ProfileError(f"{Path(self.runtime).name} never started the container{status}")
+
     def run(self, workload: Workload, stop: threading.Event, stop_signal: signal.Signals) -> int | None:
         """Run until the workload exits (its exit code) or `stop` is set / the period ends (None).
 

@@ -146,9 +146,11 @@ def build_spec(
     resolv_conf: Path,
     hostname: str,
     netns_path: Path | None = None,
+    started_hook: list[str] | None = None,
 ) -> dict[str, Any]:
     """The runtime spec (config.json). `hosts`/`resolv_conf` are the files to bind-mount (ignored
-    with host networking); `netns_path` is a namespace to join (CNI)."""
+    with host networking); `netns_path` is a namespace to join (CNI); `started_hook` a command the
+    runtime runs on the host once the container has started (a poststart hook)."""
     caps = list(DEFAULT_CAPABILITIES)
     effective = caps if user.uid == 0 else []
     mounts: list[dict[str, Any]] = [
@@ -227,7 +229,7 @@ def build_spec(
     resources: dict[str, Any] = {"devices": [{"allow": False, "access": "rwm"}]}
     if workload.pids_limit is not None:
         resources["pids"] = {"limit": workload.pids_limit}
-    return {
+    spec: dict[str, Any] = {
         "ociVersion": "1.0.2",
         "process": {
             "terminal": workload.terminal,
@@ -254,3 +256,6 @@ def build_spec(
             "readonlyPaths": READONLY_PATHS,
         },
     }
+    if started_hook:
+        spec["hooks"] = {"poststart": [{"path": started_hook[0], "args": started_hook}]}
+    return spec
