@@ -50,6 +50,7 @@ def check_requirements(workload: Workload) -> None:
     """What `profile` needs before it starts, checked up front (before layers are downloaded):
     the runtime binary, /dev/fuse or fanotify, and with --cni the network configuration and its plugins."""
     find_runtime(workload.runtime)
+    mounts.check_mount_binary()
     check_recorder(workload.recorder)
     if workload.network is NetworkMode.CNI:
         from ctr_remote.profile.cni import check_config
@@ -76,6 +77,7 @@ def profile(
         if not os.access(blob, os.R_OK) or not Path(blob).is_file():
             raise ProfileError(f"layer blob {blob} does not exist or is not a readable file")
     runtime = find_runtime(workload.runtime)
+    mounts.check_mount_binary()
     check_recorder(workload.recorder)
     command = command_of(config, workload)
     stop_signal = stop_signal_of(config)
