@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -33,6 +34,12 @@ def atomic_file(dest: Path) -> Iterator[BinaryIO]:
     with _writing(dest):
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+        try:
+            os.fchmod(fd, _mode_for(dest))
+        except BaseException:
+            os.close(fd)
+            os.unlink(tmp)
+            raise
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
@@ -45,6 +52,24 @@ def atomic_file(dest: Path) -> Iterator[BinaryIO]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _mode_for(dest: Path) -> int:
+    """The mode a file written over `dest` gets: that of the file it replaces, else what open() would
+    give a new file (0666 less the umask); mkstemp's 0600 would hide a layout from other users."""
+    try:
+        return stat.S_IMODE(os.stat(dest).st_mode)
+    except FileNotFoundError:
+        return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    # Read, not set and restored: os.umask() would change it for every thread for a moment.
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    return 0o022
 
 
 def write_to(f: BinaryIO, dest: Path, data: bytes) -> None:
