@@ -70,6 +70,7 @@ def optimize(options: OptimizeOptions, workload: Workload, progress: Progress | 
         open_store(options.target, RegistryOptions(mount_from=options.source)) as dst,
     ):
         run.add_temp_dir(Path(tmp))
+        dst.check_push_access()  # before the pull, the workload and the conversion
         return _Pipeline(
             Path(tmp), src, dst, options, workload, progress or Progress(live=False), record
         ).run()
@@ -355,6 +356,9 @@ class _Reporting:
 
     def push_manifest(self, data: bytes, desc: Descriptor, *, top: bool = False) -> None:
         self._store.push_manifest(data, desc, top=top)
+
+    def check_push_access(self) -> None:
+        self._store.check_push_access()
 
     def close(self) -> None:
         self._store.close()
