@@ -10,35 +10,35 @@ TRIXIE  := build/trixie/.fetched
 install: $(VENV)/.installed $(TRIXIE) $(ORACLE) $(STARGZ_GRPC)
 
 # The demo needs only what ctr-remote itself runs on; the tests need everything.
-$(VENV)/.runtime: pyproject.toml scripts/setup.sh
-	scripts/setup.sh system runtime
-	scripts/setup.sh venv $(VENV)
+$(VENV)/.runtime: pyproject.toml script/setup.sh
+	script/setup.sh system runtime
+	script/setup.sh venv $(VENV)
 	touch $@
 
 $(VENV)/.installed: $(VENV)/.runtime
-	scripts/setup.sh system all
-	scripts/setup.sh venv $(VENV) test
+	script/setup.sh system all
+	script/setup.sh venv $(VENV) test
 	touch $@
 
-$(TRIXIE): scripts/setup.sh | $(VENV)/.installed
-	scripts/setup.sh trixie build/trixie
+$(TRIXIE): script/setup.sh | $(VENV)/.installed
+	script/setup.sh trixie build/trixie
 
 # Our oracle's Go source: an edit rebuilds estargz-check, estargz-check-gen and estargz-check-v0.12.
 ORACLE_SRC := $(wildcard tests/oracle/*.go tests/oracle/gen/*.go)
 
-$(ORACLE): $(ORACLE_SRC) scripts/setup.sh $(VENV)/.installed $(TRIXIE)
-	scripts/setup.sh oracle build
+$(ORACLE): $(ORACLE_SRC) script/setup.sh $(VENV)/.installed $(TRIXIE)
+	script/setup.sh oracle build
 
 $(STARGZ_GRPC): tests/lazypull/stargz-grpc/main.go $(VENV)/.installed $(TRIXIE)
-	scripts/setup.sh stargz-grpc build
+	script/setup.sh stargz-grpc build
 
 test: install
-	$(VENV)/bin/ruff check ctr_remote tests bench scripts
+	$(VENV)/bin/ruff check ctr_remote tests bench script
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check ctr_remote tests bench scripts
+	$(VENV)/bin/ruff check ctr_remote tests bench script
 	$(VENV)/bin/mypy
 	$(VENV)/bin/ruff format --check ctr_remote tests bench
 
@@ -46,7 +46,7 @@ bench: install
 	$(PY) -m bench $(BENCH)
 
 demo: $(VENV)/.runtime
-	scripts/demo.sh
+	script/demo.sh
 
 clean:
 	rm -rf build $(VENV) .pytest_cache

@@ -9,7 +9,7 @@ import contextlib
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, BinaryIO, TypeVar, cast
 
 from ctr_remote.errors import Cancelled
 
@@ -76,10 +76,13 @@ def checked(chunks: Iterable[bytes], cancel: CancelToken | None, what: str) -> I
         yield chunk
 
 
-class CheckedFile:
-    """A file whose every read and write first checks `cancel`: a long conversion stops at its next
+def checked_file(file: BinaryIO, cancel: CancelToken, what: str) -> BinaryIO:
+    """`file`, whose every read and write first checks `cancel`: a long conversion stops at its next
     read or write once the token is set (upstream's `estargz.WithContext`)."""
+    return cast(BinaryIO, _CheckedFile(file, cancel, what))  # duck-typed: reads, writes, the rest passed on
 
+
+class _CheckedFile:
     def __init__(self, file: BinaryIO, cancel: CancelToken, what: str) -> None:
         self._file, self._cancel, self._what = file, cancel, what
 

@@ -7,7 +7,10 @@ it); the diff ID against the config's `rootfs.diff_ids`; the landmark, and the b
 prefetches before the container starts (everything before `.prefetch.landmark`).
 
 A layer that is simply not eStargz is reported as such and still has its diff ID checked; a layer
-that claims to be eStargz (annotation or footer) and does not verify is a problem.
+that claims to be eStargz (annotation or footer) and does not verify is a problem. zstd:chunked
+layers are read the same way (and their manifest checksum/position annotations checked against
+the blob); min-chunk-size layers (`innerOffset`) too. An eStargz layer whose TOC is external has its
+TOC looked up in the image's `-esgztoc` companion, as the snapshotter does.
 """
 
 from __future__ import annotations
@@ -23,16 +26,21 @@ from typing import Any
 
 from ctr_remote.errors import CtrRemoteError
 from ctr_remote.estargz import (
+    EXTERNAL_TOC_IMAGE_SUFFIX,
+    EXTERNAL_TOC_LAYER_ANNOTATION,
     NO_PREFETCH_LANDMARK,
     PREFETCH_LANDMARK,
     TOC_DIGEST_ANNOTATION,
     UNCOMPRESSED_SIZE_ANNOTATION,
+    ZSTD_CHECKSUM_ANNOTATIONS,
+    ZSTD_POSITION_ANNOTATIONS,
     EstargzError,
-    is_estargz,
+    blob_kind,
     open_estargz,
 )
 from ctr_remote.image import Descriptor, ImageStore, Platform, Reference, fetch_blobs, open_store
 from ctr_remote.image.digest import encoded
+from ctr_remote.image.manifest import parse_manifest
 from ctr_remote.image.resolve import resolve_images
 from ctr_remote.layer.compression import Compression, CorruptLayerError, open_tar_stream
 
@@ -41,7 +49,9 @@ from ctr_remote.layer.compression import Compression, CorruptLayerError, open_ta
 class BlobFacts:
     """What one blob holds, whatever manifest lists it (a layer shared by platforms is read once)."""
 
-    format: str  # "estargz", or the compression of a layer that is not eStargz: gzip, zstd, tar
+    # "estargz", "zstd:chunked", "estargz-external-toc", or the compression of a layer that is not
+    # eStargz: gzip, zstd, tar
+    format: str
     toc_digest: str | None = None  # measured from the blob
     diff_id: str | None = None  # measured: sha256 of the uncompressed tar
     uncompressed_size: int | None = None
@@ -51,6 +61,11 @@ class BlobFacts:
     prefetch_bytes: int | None = None  # compressed bytes the snapshotter fetches first
     prioritized: tuple[str, ...] = ()
     problem: str | None = None  # the blob itself does not verify
+    zstd_checksum: str | None = None  # zstd:chunked: sha256 of the compressed TOC
+    zstd_position: str | None = None  # zstd:chunked: offset:length:uncompressed length:type
+
+
+LAZY_FORMATS = ("estargz", "zstd:chunked", "estargz-external-toc")
 
 
 @dataclass
@@ -69,7 +84,8 @@ class LayerReport:
 
     @property
     def is_estargz(self) -> bool:
-        return self.blob.format == "estargz"
+        """eStargz in any of its layouts (the ones lazy pulling reads)."""
+        return self.blob.format in LAZY_FORMATS
 
     def to_json(self, with_prioritized: bool) -> dict[str, Any]:
         blob = {k: v for k, v in asdict(self.blob).items() if k not in ("problem", "prioritized")}
@@ -139,7 +155,7 @@ def check_image(
         for img in resolved.images:
             for d in img.manifest.layers:
                 layers.setdefault(d.digest, d)
-        facts = _read_blobs(store, list(layers.values()), Path(tmp), workers or os.cpu_count() or 1)
+        facts = _read_blobs(store, list(layers.values()), Path(tmp), workers or os.cpu_count() or 1, ref)
         manifests = []
         for img in resolved.images:
             plat = img.manifest_desc.platform or img.config.platform
@@ -156,24 +172,59 @@ def check_image(
     return CheckReport(str(ref), resolved.top.digest, manifests)
 
 
-def _read_blobs(store: ImageStore, descs: list[Descriptor], tmp: Path, workers: int) -> dict[str, BlobFacts]:
+def _read_blobs(
+    store: ImageStore, descs: list[Descriptor], tmp: Path, workers: int, ref: Reference
+) -> dict[str, BlobFacts]:
     files = {d.digest: tmp / encoded(d.digest) for d in descs}
     fetch_blobs(store, [(d, files[d.digest]) for d in descs])
+    external = [d.digest for d in descs if _kind(files[d.digest]) == "estargz-external-toc"]
+    tocs = _external_tocs(ref, external, tmp) if external else {}
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(descs)))) as pool:
-        results = pool.map(lambda d: (d.digest, blob_facts(files[d.digest])), descs)
+        results = pool.map(lambda d: (d.digest, blob_facts(files[d.digest], tocs.get(d.digest))), descs)
         return dict(results)
 
 
-def blob_facts(path: Path) -> BlobFacts:
-    """Read the blob at `path` whole: as eStargz when it has the footer, else as a plain layer."""
+def _kind(path: Path) -> str | None:
     with open(path, "rb") as f:
-        if not is_estargz(f):
+        return blob_kind(f)
+
+
+def _external_tocs(ref: Reference, layers: list[str], tmp: Path) -> dict[str, bytes]:
+    """The TOC blobs of layers whose TOC is external, from the image's `TAG-esgztoc` companion (as
+    the snapshotter finds them: same repository, tag + suffix, layers annotated with the layer
+    digest). Layers it does not cover are reported by their reader (no TOC)."""
+    if ref.tag is None:
+        return {}
+    toc_ref = ref.with_tag(ref.tag + EXTERNAL_TOC_IMAGE_SUFFIX)
+    wanted = set(layers)
+    out: dict[str, bytes] = {}
+    try:
+        with open_store(toc_ref) as store:
+            top = store.resolve()
+            manifest = parse_manifest(store.read_manifest(top), top.media_type, f"TOC image {toc_ref}")
+            for d in manifest.layers:
+                layer = (d.annotations or {}).get(EXTERNAL_TOC_LAYER_ANNOTATION)
+                if layer is not None and layer in wanted and layer not in out:
+                    path = tmp / ("toc-" + encoded(d.digest))
+                    store.fetch_blob(d, path)
+                    out[layer] = path.read_bytes()
+    except (CtrRemoteError, OSError):
+        return out  # no TOC image: each such layer reports that its TOC is missing
+    return out
+
+
+def blob_facts(path: Path, external_toc: bytes | None = None) -> BlobFacts:
+    """Read the blob at `path` whole: as eStargz (or zstd:chunked) when it has such a footer, else
+    as a plain layer. `external_toc`: the TOC blob of a layer whose TOC is external, if found."""
+    with open(path, "rb") as f:
+        kind = blob_kind(f)
+        if kind is None:
             return _plain_facts(f)
         try:
-            reader = open_estargz(f)
+            reader = open_estargz(f, external_toc)
             verified = reader.verify()
         except EstargzError as err:
-            return BlobFacts(format="estargz", problem=str(err))
+            return BlobFacts(format=kind, problem=str(err))
     names = [e for e in reader.entries if e.type != "chunk"]
     landmark: str | None = None
     prefetch: int | None = None
@@ -185,7 +236,7 @@ def blob_facts(path: Path) -> BlobFacts:
             prioritized = tuple(n.name for n in names[:i] if n.type != "dir")
             break
     return BlobFacts(
-        format="estargz",
+        format=reader.kind,
         toc_digest=reader.toc_digest,
         diff_id=verified.diff_id,
         uncompressed_size=verified.uncompressed_size,
@@ -194,6 +245,8 @@ def blob_facts(path: Path) -> BlobFacts:
         landmark=landmark,
         prefetch_bytes=prefetch,
         prioritized=prioritized,
+        zstd_checksum=reader.zstd_checksum,
+        zstd_position=reader.zstd_position,
     )
 
 
@@ -238,6 +291,8 @@ def _layer_report(index: int, desc: Descriptor, facts: BlobFacts, config_diff_id
             r.problems.append(f"TOC digest {facts.toc_digest} differs from the annotation's {annotated}")
         if facts.landmark is None:
             r.warnings.append("no prefetch landmark: the snapshotter prefetches nothing it was told of")
+    if facts.zstd_checksum is not None:
+        _check_zstd_annotations(r, annotations, facts)
     if facts.diff_id is not None and config_diff_id is not None and facts.diff_id != config_diff_id:
         r.problems.append(f"diff ID {facts.diff_id} differs from the config's {config_diff_id}")
     size = annotations.get(UNCOMPRESSED_SIZE_ANNOTATION)
@@ -247,6 +302,23 @@ def _layer_report(index: int, desc: Descriptor, facts: BlobFacts, config_diff_id
             f"{facts.uncompressed_size}"
         )
     return r
+
+
+def _check_zstd_annotations(r: LayerReport, annotations: dict[str, str], facts: BlobFacts) -> None:
+    """zstd:chunked readers find the TOC through these annotations (upstream's snapshotter the
+    io.containers.* pair, containers/storage the io.github.containers.* pair): present ones must
+    name the blob's TOC; without either pair the layer is read through its footer only."""
+    for names, measured in (
+        (ZSTD_CHECKSUM_ANNOTATIONS, facts.zstd_checksum),
+        (ZSTD_POSITION_ANNOTATIONS, facts.zstd_position),
+    ):
+        for name in names:
+            value = annotations.get(name)
+            if value is None:
+                if name == names[0]:  # upstream's own converter writes only the snapshotter's names
+                    r.warnings.append(f"no {name} annotation")
+            elif value != measured:
+                r.problems.append(f"{name} annotation {value} differs from the blob's {measured}")
 
 
 def read_toc(ref: Reference, layer_digest: str) -> tuple[str, bytes]:
@@ -261,9 +333,12 @@ def read_toc(ref: Reference, layer_digest: str) -> tuple[str, bytes]:
             raise CtrRemoteError(f"layer {layer_digest} is not in {ref}")
         path = Path(tmp) / encoded(layer_digest)
         store.fetch_blob(desc, path)
+        external = None
+        if _kind(path) == "estargz-external-toc":
+            external = _external_tocs(ref, [layer_digest], Path(tmp)).get(layer_digest)
         with open(path, "rb") as f:
             try:
-                reader = open_estargz(f)
+                reader = open_estargz(f, external)
             except EstargzError as e:
                 raise CtrRemoteError(f"layer {layer_digest}: {e}") from None
         return reader.toc_digest, reader.toc_json

@@ -19,12 +19,18 @@ from pathlib import Path
 
 import structlog
 
-from ctr_remote.cancel import CancelToken, run_parallel
+from ctr_remote.cancel import CancelToken, checked_file, run_parallel
 from ctr_remote.errors import CtrRemoteError
 from ctr_remote.estargz import (
+    EXTERNAL_TOC_IMAGE_SUFFIX,
+    EXTERNAL_TOC_LAYER_ANNOTATION,
     TOC_DIGEST_ANNOTATION,
     UNCOMPRESSED_SIZE_ANNOTATION,
+    ZSTD_CHECKSUM_ANNOTATIONS,
+    ZSTD_POSITION_ANNOTATIONS,
     EstargzError,
+    LayerFormat,
+    blob_kind,
     build,
     open_estargz,
 )
@@ -33,6 +39,8 @@ from ctr_remote.image import (
     ImageBlobs,
     ImageStore,
     Index,
+    Manifest,
+    Reference,
     RegistryOptions,
     fetch_blobs,
     host_platform,
@@ -43,13 +51,26 @@ from ctr_remote.image import (
 from ctr_remote.image.digest import encoded
 from ctr_remote.image.resolve import resolve_images
 from ctr_remote.layer.archive import members, open_layer
+from ctr_remote.layer.compression import CorruptLayerError, uncompress
 from ctr_remote.options import OptimizeOptions
 from ctr_remote.prefetch_list import visible_per_layer
-from ctr_remote.profile import ProfileResult, Workload, check_requirements, profile, record_lines
+from ctr_remote.profile import Workload, check_requirements, profile
 from ctr_remote.progress import Progress
+from ctr_remote.record import Record, record_lines
 from ctr_remote.runstate import recorded
 
 log = structlog.get_logger()
+
+
+# Annotations that describe one blob's layout: a converted layer must not inherit its source's.
+_FORMAT_ANNOTATIONS = frozenset(
+    {
+        TOC_DIGEST_ANNOTATION,
+        UNCOMPRESSED_SIZE_ANNOTATION,
+        *ZSTD_CHECKSUM_ANNOTATIONS,
+        *ZSTD_POSITION_ANNOTATIONS,
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -57,11 +78,21 @@ class _Converted:
     path: Path
     desc: Descriptor
     diff_id: str
+    toc: Path | None = None  # --estargz-external-toc: the layer's TOC blob
 
 
-def optimize(options: OptimizeOptions, workload: Workload, progress: Progress | None = None) -> str:
-    """Convert `options.source` into `options.target`; returns the digest of the top-level document
-    written. `progress` shows each layer's steps (default: one log line per step)."""
+@dataclass(frozen=True)
+class OptimizeResult:
+    digest: str  # of the top-level document written
+    extra_images: tuple[str, ...] = ()  # also written: the TOC image with --estargz-external-toc
+
+
+def optimize(
+    options: OptimizeOptions, workload: Workload, progress: Progress | None = None
+) -> OptimizeResult:
+    """Convert `options.source` into `options.target`. `progress` shows each layer's steps
+    (default: one log line per step)."""
+    toc_ref = external_toc_reference(options.target) if options.layer.external_toc else None
     with (
         recorded() as run,  # what this run leaves on the host, removed even if it is SIGKILLed
         _RecordFile.create(options.record_out) as record,
@@ -71,9 +102,32 @@ def optimize(options: OptimizeOptions, workload: Workload, progress: Progress | 
     ):
         run.add_temp_dir(Path(tmp))
         dst.check_push_access()  # before the pull, the workload and the conversion
-        return _Pipeline(
-            Path(tmp), src, dst, options, workload, progress or Progress(live=False), record
-        ).run()
+        pipeline = _Pipeline(Path(tmp), src, dst, options, workload, progress or Progress(live=False), record)
+        digest = pipeline.run()
+        if toc_ref is None:
+            return OptimizeResult(digest)
+        with open_store(toc_ref, RegistryOptions(mount_from=options.target)) as toc_store:
+            pipeline.write_toc_image(toc_store)
+        return OptimizeResult(digest, (str(toc_ref),))
+
+
+def external_toc_reference(target: Reference) -> Reference:
+    """Where `--estargz-external-toc` writes the TOC image: the target's tag + `-esgztoc`, in the
+    same repository (the snapshotter looks there), or the layout entry NAME-esgztoc."""
+    if target.tag is None:
+        what = "local://DIR:NAME" if target.is_layout else "a tag"
+        raise CtrRemoteError(
+            f"--estargz-external-toc needs a target with {what}: the TOC image is TAG-esgztoc"
+        )
+    return target.with_tag(target.tag + EXTERNAL_TOC_IMAGE_SUFFIX)
+
+
+def convert(options: OptimizeOptions, progress: Progress | None = None) -> OptimizeResult:
+    """`image convert`: the same pipeline with nothing run; the prioritized files come from
+    `options.record_in`, or there are none."""
+    if options.optimize or options.record_out is not None:
+        raise ValueError("convert runs no workload: optimize=False and no record_out")
+    return optimize(options, Workload(), progress)
 
 
 class _RecordFile:
@@ -144,6 +198,7 @@ class _Pipeline:
         self.work, self.src, self.dst, self.record = work, src, dst, record
         self.progress = progress
         self.options, self.workload, self.prefetch = options, workload, options.prefetch
+        self.converted: list[_Converted] = []  # every layer written, for the TOC image
         (work / "in").mkdir()
         (work / "out").mkdir()
 
@@ -157,9 +212,8 @@ class _Pipeline:
         if host is not None and self.options.runs_workload:
             check_requirements(self.workload)  # fail before any download, not after
         self._fetch_layers(images)
-        accessed = self._accessed(host) if host is not None else None
-
-        jobs = [(img, self._lists(img, accessed if img is host else None)) for img in images]
+        self._check_record(images)
+        jobs = [(img, self._prioritized(img, host)) for img in images]
         converted = self._convert_all(jobs)
         outputs: list[tuple[ImageBlobs, Descriptor, bytes, _Converted, list[_Converted]]] = []
         for img, lists in jobs:
@@ -169,6 +223,7 @@ class _Pipeline:
             ]
             manifest_desc, manifest_bytes, config = self._rewrite(img, layers)
             outputs.append((img, manifest_desc, manifest_bytes, config, layers))
+            self.converted.extend(layers)
 
         blobs: dict[str, tuple[Path, Descriptor]] = {}
         for _, _, _, config, layers in outputs:
@@ -189,6 +244,36 @@ class _Pipeline:
             desc = Descriptor.of(data, new_index.media_type)
         written = write_image(
             _Reporting(self.dst, self.progress), list(blobs.values()), children, (data, desc)
+        )
+        return written.digest
+
+    def write_toc_image(self, store: ImageStore) -> str:
+        """The `-esgztoc` image, laid out as upstream's externaltoc converter does: config `{}`,
+        one gzip layer per converted layer (sorted by digest), each annotated with the digest of the
+        layer whose TOC it holds."""
+        layers: dict[str, tuple[Path, Descriptor]] = {}
+        for c in self.converted:
+            if c.toc is None:
+                continue
+            desc = Descriptor.of(c.toc.read_bytes(), media_types.OCI_LAYER_GZIP)
+            layers[desc.digest] = (
+                c.toc,
+                replace(desc, annotations={EXTERNAL_TOC_LAYER_ANNOTATION: c.desc.digest}),
+            )
+        config_path = self.work / "out" / "toc-config.json"
+        config_path.write_bytes(b"{}")
+        config = Descriptor.of(b"{}", media_types.OCI_CONFIG)
+        manifest = Manifest(
+            media_type=media_types.OCI_MANIFEST,
+            config=config,
+            layers=[desc for _, (_, desc) in sorted(layers.items())],
+        )
+        data = manifest.to_bytes()
+        written = write_image(
+            store,
+            [(config_path, config), *layers.values()],
+            [],
+            (data, Descriptor.of(data, manifest.media_type)),
         )
         return written.digest
 
@@ -219,34 +304,49 @@ class _Pipeline:
         )
         return None
 
-    def _accessed(self, img: ImageBlobs) -> list[list[str]]:
+    def _prioritized(self, img: ImageBlobs, host: ImageBlobs | None) -> list[list[str]]:
+        """Each layer's files to put first: replayed from a record (every image), recorded from the
+        workload or selected by --prefetch-list (the host's image), or none."""
+        if self.options.record_in is not None:
+            return self._replay(img, self.options.record_in)
+        if img is not host:
+            return [[] for _ in img.manifest.layers]
         layers = [self._layer_file(d) for d in img.manifest.layers]
         if self.prefetch is not None:
             visible = visible_per_layer([_layer_entries(p) for p in layers])
             accessed = [self.prefetch.select(names) for names in visible]
-            if self.record is not None:
-                self.record.write(record_lines(ProfileResult(accessed, None), img.manifest_desc.digest))
-            return accessed
-        self.progress.commit()  # the workload may write to the terminal the progress lines are on
-        if self.workload.wait_on_signal:
-            log.info("press Ctrl+C to terminate the container")
-        elif self.workload.wait_on_line is None:
-            log.info(f"waiting for {self.workload.period:g}s ...")
-        result = profile(layers, img.config.raw, self.workload, workdir=self.work)
+        else:
+            self.progress.commit()  # the workload may write to the terminal the progress lines are on
+            if self.workload.wait_on_signal:
+                log.info("press Ctrl+C to terminate the container")
+            elif self.workload.wait_on_line is None:
+                log.info(f"waiting for {self.workload.period:g}s ...")
+            accessed = profile(layers, img.config.raw, self.workload, workdir=self.work).accessed
         if self.record is not None:
-            self.record.write(record_lines(result, img.manifest_desc.digest))
-        return result.accessed
+            self.record.write(record_lines(accessed, img.manifest_desc.digest))
+        return accessed
+
+    def _check_record(self, images: Sequence[ImageBlobs]) -> None:
+        record = self.options.record_in
+        if record is None or any(img.manifest_desc.digest in record.manifests for img in images):
+            return
+        log.warning(
+            "the record names no manifest of the source: prioritizing its paths by name in every "
+            "layer that has them, as upstream does",
+            recorded=",".join(record.manifests) or "none",
+        )
+
+    def _replay(self, img: ImageBlobs, record: Record) -> list[list[str]]:
+        """The record's per-layer lists for this manifest; for a manifest it does not name, its
+        paths by name in each layer that serves them in the merged image (upstream's replay)."""
+        lists = record.per_layer(img.manifest_desc.digest, len(img.manifest.layers))
+        if lists is not None:
+            return lists
+        paths = record.paths()
+        visible = visible_per_layer([_layer_entries(self._layer_file(d)) for d in img.manifest.layers])
+        return [[p for p in paths if p in served] for served in map(set, visible)]
 
     # -- conversion -----------------------------------------------------------------------------
-
-    @staticmethod
-    def _lists(img: ImageBlobs, accessed: list[list[str]] | None) -> list[list[str]]:
-        layers = img.manifest.layers
-        if accessed is None:
-            return [[] for _ in layers]
-        if len(accessed) != len(layers):
-            raise CtrRemoteError(f"internal error: {len(accessed)} access lists for {len(layers)} layers")
-        return accessed
 
     def _convert_all(
         self, jobs: Sequence[tuple[ImageBlobs, list[list[str]]]]
@@ -267,19 +367,47 @@ class _Pipeline:
         jobs_ = [functools.partial(self._convert_layer, *unique[k]) for k in keys]
         return dict(zip(keys, run_parallel(jobs_, os.cpu_count() or 1), strict=True))
 
-    def _layer_media_type(self, src: Descriptor) -> str:
+    def _layer_media_type(self, src: Descriptor, zstd: bool) -> str:
+        if zstd:  # zstd:chunked needs --oci (as upstream): Docker has no zstd layer type
+            return media_types.OCI_LAYER_ZSTD
         docker = media_types.is_docker(src.media_type) and not self.options.oci
+        if self.options.uncompressed:
+            return media_types.DOCKER_LAYER if docker else media_types.OCI_LAYER
         return media_types.DOCKER_LAYER_GZIP if docker else media_types.OCI_LAYER_GZIP
+
+    def _uncompress_layer(self, desc: Descriptor, cancel: CancelToken) -> _Converted:
+        """convert --uncompress: the plain tar, its digest also its diff ID."""
+        fd, name = tempfile.mkstemp(prefix="layer-", dir=self.work / "out")
+        os.close(fd)
+        out = Path(name)
+        self.progress.step(desc.digest, "convert")
+        with open(self._layer_file(desc), "rb") as fin, open(out, "wb") as fout:
+            try:
+                digest, size = uncompress(checked_file(fin, cancel, "layer conversion"), fout)
+            except CorruptLayerError as e:
+                raise CtrRemoteError(f"layer {desc.digest}: {e}") from None
+        self.progress.done(desc.digest, "convert", log_line=False, size=size)
+        annotations = {
+            k: v
+            for k, v in (desc.annotations or {}).items()
+            if k not in (TOC_DIGEST_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION)  # no longer true
+        }
+        new = Descriptor(self._layer_media_type(desc, zstd=False), digest, size, annotations or None)
+        log.info("converted", digest=digest, source=desc.digest, format="tar")
+        return _Converted(out, new, digest)
 
     def _convert_layer(
         self, desc: Descriptor, files: list[str], diff_id: str | None, cancel: CancelToken
     ) -> _Converted:
+        if self.options.uncompressed:
+            return self._uncompress_layer(desc, cancel)
         path = self._layer_file(desc)
-        annotations = dict(desc.annotations or {})
+        annotations = {k: v for k, v in (desc.annotations or {}).items() if k not in _FORMAT_ANNOTATIONS}
         if self.options.reuse and not files and diff_id and self._reusable(path, desc):
             log.info("no access occur; copying without conversion", digest=desc.digest)
-            media = self._layer_media_type(desc)
-            return _Converted(path, replace(desc, media_type=media), diff_id)
+            with open(path, "rb") as f:
+                zstd = blob_kind(f) == LayerFormat.ZSTD_CHUNKED.value
+            return _Converted(path, replace(desc, media_type=self._layer_media_type(desc, zstd)), diff_id)
         fd, name = tempfile.mkstemp(prefix="layer-", dir=self.work / "out")
         os.close(fd)
         out = Path(name)
@@ -297,14 +425,19 @@ class _Pipeline:
             )
         annotations[TOC_DIGEST_ANNOTATION] = res.toc_digest
         annotations[UNCOMPRESSED_SIZE_ANNOTATION] = str(res.uncompressed_size)
+        annotations.update(res.annotations)
         new = Descriptor(
-            media_type=self._layer_media_type(desc),
+            media_type=self._layer_media_type(desc, opts.format is LayerFormat.ZSTD_CHUNKED),
             digest=res.digest,
             size=res.size,
             annotations=annotations,
         )
+        toc = None
+        if res.external_toc is not None:
+            toc = out.with_name(out.name + ".toc")
+            toc.write_bytes(res.external_toc)
         log.info("converted", digest=res.digest, source=desc.digest, prioritized=len(files))
-        return _Converted(out, new, res.diff_id)
+        return _Converted(out, new, res.diff_id, toc)
 
     def _reusable(self, path: Path, desc: Descriptor) -> bool:
         """Upstream's test: annotated with a TOC digest that the blob verifies against."""

@@ -10,6 +10,8 @@ from ctr_remote.layer.compression import Compression, CorruptLayerError, open_ta
 from tests.conftest import ROOT
 from tests.helpers.streams import OneWay
 
+pytestmark = pytest.mark.unit
+
 DATA = b"layer bytes " * 50_000
 
 

@@ -58,9 +58,11 @@ def image() -> None:
 def _register() -> None:
     from ctr_remote.cli.check import check_command, get_toc_digest_command
     from ctr_remote.cli.cleanup import cleanup_command
+    from ctr_remote.cli.convert import convert_command
     from ctr_remote.cli.optimize import optimize_command
 
     image.add_command(optimize_command)
+    image.add_command(convert_command)
     image.add_command(check_command)
     image.add_command(get_toc_digest_command)
     cli.add_command(cleanup_command)

@@ -8,10 +8,10 @@ from typing import Any
 import click
 
 from ctr_remote.cli import flags
+from ctr_remote.cli.layer_flags import check_layer_flags, layer_flags, layer_options
 from ctr_remote.cli.streams import WorkloadStreams
 from ctr_remote.cli.types import PERIOD, PIDS_LIMIT, PLATFORM, PREFETCH_LIST, reference
 from ctr_remote.errors import Interrupted, UsageError
-from ctr_remote.estargz import DEFAULT_COMPRESSION_LEVEL, BuildOptions
 from ctr_remote.log import LogFormat
 from ctr_remote.options import OptimizeOptions
 from ctr_remote.profile.workload import (
@@ -40,16 +40,9 @@ def _conflicts(p: dict[str, Any]) -> None:
         raise UsageError("--cni can't be used with --net-host")
     if p["all_platforms"] and p["platform"]:
         raise UsageError("--platform can't be used with --all-platforms")
-    if p["zstdchunked"]:
-        raise UsageError("--zstdchunked is not supported: this tool writes eStargz (gzip) layers")
+    check_layer_flags(p)
     if p["gpus"]:
         raise UsageError("--gpus is not supported: profiling containers run without GPU devices")
-    if not 1 <= p["estargz_compression_level"] <= 9:
-        raise UsageError(
-            f"--estargz-compression-level must be between 1 and 9, got {p['estargz_compression_level']}"
-        )
-    if p["estargz_chunk_size"] < 0:
-        raise UsageError(f"--estargz-chunk-size must not be negative, got {p['estargz_chunk_size']}")
 
 
 def _workload(p: dict[str, Any]) -> Workload:
@@ -85,9 +78,7 @@ def _workload(p: dict[str, Any]) -> Workload:
 
 
 def _options(source_ref: str, target_ref: str, p: dict[str, Any]) -> OptimizeOptions:
-    layer = BuildOptions(compression_level=p["estargz_compression_level"])
-    if p["estargz_chunk_size"]:  # upstream: 0 means the default
-        layer = BuildOptions(compression_level=layer.compression_level, chunk_size=p["estargz_chunk_size"])
+    layer = layer_options(p)
     return OptimizeOptions(
         source=reference(source_ref, plain_http=p["plain_http"]),
         target=reference(target_ref, plain_http=p["plain_http"]),
@@ -151,15 +142,7 @@ _dir = click.Path(file_okay=False, path_type=Path)
     help="record the monitor log to the specified file",
 )
 @click.option("--oci", is_flag=True, help="convert Docker media types to OCI media types")
-@click.option(
-    "--estargz-compression-level",
-    type=int,
-    default=DEFAULT_COMPRESSION_LEVEL,
-    show_default=True,
-    help="eStargz compression level (gzip, 1-9)",
-)
-@click.option("--estargz-chunk-size", type=int, default=0, help="eStargz chunk size in bytes (0: 4 MiB)")
-@click.option("--zstdchunked", is_flag=True, hidden=True)
+@layer_flags
 @click.option(
     "-t", "--terminal", is_flag=True, help='enable terminal for sample container. must be specified with "-i"'
 )
@@ -269,4 +252,4 @@ def optimize_command(source_ref: str, target_ref: str, **params: object) -> None
     except KeyboardInterrupt:
         # Not left to click, which would print a bare newline first (not a JSON line).
         raise Interrupted("interrupted") from None
-    streams.result(result)
+    streams.result("\n".join([*(f"extra image: {name}" for name in result.extra_images), result.digest]))

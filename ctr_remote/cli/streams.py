@@ -117,8 +117,11 @@ class WorkloadStreams:
             sys.stdout.flush()
         except OSError:
             _discard_stdout()
+            *extra, digest = line.split("\n")
             log.warning(
-                "the image was written; stdout was closed before its digest could be printed", digest=line
+                "the image was written; stdout was closed before its digest could be printed",
+                digest=digest,
+                **({"also": extra} if extra else {}),
             )
 
 

@@ -1,5 +1,8 @@
 """The eStargz format: a writer that turns a layer into eStargz, and a reader that checks one.
 
+Also upstream's other layouts through the same `build` and reader (`BuildOptions.format`,
+`min_chunk_size`, `external_toc`): zstd:chunked, min chunk size (`innerOffset`), external TOC.
+
     result = build(src, dst, BuildOptions(prioritized_files=["bin/sh"]))
     reader = open_estargz(f); reader.verify(result.toc_digest)
 
@@ -32,14 +35,19 @@ from ctr_remote.estargz.options import (
     DEFAULT_COMPRESSION_LEVEL,
     BuildOptions,
     BuildResult,
+    LayerFormat,
 )
-from ctr_remote.estargz.reader import EstargzReader, Verified, is_estargz, open_estargz
+from ctr_remote.estargz.reader import EstargzReader, Verified, blob_kind, is_estargz, open_estargz
 from ctr_remote.estargz.toc import (
+    EXTERNAL_TOC_IMAGE_SUFFIX,
+    EXTERNAL_TOC_LAYER_ANNOTATION,
     NO_PREFETCH_LANDMARK,
     PREFETCH_LANDMARK,
     TOC_DIGEST_ANNOTATION,
     TOC_NAME,
     UNCOMPRESSED_SIZE_ANNOTATION,
+    ZSTD_CHECKSUM_ANNOTATIONS,
+    ZSTD_POSITION_ANNOTATIONS,
     TOCEntry,
 )
 from ctr_remote.estargz.writer import build
@@ -47,17 +55,23 @@ from ctr_remote.estargz.writer import build
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "DEFAULT_COMPRESSION_LEVEL",
+    "EXTERNAL_TOC_IMAGE_SUFFIX",
+    "EXTERNAL_TOC_LAYER_ANNOTATION",
     "NO_PREFETCH_LANDMARK",
     "PREFETCH_LANDMARK",
     "TOC_DIGEST_ANNOTATION",
     "TOC_NAME",
     "UNCOMPRESSED_SIZE_ANNOTATION",
+    "ZSTD_CHECKSUM_ANNOTATIONS",
+    "ZSTD_POSITION_ANNOTATIONS",
     "BuildOptions",
     "BuildResult",
     "EstargzError",
     "EstargzReader",
+    "LayerFormat",
     "TOCEntry",
     "Verified",
+    "blob_kind",
     "build",
     "is_estargz",
     "open_estargz",

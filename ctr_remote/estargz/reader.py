@@ -1,4 +1,9 @@
-"""The eStargz reader: footer, TOC, and verification of every chunk against its digest."""
+"""The eStargz reader: footer, TOC, and verification of every chunk against its digest.
+
+It reads every format the writer writes: gzip eStargz (TOC member and 51-byte footer), eStargz
+with an external TOC (46-byte footer; the TOC blob is passed in), and zstd:chunked (TOC and footer
+in zstd skippable frames), with or without `innerOffset` (min chunk size).
+"""
 
 from __future__ import annotations
 
@@ -6,26 +11,79 @@ import hashlib
 import io
 import json
 import os
+import struct
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-from ctr_remote.estargz.errors import EstargzError
-from ctr_remote.estargz.tar import BLOCK, REG, TOC_TYPES, TarHeader, padding, read_header
-from ctr_remote.estargz.toc import FOOTER_SIZE, TOC_NAME, TOCEntry, encode_footer, parse_footer
+import zstandard
 
-_MAX_TOC_BYTES = 512 << 20  # refuse absurd TOCs instead of exhausting memory on a hostile blob
+from ctr_remote.estargz.codec import DECODE_ERRORS, decompressor
+from ctr_remote.estargz.errors import EstargzError
+from ctr_remote.estargz.options import LayerFormat
+from ctr_remote.estargz.tar import BLOCK, REG, TOC_TYPES, TarHeader, padding, read_header
+from ctr_remote.estargz.toc import (
+    EXTERNAL_FOOTER_SIZE,
+    FOOTER_SIZE,
+    SKIPPABLE_MAGIC,
+    TOC_NAME,
+    ZSTD_FOOTER_SIZE,
+    TOCEntry,
+    encode_footer,
+    encode_zstd_footer,
+    is_external_footer,
+    parse_footer,
+    parse_zstd_footer,
+    zstd_position,
+)
+
+_MAX_TOC_BYTES = 512 << 20
+_MEMBER = {
+    LayerFormat.ESTARGZ: "gzip member",
+    LayerFormat.ZSTD_CHUNKED: "zstd frame",
+}  # refuse absurd TOCs instead of exhausting memory on a hostile blob
 
 
 def is_estargz(f: BinaryIO) -> bool:
-    """Whether the seekable file `f` ends with an eStargz footer (nothing else is checked)."""
-    return _footer_offset(f) is not None
+    """Whether the seekable file `f` ends with an eStargz, external-TOC or zstd:chunked footer
+    (nothing else is checked)."""
+    return blob_kind(f) is not None
 
 
-def open_estargz(f: BinaryIO) -> EstargzReader:
-    """Parse the footer and TOC of the seekable blob `f`; raises EstargzError if it is not eStargz."""
+def blob_kind(f: BinaryIO) -> str | None:
+    """ "estargz", "estargz-external-toc" or "zstd:chunked" by the footer of the seekable blob `f`;
+    None if it has none of them."""
     size = f.seek(0, os.SEEK_END)
+    if _footer_offset(f) is not None:
+        return "estargz"
+    if size >= ZSTD_FOOTER_SIZE:
+        f.seek(size - ZSTD_FOOTER_SIZE)
+        if parse_zstd_footer(f.read(ZSTD_FOOTER_SIZE)) is not None:
+            return LayerFormat.ZSTD_CHUNKED.value
+    if size >= EXTERNAL_FOOTER_SIZE:
+        f.seek(size - EXTERNAL_FOOTER_SIZE)
+        if is_external_footer(f.read(EXTERNAL_FOOTER_SIZE)):
+            return "estargz-external-toc"
+    return None
+
+
+def open_estargz(f: BinaryIO, external_toc: bytes | None = None) -> EstargzReader:
+    """Parse the footer and TOC of the seekable blob `f`; raises EstargzError if it is not eStargz
+    or zstd:chunked. A blob whose TOC is external needs that TOC blob (`external_toc`: the layer of
+    the `-esgztoc` image, a gzip member holding a tar of `stargz.index.json`)."""
+    kind = blob_kind(f)
+    size = f.seek(0, os.SEEK_END)
+    if kind == LayerFormat.ZSTD_CHUNKED.value:
+        return _open_zstd(f, size)
+    if kind == "estargz-external-toc":
+        if external_toc is None:
+            raise EstargzError(
+                "the blob's TOC is external (STARGZEXTERNALTOC footer): its TOC blob is needed"
+            )
+        toc_bytes = _toc_from_member(external_toc, "the external TOC blob")
+        end = size - EXTERNAL_FOOTER_SIZE
+        return _reader(f, size, LayerFormat.ESTARGZ, end, end, toc_bytes, external=True)
     toc_offset = _footer_offset(f)
     if toc_offset is None:
         raise EstargzError("not an eStargz blob: no eStargz footer")
@@ -35,7 +93,43 @@ def open_estargz(f: BinaryIO) -> EstargzReader:
     if toc_end - toc_offset > _MAX_TOC_BYTES:
         raise EstargzError(f"invalid eStargz blob: its TOC member is over {_MAX_TOC_BYTES} bytes")
     f.seek(toc_offset)
-    member = _gunzip_member(f.read(toc_end - toc_offset), "the TOC")
+    toc_bytes = _toc_from_member(f.read(toc_end - toc_offset), "the TOC")
+    return _reader(f, size, LayerFormat.ESTARGZ, toc_offset, toc_offset, toc_bytes)
+
+
+def _open_zstd(f: BinaryIO, size: int) -> EstargzReader:
+    f.seek(size - ZSTD_FOOTER_SIZE)
+    parsed = parse_zstd_footer(f.read(ZSTD_FOOTER_SIZE))
+    assert parsed is not None
+    toc_offset, clen, raw_len = parsed
+    if toc_offset < 8 or toc_offset + clen != size - ZSTD_FOOTER_SIZE:
+        raise EstargzError(
+            f"invalid zstd:chunked blob: a {clen}-byte TOC at {toc_offset} does not end at the footer"
+        )
+    if raw_len > _MAX_TOC_BYTES or clen > _MAX_TOC_BYTES:
+        raise EstargzError(f"invalid zstd:chunked blob: its TOC is over {_MAX_TOC_BYTES} bytes")
+    f.seek(toc_offset - 8)
+    frame = f.read(clen + 8)
+    if frame[:4] != SKIPPABLE_MAGIC or struct.unpack("<I", frame[4:8])[0] != clen:
+        raise EstargzError("invalid zstd:chunked blob: the TOC is not one skippable frame")
+    compressed = frame[8:]
+    try:
+        toc_bytes = zstandard.ZstdDecompressor().decompress(compressed, max_output_size=raw_len)
+    except zstandard.ZstdError as e:
+        raise EstargzError(f"invalid zstd:chunked blob: corrupt TOC: {e}") from None
+    if len(toc_bytes) != raw_len:
+        raise EstargzError(
+            f"invalid zstd:chunked blob: the TOC is {len(toc_bytes)} bytes, the footer says {raw_len}"
+        )
+    reader = _reader(f, size, LayerFormat.ZSTD_CHUNKED, toc_offset, toc_offset - 8, toc_bytes)
+    reader.zstd_checksum = "sha256:" + hashlib.sha256(compressed).hexdigest()
+    reader.zstd_position = zstd_position(toc_offset, clen, raw_len)
+    return reader
+
+
+def _toc_from_member(data: bytes, what: str) -> bytes:
+    """The TOC JSON from a gzip member holding the tar entry `stargz.index.json`."""
+    member = _gunzip_member(data, what)
     view = io.BytesIO(member)
     header = read_header(view)
     if header is None or header.header.name != TOC_NAME or header.header.typeflag != REG:
@@ -43,6 +137,13 @@ def open_estargz(f: BinaryIO) -> EstargzReader:
     toc_bytes = view.read(header.header.size)
     if len(toc_bytes) != header.header.size:
         raise EstargzError("invalid eStargz blob: truncated TOC")
+    return toc_bytes
+
+
+def _reader(
+    f: BinaryIO, size: int, fmt: LayerFormat, toc_offset: int, payload_end: int, toc_bytes: bytes,
+    external: bool = False,
+) -> EstargzReader:  # fmt: skip
     try:
         doc = json.loads(toc_bytes)
     except (ValueError, UnicodeDecodeError) as e:
@@ -51,7 +152,7 @@ def open_estargz(f: BinaryIO) -> EstargzReader:
         raise EstargzError("invalid eStargz TOC: expected version 1 with an entries list")
     entries = tuple(TOCEntry.from_json(e) for e in doc["entries"])
     digest = "sha256:" + hashlib.sha256(toc_bytes).hexdigest()
-    return EstargzReader(f, size, toc_offset, digest, entries, toc_bytes)
+    return EstargzReader(f, size, toc_offset, digest, entries, toc_bytes, fmt, payload_end, external)
 
 
 @dataclass(frozen=True)
@@ -66,7 +167,9 @@ class Verified:
 
 @dataclass
 class EstargzReader:
-    """An opened eStargz blob. `entries` are the TOC entries in order, chunks included."""
+    """An opened eStargz (or zstd:chunked) blob. `entries` are the TOC entries in order, chunks
+    included. `payload_end`: where the members holding the tar end (the TOC member, the TOC's
+    skippable frame or the footer start there)."""
 
     file: BinaryIO
     size: int
@@ -74,6 +177,22 @@ class EstargzReader:
     toc_digest: str
     entries: tuple[TOCEntry, ...]
     toc_json: bytes = field(default=b"", repr=False)  # the TOC exactly as stored
+    format: LayerFormat = LayerFormat.ESTARGZ
+    payload_end: int = -1
+    external_toc: bool = False
+    zstd_checksum: str | None = None  # zstd:chunked: sha256 of the compressed TOC
+    zstd_position: str | None = None  # zstd:chunked: offset:length:uncompressed length:type
+
+    def __post_init__(self) -> None:
+        if self.payload_end < 0:
+            self.payload_end = self.toc_offset
+
+    @property
+    def kind(self) -> str:
+        """What `image check` calls the format."""
+        if self.external_toc:
+            return "estargz-external-toc"
+        return self.format.value
 
     def verify(self, expected_toc_digest: str | None = None) -> Verified:
         """Check the TOC digest (when given), then read the whole blob as a plain tar.gz would be
@@ -91,11 +210,10 @@ class EstargzReader:
                 f"TOC digest mismatch: expected {expected_toc_digest}, blob has {self.toc_digest}"
             )
         files = self._files()  # also checks that chunks follow their files
-        footer_at = self.size - FOOTER_SIZE
-        self.file.seek(footer_at)
-        if not _footer_matches(self.file.read(FOOTER_SIZE), self.toc_offset):
-            raise EstargzError("invalid eStargz blob: the footer is not the canonical empty gzip member")
-        stream = _Members(self.file, footer_at)
+        self._verify_footer()
+        stream = _Members(
+            self.file, self.payload_end if self._toc_outside_tar else self.size - FOOTER_SIZE, self.format
+        )
         i = 0
         while i < len(self.entries):
             e = self.entries[i]
@@ -112,12 +230,35 @@ class EstargzReader:
             _verify_file(stream, e.name, chunks)
             i += len(chunks) - 1
             _skip(stream, padding(e.size), e.name)
-        self._verify_tail(stream)
+        if self._toc_outside_tar:
+            _zeros_to_end(stream)
+        else:
+            self._verify_tail(stream)
         return Verified(
             diff_id="sha256:" + stream.hash.hexdigest(),
             uncompressed_size=stream.total,
             chunks=sum(1 for e in self.entries if e.chunk_digest),
         )
+
+    @property
+    def _toc_outside_tar(self) -> bool:
+        """zstd:chunked and external-TOC blobs hold no TOC entry (and no end-of-archive) in the tar."""
+        return self.external_toc or self.format is LayerFormat.ZSTD_CHUNKED
+
+    def _verify_footer(self) -> None:
+        if self.external_toc:
+            return  # recognised by its exact bytes
+        if self.format is LayerFormat.ZSTD_CHUNKED:
+            clen = self.size - ZSTD_FOOTER_SIZE - self.toc_offset
+            self.file.seek(self.size - ZSTD_FOOTER_SIZE)
+            if self.file.read(ZSTD_FOOTER_SIZE) != encode_zstd_footer(
+                self.toc_offset, clen, len(self.toc_json)
+            ):
+                raise EstargzError("invalid zstd:chunked blob: the footer is not the canonical one")
+            return
+        self.file.seek(self.size - FOOTER_SIZE)
+        if not _footer_matches(self.file.read(FOOTER_SIZE), self.toc_offset):
+            raise EstargzError("invalid eStargz blob: the footer is not the canonical empty gzip member")
 
     def _verify_tail(self, stream: _Members) -> None:
         """After the entries: (the end-of-archive of a lossless blob), the TOC member, the footer."""
@@ -175,12 +316,12 @@ class EstargzReader:
     def _read_chunk(self, c: TOCEntry, end: int) -> bytes:
         """Decompress the member at `c.offset` far enough to return the chunk's bytes."""
         want = end - c.chunk_offset
-        if not 0 <= c.offset < self.toc_offset or want <= 0:
+        if not 0 <= c.offset < self.payload_end or want <= 0:
             raise EstargzError(f"invalid TOC: bad offset or chunk bounds for {c.name!r}")
         self.file.seek(c.offset)
-        d = zlib.decompressobj(31)
+        d = decompressor(self.format)
         out = bytearray()
-        remaining = self.toc_offset - c.offset
+        remaining = self.payload_end - c.offset
         while len(out) < c.inner_offset + want and remaining > 0 and not d.eof:
             data = self.file.read(min(remaining, 1 << 20))
             remaining -= len(data)
@@ -188,8 +329,10 @@ class EstargzReader:
                 out += d.decompress(data, c.inner_offset + want - len(out))
                 while d.unconsumed_tail and len(out) < c.inner_offset + want:
                     out += d.decompress(d.unconsumed_tail, c.inner_offset + want - len(out))
-            except zlib.error as e:
-                raise EstargzError(f"corrupt gzip member at offset {c.offset} ({c.name!r}): {e}") from None
+            except DECODE_ERRORS as e:
+                raise EstargzError(
+                    f"corrupt {_MEMBER[self.format]} at offset {c.offset} ({c.name!r}): {e}"
+                ) from None
         if len(out) < c.inner_offset + want:
             raise EstargzError(f"chunk of {c.name!r} at offset {c.offset} is truncated")
         return bytes(out[c.inner_offset : c.inner_offset + want])
@@ -255,9 +398,10 @@ def _verify_file(stream: _Members, name: str, chunks: list[TOCEntry]) -> None:
             raise EstargzError(f"invalid TOC: chunks of {name!r} are not contiguous")
         if not c.chunk_digest:
             raise EstargzError(f"invalid TOC: a chunk of {name!r} has no chunkDigest")
-        if c.inner_offset or c.offset not in stream.member_starts(stream.pos):
+        if c.inner_offset < 0 or c.offset not in stream.member_starts(stream.pos - c.inner_offset):
             raise EstargzError(
-                f"the chunk of {name!r} at {c.chunk_offset} does not start the member at {c.offset}"
+                f"the chunk of {name!r} at {c.chunk_offset} is not {c.inner_offset} bytes into "
+                f"the member at {c.offset}"
             )
         chunk_hash = hashlib.sha256()
         for data in _pieces(stream, end - c.chunk_offset, name):
@@ -267,6 +411,13 @@ def _verify_file(stream: _Members, name: str, chunks: list[TOCEntry]) -> None:
             raise EstargzError(f"chunk digest mismatch in {name!r} at offset {c.chunk_offset}")
     if chunks[0].digest and "sha256:" + file_hash.hexdigest() != chunks[0].digest:
         raise EstargzError(f"content digest mismatch in {name!r}")
+
+
+def _zeros_to_end(stream: _Members) -> None:
+    """After the last entry of a tar without a TOC entry: nothing but zero blocks (or nothing)."""
+    while data := stream.read(1 << 20):
+        if data.count(0) != len(data):
+            raise EstargzError("invalid blob: data after the last entry the TOC lists")
 
 
 def _pieces(stream: _Members, n: int, name: str) -> Iterator[bytes]:
@@ -296,13 +447,15 @@ class _Prefixed:
 
 
 class _Members:
-    """The gzip members of `f` from offset 0 to `end`, decompressed in sequence (what a plain
-    tar.gz reader sees), remembering at which uncompressed offsets members start. Each member's
-    CRC and size are checked; memory stays bounded whatever the members hold."""
+    """The members (gzip members or zstd frames) of `f` from offset 0 to `end`, decompressed in
+    sequence (what a plain tar.gz or tar.zst reader sees), remembering at which uncompressed offsets
+    members start. Each member's CRC (checksum) and size are checked; memory stays bounded whatever
+    the members hold."""
 
-    def __init__(self, f: BinaryIO, end: int) -> None:
+    def __init__(self, f: BinaryIO, end: int, fmt: LayerFormat = LayerFormat.ESTARGZ) -> None:
         self._f = f
         self._end = end
+        self._fmt = fmt
         self._cpos = 0  # compressed offset of self._input[0]
         self._input = b""
         self._d: Any = None
@@ -339,12 +492,12 @@ class _Members:
             if len(self._input) != n:
                 raise EstargzError("the blob is shorter than it was")
         if self._d is None:
-            self._d = zlib.decompressobj(31)
+            self._d = decompressor(self._fmt)
             self._starts.setdefault(self.pos + len(self._out), []).append(self._cpos)
         try:
             data = self._d.decompress(self._input, 1 << 20)
-        except zlib.error as e:
-            raise EstargzError(f"corrupt gzip member after offset {self._cpos}: {e}") from None
+        except DECODE_ERRORS as e:
+            raise EstargzError(f"corrupt {_MEMBER[self._fmt]} after offset {self._cpos}: {e}") from None
         self._out += data
         self.hash.update(data)
         self.total += len(data)

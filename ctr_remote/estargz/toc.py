@@ -183,3 +183,74 @@ def parse_footer(footer: bytes) -> int | None:
         return None
     m = _FOOTER_OFFSET.fullmatch(footer[16:38])
     return int(m.group(1), 16) if m else None
+
+
+# -- external TOC (upstream's estargz/externaltoc): the blob ends with this 46-byte empty gzip
+# member instead of the TOC and the offset footer; the TOC is a blob of its own.
+EXTERNAL_FOOTER_SIZE = 46
+_EXTERNAL_MAGIC = b"STARGZEXTERNALTOC"
+_EXTERNAL_FOOTER = (
+    bytes([0x1F, 0x8B, 8, 4, 0, 0, 0, 0, 0, 0xFF])
+    + struct.pack("<H", 4 + len(_EXTERNAL_MAGIC))
+    + b"SG"
+    + struct.pack("<H", len(_EXTERNAL_MAGIC))
+    + _EXTERNAL_MAGIC
+    + _FOOTER_TAIL
+)
+assert len(_EXTERNAL_FOOTER) == EXTERNAL_FOOTER_SIZE
+# The annotation on each layer of the `-esgztoc` image naming the layer its TOC belongs to.
+EXTERNAL_TOC_LAYER_ANNOTATION = "containerd.io/snapshot/stargz/layer.digest"
+EXTERNAL_TOC_IMAGE_SUFFIX = "-esgztoc"
+
+
+def encode_external_footer() -> bytes:
+    return _EXTERNAL_FOOTER
+
+
+def is_external_footer(footer: bytes) -> bool:
+    """Whether these 46 bytes are the external-TOC footer (MTIME, XFL and OS not checked)."""
+    f = _EXTERNAL_FOOTER
+    return len(footer) == EXTERNAL_FOOTER_SIZE and footer[:4] == f[:4] and footer[10:] == f[10:]
+
+
+# -- zstd:chunked (upstream's estargz/zstdchunked): the TOC JSON, zstd-compressed, in a skippable
+# frame; then a skippable frame holding the 40-byte footer: TOC offset (of the compressed TOC, past
+# its frame header), compressed length, uncompressed length, manifest type 1, magic.
+SKIPPABLE_MAGIC = b"\x50\x2a\x4d\x18"
+ZSTD_FOOTER_SIZE = 48  # skippable frame header (8) + footer (40)
+_ZSTD_MAGIC = b"GnUlInUx"
+_MANIFEST_TYPE_CRFS = 1
+# Upstream's snapshotter reads io.containers.*; containers/storage (podman, CRI-O) reads
+# io.github.containers.*. We write both, with the same values.
+ZSTD_CHECKSUM_ANNOTATIONS = (
+    "io.containers.zstd-chunked.manifest-checksum",
+    "io.github.containers.zstd-chunked.manifest-checksum",
+)
+ZSTD_POSITION_ANNOTATIONS = (
+    "io.containers.zstd-chunked.manifest-position",
+    "io.github.containers.zstd-chunked.manifest-position",
+)
+
+
+def skippable_frame(payload: bytes) -> bytes:
+    return SKIPPABLE_MAGIC + struct.pack("<I", len(payload)) + payload
+
+
+def encode_zstd_footer(toc_offset: int, compressed_len: int, raw_len: int) -> bytes:
+    body = struct.pack("<QQQQ", toc_offset, compressed_len, raw_len, _MANIFEST_TYPE_CRFS) + _ZSTD_MAGIC
+    return skippable_frame(body)
+
+
+def parse_zstd_footer(footer: bytes) -> tuple[int, int, int] | None:
+    """(TOC offset, compressed length, uncompressed length) from a 48-byte zstd:chunked footer frame,
+    or None if it is not one."""
+    if len(footer) != ZSTD_FOOTER_SIZE or footer[:4] != SKIPPABLE_MAGIC or footer[40:] != _ZSTD_MAGIC:
+        return None
+    size, off, clen, raw, kind = struct.unpack("<I4Q", footer[4:40])
+    if size != 40 or kind != _MANIFEST_TYPE_CRFS:
+        return None
+    return off, clen, raw
+
+
+def zstd_position(toc_offset: int, compressed_len: int, raw_len: int) -> str:
+    return f"{toc_offset}:{compressed_len}:{raw_len}:{_MANIFEST_TYPE_CRFS}"

@@ -1,9 +1,20 @@
-"""The eStargz writer: a layer tar in, an eStargz blob out.
+"""The eStargz writer: a layer tar in, an eStargz (or zstd:chunked) blob out.
 
-Layout (RESEARCH.md 1.1, upstream `Writer.appendTar`): the blob is a chain of gzip members. Each
-chunk of a non-empty regular file starts a new member; the file's tar padding and the headers that
-follow ride in the member of its last chunk; the TOC entry and the end-of-archive blocks form their
-own member; a 51-byte footer member points at the TOC member.
+Layout (RESEARCH.md 1.1, upstream `Writer.appendTar`): the blob is a chain of members (gzip
+members, or zstd frames for zstd:chunked). Each chunk of a non-empty regular file starts a new
+member; the file's tar padding and the headers that follow ride in the member of its last chunk.
+Then the tail, by format (upstream's `Compressor.WriteTOCAndFooter`):
+- eStargz: the TOC entry and the end-of-archive blocks form their own member; a 51-byte footer
+  member points at it;
+- external TOC: no TOC and no end-of-archive blocks; a 46-byte footer member says the TOC is
+  elsewhere, and the TOC member becomes a blob of its own;
+- zstd:chunked: no TOC entry and no end-of-archive blocks in the tar; the TOC JSON, zstd-compressed,
+  in a skippable frame, then the footer in another.
+
+With a min chunk size (upstream's `MinChunkSize`), a chunk joins the current member (found by
+`innerOffset`) until that member holds that many compressed bytes: a decision that needs each
+member's compressed size as it grows, so those blobs are compressed on one thread, streaming, as
+upstream builds them.
 
 Members are independent, so they are compressed in a thread pool (the compressors release the GIL) while
 this thread reads the spool and plans the next ones; results are written in order, so the output
@@ -22,14 +33,14 @@ import tempfile
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import IO, BinaryIO, cast
+from typing import IO, BinaryIO
 
-import deflate
 from zlib_ng import zlib_ng
 
-from ctr_remote.cancel import CancelToken, CheckedFile
+from ctr_remote.cancel import CancelToken, checked_file
+from ctr_remote.estargz.codec import Codec, MemberStream, codec_for
 from ctr_remote.estargz.errors import EstargzError
-from ctr_remote.estargz.options import BuildOptions, BuildResult
+from ctr_remote.estargz.options import BuildOptions, BuildResult, LayerFormat
 from ctr_remote.estargz.order import Generated, Item, order_entries
 from ctr_remote.estargz.scan import Scanned, scan
 from ctr_remote.estargz.tar import (
@@ -45,12 +56,20 @@ from ctr_remote.estargz.tar import (
     parse_headers,
 )
 from ctr_remote.estargz.toc import (
+    NO_PREFETCH_LANDMARK,
+    PREFETCH_LANDMARK,
     TOC_NAME,
+    ZSTD_CHECKSUM_ANNOTATIONS,
+    ZSTD_POSITION_ANNOTATIONS,
     TOCEntry,
+    encode_external_footer,
     encode_footer,
+    encode_zstd_footer,
     format_modtime,
+    skippable_frame,
     toc_json_head,
     toc_json_tail,
+    zstd_position,
 )
 from ctr_remote.layer.compression import CorruptLayerError, open_tar_stream
 
@@ -59,7 +78,6 @@ _JOB_BYTES = 1 << 20  # small members are batched into jobs of about this size
 # Members smaller than this are compressed on the planning thread: handing them to a worker costs
 # more (GIL hand-offs) than compressing them.
 _INLINE_BYTES = 16 << 10
-_SMALL_MEMBER = 4 << 10  # below this, zlib-ng compresses better than libdeflate (see _compress)
 # Uncompressed bytes handed to workers and not yet written: bounds memory on many-core machines.
 _INFLIGHT_BYTES = 64 << 20
 # Headers of entries without payload (directories, links, empty files) share the member before them,
@@ -80,11 +98,10 @@ def build(
     is spooled to an unlinked temp file. Once `cancel` is set the conversion stops (Cancelled) at
     its next read or write."""
     if cancel is not None:
-        # Duck-typed files: the writer only reads `src` and writes `dst`.
-        src = cast(BinaryIO, CheckedFile(src, cancel, "layer conversion"))
-        dst = cast(BinaryIO, CheckedFile(dst, cancel, "layer conversion"))
+        src = checked_file(src, cancel, "layer conversion")
+        dst = checked_file(dst, cancel, "layer conversion")
     try:
-        tar, _ = open_tar_stream(src, "layer")
+        tar, _ = open_tar_stream(src, "layer", options.gzip_helper)
         # Closing the tar stream stops its decompression thread (`src` itself stays open).
         with (
             tar,
@@ -114,20 +131,6 @@ def _temp_file(prefix: str) -> Iterator[IO[bytes]]:
             file.close()
 
 
-def _compress(member: list[bytes], level: int) -> bytes:
-    """One complete gzip member.
-
-    libdeflate, at the same level, takes about a quarter less CPU than zlib-ng and writes slightly
-    smaller output, except on tiny inputs (a few tar headers and a small file), where zlib-ng's is
-    smaller. libdeflate needs the whole input at once, which a member (a chunk plus headers) is.
-    """
-    data = b"".join(member)
-    if len(data) < _SMALL_MEMBER:
-        return zlib_ng.compress(data, level, _GZIP_WBITS)
-    # A bytearray, which every consumer (file writes, len, hashing) takes as bytes: no copy.
-    return cast(bytes, deflate.gzip_compress(data, level))
-
-
 @dataclass
 class _Job:
     """Consecutive whole members, and the TOC entries whose headers or payloads are in them."""
@@ -144,8 +147,12 @@ class _Writer:
         # The TOC goes to a temp file as entries are finished, so its size never counts in memory.
         self._toc = _TocSpool(toc_file)
         self._dst = dst
-        self._level = options.compression_level
+        self._options = options
+        self._codec: Codec = codec_for(options.format, options.level)
         self._chunk_size = options.chunk_size
+        # Min chunk size: the member being written, streaming, its compressed and uncompressed start.
+        self._stream: MemberStream | None = None
+        self._member_at = (0, 0)
         self._workers = options.workers or os.cpu_count() or 1
         self._job = _Job()
         self._header_run = 0  # header bytes appended since the last payload or new member
@@ -159,11 +166,12 @@ class _Writer:
         self._gnames: dict[int, str] = {}
 
     def write(self, items: list[Item]) -> BuildResult:
-        with ThreadPoolExecutor(self._workers, thread_name_prefix="estargz-gzip") as pool:
+        with ThreadPoolExecutor(self._workers, thread_name_prefix="estargz-compress") as pool:
             try:
                 for item in items:
                     self._add(item, pool)
-                self._submit(pool)
+                if not self._options.min_chunk_size:  # streaming wrote as it went
+                    self._submit(pool)
                 while self._inflight:
                     self._collect()
             except BaseException:
@@ -172,28 +180,59 @@ class _Writer:
                         if isinstance(r, Future):
                             r.cancel()
                 raise
+        if self._stream is not None:
+            self._emit(self._stream.finish())
+        annotations: dict[str, str] = {}
+        external: bytes | None = None
         toc_offset = self._pos
-        self._write_toc_member()
-        self._emit(encode_footer(toc_offset))
+        if self._options.format is LayerFormat.ZSTD_CHUNKED:
+            annotations = self._write_zstd_toc()
+        elif self._options.external_toc:
+            external = b"".join(self._toc_member(count=False))
+            self._emit(encode_external_footer())
+        else:
+            for piece in self._toc_member(count=True):
+                self._emit(piece)
+            self._emit(encode_footer(toc_offset))
         return BuildResult(
             digest="sha256:" + self._blob_hash.hexdigest(),
             size=self._pos,
             toc_digest="sha256:" + self._toc.hash.hexdigest(),
             diff_id="sha256:" + self._diff_hash.hexdigest(),
             uncompressed_size=self._usize,
+            annotations=annotations,
+            external_toc=external,
         )
 
-    def _write_toc_member(self) -> None:
-        """The TOC's tar entry and the end-of-archive blocks, as one gzip member."""
+    def _toc_member(self, count: bool) -> Iterator[bytes]:
+        """The TOC's tar entry and the end-of-archive blocks, as one gzip member; `count`: they are
+        part of the layer's tar (not so for an external TOC, a blob of its own)."""
         size = self._toc.finish()
         # Streamed (zlib-ng) rather than libdeflate's one-shot call: a TOC can be tens of MB.
-        gz = zlib_ng.compressobj(self._level, zlib_ng.DEFLATED, _GZIP_WBITS)
+        gz = zlib_ng.compressobj(self._options.level, zlib_ng.DEFLATED, _GZIP_WBITS)
         pieces = [encode_header(TOC_NAME, REG, size), *self._toc.pieces(), bytes(padding(size) + 2 * BLOCK)]
         for piece in pieces:
-            self._diff_hash.update(piece)
-            self._usize += len(piece)
-            self._emit(gz.compress(piece))
-        self._emit(gz.flush())
+            if count:
+                self._diff_hash.update(piece)
+                self._usize += len(piece)
+            yield gz.compress(piece)
+        yield gz.flush()
+
+    def _write_zstd_toc(self) -> dict[str, str]:
+        """zstd:chunked's tail: the TOC JSON alone (no tar entry, no end-of-archive: upstream's tar
+        stream just ends) compressed in a skippable frame, and the footer frame."""
+        raw_len = self._toc.finish()
+        z = self._codec.stream()
+        compressed = b"".join([*(z.write(p) for p in self._toc.pieces()), z.finish()])
+        toc_offset = self._pos + 8  # past the skippable frame's magic and size
+        self._emit(skippable_frame(compressed))
+        self._emit(encode_zstd_footer(toc_offset, len(compressed), raw_len))
+        checksum = "sha256:" + hashlib.sha256(compressed).hexdigest()
+        position = zstd_position(toc_offset, len(compressed), raw_len)
+        return {
+            **{name: checksum for name in ZSTD_CHECKSUM_ANNOTATIONS},
+            **{name: position for name in ZSTD_POSITION_ANNOTATIONS},
+        }
 
     # -- planning, in output order
 
@@ -209,30 +248,64 @@ class _Writer:
             header, payload = self._read(item)
             entry = self._entry(item, header)
             size, digest, chunk_digests = item.size, item.digest, item.chunk_digests
-        if self._header_run >= _HEADER_RUN_BYTES:
+        if self._header_run >= _HEADER_RUN_BYTES and self._stream is None:
             self._new_member(pool)
         self._append(header)
         self._header_run += len(header)
         if entry.type != "reg":
-            self._job.toc.append((entry, None))
+            self._add_toc(entry, None)
             return
         entry.size = size
         entry.digest = "sha256:" + digest.hex()
         if size == 0:
-            self._job.toc.append((entry, None))
+            self._add_toc(entry, None)
             return
         for i, chunk_offset in enumerate(range(0, size, self._chunk_size)):
-            self._new_member(pool)
             if i:
                 entry = TOCEntry(name=entry.name, type="chunk", chunk_offset=chunk_offset)
             # The spec's rule: every chunk but the last records chunkSize. (Upstream also records it on
             # a last chunk that happens to be full, which the spec forbids and the oracle flags.)
             entry.chunk_size = self._chunk_size if size - chunk_offset > self._chunk_size else 0
             entry.chunk_digest = "sha256:" + chunk_digests[i].hex() if chunk_digests else entry.digest
-            self._job.toc.append((entry, len(self._job.members) - 1))
+            if self._options.min_chunk_size:
+                self._stream_chunk(entry)
+            else:
+                self._new_member(pool)
+                self._add_toc(entry, len(self._job.members) - 1)
             self._append(next(payload))
             self._header_run = 0
         self._append(bytes(padding(size)))
+
+    def _stream_chunk(self, entry: TOCEntry) -> None:
+        """Upstream's min-chunk rule (`appendTar`): before each chunk the member is flushed; it is
+        closed, and the chunk starts a new one, if it already holds `min_chunk_size` compressed
+        bytes or the chunk is a landmark's (the prefetch boundary must be exact); otherwise the
+        chunk joins it at `innerOffset`. The first member starts at 0, where upstream's does."""
+        stream = self._member_stream()
+        self._emit(stream.flush())
+        at, uat = self._member_at
+        landmark = entry.name in (PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK)
+        if landmark or self._pos - at >= self._options.min_chunk_size:
+            self._emit(stream.finish())
+            self._stream = None
+            self._member_at = (self._pos, self._usize)
+            entry.offset = self._pos
+        else:
+            entry.offset, entry.inner_offset = at, self._usize - uat
+        self._add_toc(entry, None)
+
+    def _add_toc(self, entry: TOCEntry, member: int | None) -> None:
+        """Streaming (min chunk size), offsets are known at once; otherwise once the job holding
+        the entry (`member`: the index of the member whose offset is the entry's) is written."""
+        if self._options.min_chunk_size:
+            self._toc.add(entry)
+        else:
+            self._job.toc.append((entry, member))
+
+    def _member_stream(self) -> MemberStream:
+        if self._stream is None:
+            self._stream = self._codec.stream()
+        return self._stream
 
     def _entry(self, item: Scanned, header: bytes) -> TOCEntry:
         h = parse_headers(header)
@@ -267,11 +340,15 @@ class _Writer:
             yield _pread_exact(self._fd, n, item.data_start + off)
 
     def _append(self, data: bytes) -> None:
-        if data:
+        if not data:
+            return
+        if self._options.min_chunk_size:
+            self._emit(self._member_stream().write(data))
+        else:
             self._job.members[-1].append(data)
             self._job.size += len(data)
-            self._diff_hash.update(data)
-            self._usize += len(data)
+        self._diff_hash.update(data)
+        self._usize += len(data)
 
     def _new_member(self, pool: ThreadPoolExecutor) -> None:
         self._header_run = 0
@@ -283,10 +360,9 @@ class _Writer:
     # -- compression and output, in order
 
     def _submit(self, pool: ThreadPoolExecutor) -> None:
-        job, self._job, level = self._job, _Job(), self._level
+        job, self._job, compress = self._job, _Job(), self._codec.compress
         results: list[bytes | Future[bytes]] = [
-            _compress(m, level) if sum(map(len, m)) < _INLINE_BYTES else pool.submit(_compress, m, level)
-            for m in job.members
+            compress(m) if sum(map(len, m)) < _INLINE_BYTES else pool.submit(compress, m) for m in job.members
         ]
         self._inflight.append((job, results))
         self._inflight_bytes += job.size

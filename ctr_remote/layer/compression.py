@@ -7,6 +7,7 @@ Every consumer of layer blobs (the eStargz writer, the layer unpacker, the reade
 from __future__ import annotations
 
 import enum
+import hashlib
 import io
 from typing import BinaryIO
 
@@ -14,6 +15,7 @@ import zstandard
 from zlib_ng import gzip_ng_threaded, zlib_ng
 
 from ctr_remote.errors import CtrRemoteError
+from ctr_remote.layer.gzip_helper import GzipHelper
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -131,10 +133,13 @@ class _Checked(io.RawIOBase):
             super().close()
 
 
-def open_tar_stream(raw: BinaryIO, what: str = "layer") -> tuple[BinaryIO, Compression]:
+def open_tar_stream(
+    raw: BinaryIO, what: str = "layer", gzip_helper: GzipHelper | None = None
+) -> tuple[BinaryIO, Compression]:
     """Sniff `raw` and return (uncompressed tar stream, detected compression).
 
-    `raw` may be unseekable. `what` names the input in error messages.
+    `raw` may be unseekable. `what` names the input in error messages. `gzip_helper`: decompress
+    gzip with that program instead (`--estargz-gzip-helper`).
     """
     head = raw.read(4)
     kind = detect(head)
@@ -142,9 +147,24 @@ def open_tar_stream(raw: BinaryIO, what: str = "layer") -> tuple[BinaryIO, Compr
     if kind is Compression.NONE:
         return prefixed, kind
     inner: BinaryIO
-    if kind is Compression.GZIP:
+    if kind is Compression.GZIP and gzip_helper is not None:
+        inner = gzip_helper.open(prefixed, what)
+    elif kind is Compression.GZIP:
         # Decompression in a helper thread overlaps with whatever consumes the tar.
         inner = gzip_ng_threaded.open(prefixed, "rb", threads=1)
     else:
         inner = _ZstdReader(prefixed)  # type: ignore[assignment]
     return io.BufferedReader(_Checked(inner, what, kind), buffer_size=1 << 20), kind
+
+
+def uncompress(src: BinaryIO, dst: BinaryIO) -> tuple[str, int]:
+    """Write the plain tar of the layer blob `src` to `dst`; its sha256 (the layer's new digest and
+    its diff ID alike) and size."""
+    stream, _ = open_tar_stream(src, "layer")
+    h, size = hashlib.sha256(), 0
+    with stream:
+        while data := stream.read(1 << 20):
+            dst.write(data)
+            h.update(data)
+            size += len(data)
+    return "sha256:" + h.hexdigest(), size

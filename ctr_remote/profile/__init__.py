@@ -17,7 +17,7 @@ directories, hostile entries refused), `recording` (the two recorders behind one
 from __future__ import annotations
 
 from ctr_remote.profile.errors import ProfileError
-from ctr_remote.profile.result import ProfileResult, record_lines
+from ctr_remote.profile.result import ProfileResult
 from ctr_remote.profile.runner import check_requirements, profile
 from ctr_remote.profile.workload import CniConfig, DnsConfig, Mount, NetworkMode, Workload
 
@@ -31,5 +31,4 @@ __all__ = [
     "Workload",
     "check_requirements",
     "profile",
-    "record_lines",
 ]

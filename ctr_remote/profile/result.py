@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 
@@ -19,10 +18,3 @@ class ProfileResult:
 
     accessed: list[list[str]]
     exit_code: int | None
-
-
-def record_lines(result: ProfileResult, manifest_digest: str) -> Iterator[dict[str, object]]:
-    """Upstream's `--record-out` JSON lines: one object per accessed path, layer by layer (bottom first)."""
-    for index, paths in enumerate(result.accessed):
-        for path in paths:
-            yield {"path": path, "manifestDigest": manifest_digest, "layerIndex": index}

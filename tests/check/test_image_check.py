@@ -142,6 +142,7 @@ def check(cli: Cli, *args: str, strict: bool = False) -> tuple[int, dict, str]:
     return run.returncode, json.loads(run.stdout) if run.stdout.strip() else {}, run.stderr
 
 
+@pytest.mark.unit
 def test_a_good_image_verifies(cli: Cli, workdir: Path, oracle: Oracle) -> None:
     layers = good_layers()
     layout = write_layout(workdir / "good", layers)
@@ -162,6 +163,7 @@ def test_a_good_image_verifies(cli: Cli, workdir: Path, oracle: Oracle) -> None:
         assert ours["diff_id"] == their["blob"]["diff_id"]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("damage", list(DAMAGE))
 def test_each_kind_of_damage_fails_naming_the_layer(
     cli: Cli, workdir: Path, oracle: Oracle, damage: str
@@ -179,6 +181,7 @@ def test_each_kind_of_damage_fails_naming_the_layer(
     assert not oracle.image(layout, strict=False).ok  # the upstream reader agrees: not a good image
 
 
+@pytest.mark.unit
 def test_a_plain_gzip_layer_is_reported_and_fails_only_strict(
     cli: Cli, workdir: Path, oracle: Oracle
 ) -> None:
@@ -194,6 +197,7 @@ def test_a_plain_gzip_layer_is_reported_and_fails_only_strict(
     assert oracle.image(layout, strict=False).ok
 
 
+@pytest.mark.unit
 def test_a_layer_without_annotation_is_a_warning(cli: Cli, workdir: Path, oracle: Oracle) -> None:
     base, top = good_layers()
     layout = write_layout(workdir / "noanno", [base, Layer(top.blob, top.diff_id)])
@@ -205,6 +209,7 @@ def test_a_layer_without_annotation_is_a_warning(cli: Cli, workdir: Path, oracle
     assert oracle.image(layout, strict=False).ok and not oracle.image(layout, strict=True).ok
 
 
+@pytest.mark.unit
 def test_the_table_names_every_layer(cli: Cli, workdir: Path) -> None:
     layers = good_layers()
     layout = write_layout(workdir / "good", layers)
@@ -241,6 +246,7 @@ def test_an_optimized_image_in_a_registry(cli: Cli, registry: RegistryServer, wo
     assert [e["name"] for e in toc["entries"]][:3] == ["app/", "app/run.sh", ".prefetch.landmark"]
 
 
+@pytest.mark.unit
 def test_get_toc_digest_errors(cli: Cli, workdir: Path) -> None:
     plain = gzip_layer(LayerBuilder().file("etc/motd", b"hi\n"))
     layout = write_layout(workdir / "plain", [plain])
@@ -253,6 +259,7 @@ def test_get_toc_digest_errors(cli: Cli, workdir: Path) -> None:
     assert run.returncode == 2 and "invalid digest" in run.stderr
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("args", "message"),
     [

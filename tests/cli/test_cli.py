@@ -1,6 +1,10 @@
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.unit
+
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "ctr_remote", *args], capture_output=True, text=True)
@@ -22,5 +26,6 @@ def test_image_aliases() -> None:
 
 def test_unknown_command_is_one_line_error() -> None:
     p = run("nosuch")
-    assert p.returncode != 0
-    assert "Traceback" not in p.stderr
+    assert p.returncode == 2 and p.stdout == ""
+    assert len(p.stderr.splitlines()) == 1 and p.stderr.endswith("\n"), p.stderr
+    assert "No such command 'nosuch'" in p.stderr

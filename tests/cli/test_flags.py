@@ -10,6 +10,8 @@ import pytest
 from ctr_remote.cli import flags
 from ctr_remote.profile.workload import Mount
 
+pytestmark = pytest.mark.unit
+
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "ctr_remote", *args], capture_output=True, text=True)
@@ -57,7 +59,13 @@ def test_env_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         (["--estargz-compression-level", "0"], "between 1 and 9"),
         (["--entrypoint", "sh -c"], "--entrypoint"),
         (["--nosuch"], "No such option"),
-        (["--zstdchunked"], "not supported"),
+        (["--zstdchunked"], "option --zstdchunked must be used in conjunction with --oci"),
+        (["--oci", "--zstdchunked", "--zstdchunked-compression-level", "23"], "between 1 and 22, got 23"),
+        (["--estargz-external-toc", "--reuse"], '"estargz-external-toc" can\'t be used with "reuse" flag'),
+        (["--oci", "--zstdchunked", "--estargz-external-toc"], "can't be used with --zstdchunked"),
+        (["--estargz-min-chunk-size", "-1"], "--estargz-min-chunk-size must not be negative"),
+        (["--estargz-parallelism", "-2"], "--estargz-parallelism must not be negative"),
+        (["--GH", "zcat"], "invalid gzip helper 'zcat': use one of pigz, igzip, gzip"),
         (["--platform", "linux//arm"], "invalid platform 'linux//arm'"),
         (["--prefetch-list", "BADPL"], "unclosed '['"),
         (["SRC=UPPER/Case::bad"], "invalid reference 'UPPER/Case::bad'"),
@@ -116,5 +124,12 @@ def test_help_lists_upstream_flags() -> None:
         "--net-host",
         "--runtime",
         "--prefetch-list",
+        "--zstdchunked",
+        "--zstdchunked-compression-level",
+        "--estargz-min-chunk-size",
+        "--estargz-external-toc",
+        "--estargz-gzip-helper",
+        "--GH",
+        "--estargz-parallelism",
     ):
         assert flag in p.stdout, flag

@@ -4,6 +4,8 @@ import pytest
 
 from ctr_remote.prefetch_list import PrefetchList, PrefetchListError, visible_per_layer
 
+pytestmark = pytest.mark.unit
+
 NAMES = [
     "bin/",
     "bin/sh",

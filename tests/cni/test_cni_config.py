@@ -11,6 +11,8 @@ from ctr_remote.profile.cni import CniError, cni_network, load_default_network
 from ctr_remote.profile.workload import DEFAULT_CNI_PLUGIN_DIR, CniConfig
 from tests.cni.conftest import PLUGIN_DIR
 
+pytestmark = pytest.mark.unit
+
 BRIDGE = {
     "type": "bridge",
     "bridge": "ctrt-never",

@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import tarfile
 import tempfile
@@ -154,17 +155,25 @@ def toc_names(path: Path) -> list[str]:
 def upstream_layer(gen: Path, tmp: Path, layer_tar: bytes, prioritized: list[str] | None) -> tuple[Path, str]:
     """Build the layer with upstream's estargz.Build (through the oracle generator): the blob's path
     and its TOC digest annotation."""
+    mode = "estargz" + (":" + ",".join(prioritized) if prioritized else "")
+    path, annotations = upstream_blob(gen, tmp, layer_tar, mode)
+    return path, annotations[TOC_DIGEST_ANNOTATION]
+
+
+def upstream_blob(gen: Path, tmp: Path, layer_tar: bytes, mode: str) -> tuple[Path, dict[str, str]]:
+    """The layer upstream's estargz.Build writes for `mode` (estargz-check-gen's KIND[+OPTION][:PATHS],
+    e.g. "zstdchunked+minchunk=1000:etc/passwd"): the blob's path and its descriptor's annotations."""
     src = tmp / "upstream-src.tar"
     src.write_bytes(layer_tar)
     out = tmp / "upstream-oci"
-    mode = "estargz" + (":" + ",".join(prioritized) if prioritized else "")
+    shutil.rmtree(out, ignore_errors=True)
     subprocess.run(
         [str(gen), "oci-image", str(src), str(out), mode], check=True, capture_output=True, timeout=300
     )
     index = json.loads((out / "index.json").read_text())
     manifest = json.loads((out / "blobs" / index["manifests"][0]["digest"].replace(":", "/")).read_text())
     desc = manifest["layers"][0]
-    return out / "blobs" / desc["digest"].replace(":", "/"), desc["annotations"][TOC_DIGEST_ANNOTATION]
+    return out / "blobs" / desc["digest"].replace(":", "/"), desc.get("annotations") or {}
 
 
 def tar_contents(layer: bytes) -> dict[str, bytes]:

@@ -23,6 +23,8 @@ from ctr_remote.estargz.tar import encode_header
 from tests.conftest import ROOT
 from tests.estargz.layers import Entry, compress, f, make_tar, pattern
 
+pytestmark = pytest.mark.unit
+
 
 def _retype(layer: bytes, name: bytes, flag: bytes) -> bytes:
     """Change the type flag of the header named `name` (and fix its checksum)."""
@@ -160,11 +162,16 @@ def test_bad_options(kwargs: dict, message: str) -> None:
         BuildOptions(**kwargs)
 
 
-def test_success_leaves_no_temp_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    out = io.BytesIO()
-    build(io.BytesIO(GOOD), out)
-    assert out.getvalue() and list(tmp_path.iterdir()) == []
+def test_success_leaves_no_temp_files(oracle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spool_dir = tmp_path / "tmp"
+    spool_dir.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spool_dir))
+    out = tmp_path / "good.esgz"
+    with out.open("wb") as dst:
+        result = build(io.BytesIO(GOOD), dst)
+    assert list(spool_dir.iterdir()) == []
+    report = oracle.check_blob(out, result.toc_digest)
+    assert report["files"] == 4 and report["tar_equal"]  # a, sock, b and the landmark
 
 
 def _member_sizes(blob: bytes) -> list[int]:

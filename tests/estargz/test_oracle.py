@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +23,8 @@ from tests.estargz.layers import (
     toc_names,
     upstream_layer,
 )
+
+pytestmark = pytest.mark.unit
 
 UNCOMPRESSED_ANNOTATION = "io.containers.estargz.uncompressed-size"
 ORACLE_GEN_V012 = Path(str(ORACLE_GEN) + "-v0.12")
@@ -70,7 +73,7 @@ def test_go_tests_of_the_oracle() -> None:
     cycle, legacy and malformed footers, a zstd footer claiming a huge TOC: each rejected with its own
     error, against both upstream versions (the minute-long every-byte-flip test is left out here)."""
     p = subprocess.run(
-        [str(ROOT / "scripts" / "setup.sh"), "oracle-test", str(ORACLE.parent)],
+        [str(ROOT / "script" / "setup.sh"), "oracle-test", str(ORACLE.parent)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -147,7 +150,7 @@ def edit_image(layout: Path, layer: Callable[[dict], None] = lambda d: None, con
 def test_upstream_images_pass(oracle: Oracle, oracle_gen: Path, tmp_path: Path, mode: str) -> None:
     layout = tmp_path / "oci"
     gen(oracle_gen, tmp_path, layout, mode)
-    report = oracle.check_image(layout)
+    report = oracle.check_image(layout, all_estargz=mode != "gzip")
     layer = report["manifests"][0]["layers"][0]
     assert layer["diff_id"] == layer["config_diff_id"]
     assert report["estargz_layers"] == (0 if mode == "gzip" else 1)
@@ -187,6 +190,34 @@ def test_estargz_blob_without_toc_annotation_warns(oracle: Oracle, oracle_gen: P
     assert r.ok and r.report["estargz_layers"] == 0
     assert any("layer 0" in w and "will not be lazily pulled" in w for w in r.warnings), r.warnings
     assert not oracle.image(layout, strict=True).ok
+
+
+@pytest.mark.parametrize(
+    ("mode", "edit", "message"),
+    [
+        ("estargz", lambda d: d["annotations"].pop(TOC_DIGEST_ANNOTATION), "will not be lazily pulled"),
+        ("estargz", lambda d: d["annotations"].pop(UNCOMPRESSED_ANNOTATION), UNCOMPRESSED_ANNOTATION),
+        ("gzip", lambda d: None, "not every layer is eStargz"),
+    ],
+    ids=["no-toc-annotation", "no-uncompressed-size-annotation", "plain-gzip-layer"],
+)
+def test_check_image_fails_an_image_with_any_warning(
+    oracle: Oracle,
+    oracle_gen: Path,
+    tmp_path: Path,
+    mode: str,
+    edit,
+    message: str,  # type: ignore[no-untyped-def]
+) -> None:
+    """The helper every end-to-end test relies on: a warning at the layer level (or a layer that is
+    not eStargz) fails it, unless the test explicitly allows that warning."""
+    layout = tmp_path / "oci"
+    gen(oracle_gen, tmp_path, layout, mode)
+    edit_image(layout, layer=edit)
+    with pytest.raises(AssertionError, match=re.escape(message)):
+        oracle.check_image(layout)
+    if mode == "estargz":
+        oracle.check_image(layout, allowed_warnings=(message,), all_estargz=False)
 
 
 @pytest.mark.parametrize(

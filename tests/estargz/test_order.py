@@ -22,6 +22,8 @@ from tests.estargz.layers import (
     upstream_layer,
 )
 
+pytestmark = pytest.mark.unit
+
 LONG = "deep/" + "d" * 60 + "/" + "e" * 60 + "/" + "f" * 120
 
 CASES = {
@@ -53,9 +55,10 @@ def test_prioritized_order_matches_upstream(oracle, oracle_gen: Path, tmp_path: 
     assert toc_names(ours) == toc_names(theirs)
 
 
-def test_no_list_puts_the_no_prefetch_landmark_first(oracle_gen: Path, tmp_path: Path) -> None:
+def test_no_list_puts_the_no_prefetch_landmark_first(oracle, oracle_gen: Path, tmp_path: Path) -> None:
     layer = make_tar(edge_case_entries())
-    ours, _ = convert(tmp_path, layer, prioritized_files=[])
+    ours, result = convert(tmp_path, layer, prioritized_files=[])
+    assert oracle.check_blob(ours, result.toc_digest)["landmark"] == "no-prefetch"
     assert toc_names(ours) == toc_names(upstream_layer(oracle_gen, tmp_path, layer, None)[0])
     assert toc_names(ours)[0] == ".no.prefetch.landmark"
 
@@ -112,11 +115,12 @@ FIELDS = ("name", "type", "size", "modtime", "link_name", "mode", "uid", "gid", 
           "xattrs", "digest", "chunk_offset", "chunk_size", "chunk_digest")  # fmt: skip
 
 
-def test_toc_fields_equal_upstream(oracle_gen: Path, tmp_path: Path) -> None:
+def test_toc_fields_equal_upstream(oracle, oracle_gen: Path, tmp_path: Path) -> None:
     """Entry by entry, the TOC says what upstream's says (no file here is an exact multiple of the
     chunk size, where upstream records a chunkSize the spec forbids)."""
     layer = make_tar(edge_case_entries(SMALL_CHUNK * 2))
-    ours, _ = convert(tmp_path, layer, chunk_size=4 << 20)
+    ours, result = convert(tmp_path, layer, chunk_size=4 << 20)
+    oracle.check_blob(ours, result.toc_digest)
     theirs, _ = upstream_layer(oracle_gen, tmp_path, layer, None)
     with ours.open("rb") as a, theirs.open("rb") as b:
         mine, upstream = open_estargz(a).entries, open_estargz(b).entries

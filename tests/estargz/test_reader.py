@@ -25,6 +25,8 @@ from tests.estargz.layers import (
     upstream_layer,
 )
 
+pytestmark = pytest.mark.unit
+
 
 def test_reads_and_verifies_upstream_blobs(oracle_gen: Path, tmp_path: Path) -> None:
     layer = make_tar(edge_case_entries())
@@ -40,8 +42,10 @@ def test_reads_and_verifies_upstream_blobs(oracle_gen: Path, tmp_path: Path) -> 
 
 
 @pytest.fixture
-def blob(tmp_path: Path) -> tuple[bytes, str]:
+def blob(oracle, tmp_path: Path) -> tuple[bytes, str]:
+    """A good blob of ours (the oracle agrees) for the tests to damage."""
     path, result = convert(tmp_path, make_tar(edge_case_entries()), chunk_size=SMALL_CHUNK)
+    oracle.check_blob(path, result.toc_digest)
     return path.read_bytes(), result.toc_digest
 
 
@@ -130,7 +134,7 @@ FLIP_LAYER = [
 
 @pytest.mark.parametrize("writer", ["ours", "upstream"])
 def test_every_byte_flip_fails_verify_unless_content_preserving(
-    oracle_gen: Path, tmp_path: Path, writer: str
+    oracle, oracle_gen: Path, tmp_path: Path, writer: str
 ) -> None:
     """Like upstream's TestEveryByteFlip: a blob with any one byte XOR-ed with 0xff must fail
     `verify`, unless the byte is a gzip header's MTIME/XFL/OS field or the flipped blob decompresses
@@ -140,6 +144,7 @@ def test_every_byte_flip_fails_verify_unless_content_preserving(
     layer = make_tar(FLIP_LAYER)
     if writer == "ours":
         path, result = convert(tmp_path, layer, chunk_size=128, prioritized_files=["a/h", "e"])
+        oracle.check_blob(path, result.toc_digest)
         blob, toc_digest = path.read_bytes(), result.toc_digest
     else:
         path, toc_digest = upstream_layer(oracle_gen, tmp_path, layer, ["a/h", "e"])
@@ -161,9 +166,10 @@ def test_every_byte_flip_fails_verify_unless_content_preserving(
     assert passed == [], f"flips at {passed} change the layer but pass verify"
 
 
-def test_verify_streams_large_chunks(tmp_path: Path) -> None:
+def test_verify_streams_large_chunks(oracle, tmp_path: Path) -> None:
     """A chunk is hashed piece by piece: a TOC may claim (or a writer may choose) chunks of any size."""
     path, result = convert(tmp_path, make_tar([f("zeros", bytes(48 << 20))]), chunk_size=1 << 30)
+    oracle.check_blob(path, result.toc_digest)
     with path.open("rb") as fh:
         reader = open_estargz(fh)
         tracemalloc.start()

@@ -23,6 +23,8 @@ from ctr_remote.image import mediatypes as mt
 from ctr_remote.image.auth import parse_challenge
 from ctr_remote.image.credentials import load_credentials
 
+pytestmark = pytest.mark.unit
+
 D1 = "sha256:" + "1" * 64
 D2 = "sha256:" + "2" * 64
 

@@ -27,6 +27,8 @@ from ctr_remote.image import (
 )
 from tests.helpers.oci import build_image, build_index, push
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

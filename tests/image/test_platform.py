@@ -22,6 +22,8 @@ from ctr_remote.image import (
 )
 from tests.helpers.oci import Blob, BuiltIndex, build_image, build_index, push
 
+pytestmark = pytest.mark.unit
+
 
 def _entry(plat: str | None) -> Descriptor:
     p = None

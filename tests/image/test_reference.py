@@ -8,6 +8,8 @@ import pytest
 
 from ctr_remote.image import InvalidReferenceError, Kind, parse_reference
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize(
     ("text", "registry", "repository", "tag", "digest"),

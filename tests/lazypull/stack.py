@@ -1,5 +1,5 @@
 """The real lazy-pulling stack: docker-registry, containerd, and the stargz snapshotter of
-`tests/lazypull/stargz-grpc` (built by `scripts/setup.sh stargz-grpc build`) as containerd's proxy
+`tests/lazypull/stargz-grpc` (built by `script/setup.sh stargz-grpc build`) as containerd's proxy
 snapshotter `stargz`, all under one test-owned directory, the registry on a free port.
 
     with start_stack(base) as stack:

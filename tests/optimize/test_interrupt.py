@@ -46,10 +46,12 @@ def _interrupt(p: subprocess.Popen[str]) -> tuple[str, float]:
 
 def test_ctrl_c_during_conversion_stops_the_running_layers(workdir: Path) -> None:
     """Layers being converted give up at once rather than converting to the end first."""
-    text = b"".join(b"%08d the quick brown fox jumps over the lazy dog\n" % i for i in range(400_000))
+    text = b"".join(b"%08d the quick brown fox jumps over the lazy dog\n" % i for i in range(1_000_000))
     layers = [LayerBuilder().busybox(), *(LayerBuilder().file(f"data/{i}.txt", text) for i in range(3))]
     image = runnable_image(layers)
-    big = {blob.desc.digest for blob in image.layers[1:]}  # ~20 MB of text each: >0.3 s to convert
+    big = {
+        blob.desc.digest for blob in image.layers[1:]
+    }  # ~50 MB of text each: ~1 s to convert, more under load
     src, tmp = workdir / "src", workdir / "tmp"
     tmp.mkdir()
     with open_store(parse_reference(f"local://{src}")) as store:
@@ -95,7 +97,7 @@ def test_a_failing_layer_stops_the_others_and_is_the_error_shown(workdir: Path) 
     first is not converted to the end."""
     import tarfile
 
-    text = b"".join(b"%08d the quick brown fox jumps over the lazy dog\n" % i for i in range(400_000))
+    text = b"".join(b"%08d the quick brown fox jumps over the lazy dog\n" % i for i in range(1_000_000))
     slow = LayerBuilder()
     for i in range(3):
         slow.file(f"data/{i}.txt", text)

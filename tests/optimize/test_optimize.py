@@ -108,6 +108,7 @@ def test_local_to_registry_and_back(
     # Same input, flags and workload: the same digest (reproducible output).
     again = cli.optimize(f"local://{src}", f"local://{workdir / 'again'}")
     assert again.digest == first.digest
+    assert oracle.check_image(workdir / "again")["manifests"][0]["digest"] == again.digest
 
 
 def test_multi_platform_index(cli: Cli, registry: RegistryServer, workdir: Path, oracle: Oracle) -> None:
@@ -336,7 +337,7 @@ def test_unwritable_record_out_fails_before_any_download(
     assert "pull" not in events and "workload-done" not in run.stdout
 
 
-def test_digest_is_alone_on_the_last_line_and_stderr_is_json(cli: Cli, workdir: Path) -> None:
+def test_digest_is_alone_on_the_last_line_and_stderr_is_json(cli: Cli, workdir: Path, oracle: Oracle) -> None:
     """What `digest=$(ctr-remote ... | tail -n 1)` in CI relies on: the workload's stdout comes first
     (as upstream), the digest last on a line of its own even after an unterminated line; with
     --log-format json every stderr line is JSON, the workload's stderr wrapped as events."""
@@ -353,9 +354,10 @@ def test_digest_is_alone_on_the_last_line_and_stderr_is_json(cli: Cli, workdir: 
     assert lines[-1] == run.digest and len(lines) == 3
     wrapped = [e for e in run.events if e["event"] == "workload output"]  # `events` parses every line
     assert [(e["stream"], e["line"]) for e in wrapped] == [("stderr", "oops")]
+    assert oracle.check_image(workdir / "dst")["manifests"][0]["digest"] == run.digest
 
 
-def test_record_out_to_dev_stdout_and_through_a_symlink(cli: Cli, workdir: Path) -> None:
+def test_record_out_to_dev_stdout_and_through_a_symlink(cli: Cli, workdir: Path, oracle: Oracle) -> None:
     """`--record-out /dev/stdout` writes in place (never a file renamed over the device link); a
     symlinked record path keeps its link and the file it names gets the record."""
     src, plist = workdir / "src", workdir / "list"
@@ -372,6 +374,7 @@ def test_record_out_to_dev_stdout_and_through_a_symlink(cli: Cli, workdir: Path)
     )
     *records, last = run.stdout.splitlines()
     assert [json.loads(r)["path"] for r in records] == ["app/data.txt"] and last == run.digest
+    assert "app/data.txt" in prioritized(layers_of(oracle.check_image(workdir / "a"))[2])
     assert Path("/dev/stdout").is_symlink()
     link, real = workdir / "link.json", workdir / "real.json"
     link.symlink_to(real)
@@ -379,6 +382,7 @@ def test_record_out_to_dev_stdout_and_through_a_symlink(cli: Cli, workdir: Path)
         "--prefetch-list", str(plist), "--record-out", str(link), f"local://{src}", f"local://{workdir / 'b'}"
     )
     assert link.is_symlink() and json.loads(real.read_text())["path"] == "app/data.txt"
+    assert "app/data.txt" in prioritized(layers_of(oracle.check_image(workdir / "b"))[2])
 
 
 def test_prefetch_list_on_a_layer_with_a_huge_pax_header_is_one_line(cli: Cli, workdir: Path) -> None:

@@ -9,7 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from ctr_remote.image import open_store, parse_reference
+from tests.conftest import Oracle
 from tests.helpers.sample import app_layers, publish, runnable_image
 from tests.optimize.conftest import Cli
 
@@ -35,15 +38,19 @@ def _read_terminal(primary: int) -> str:
     return b"".join(chunks).decode()
 
 
-def test_ci_gets_one_log_line_per_layer_step(cli: Cli, workdir: Path) -> None:
+@pytest.mark.unit
+def test_ci_gets_one_log_line_per_layer_step(cli: Cli, workdir: Path, oracle: Oracle) -> None:
     src = _source(workdir)
     run = cli.optimize("--no-optimize", f"local://{src}", f"local://{workdir / 'dst'}")
     events = run.events
     for step in ("pull", "converted", "push"):
         assert len([e for e in events if e["event"] == step]) == 3, (step, events)
+    report = oracle.check_image(workdir / "dst")
+    assert report["manifests"][0]["digest"] == run.digest
 
 
-def test_terminal_gets_live_layer_lines(workdir: Path) -> None:
+@pytest.mark.unit
+def test_terminal_gets_live_layer_lines(workdir: Path, oracle: Oracle) -> None:
     src = _source(workdir)
     primary, secondary = pty.openpty()
     p = subprocess.Popen(
@@ -59,8 +66,10 @@ def test_terminal_gets_live_layer_lines(workdir: Path) -> None:
     assert out.decode().startswith("sha256:")  # the digest alone on stdout
     assert "\x1b[" in screen  # lines redrawn in place
     assert screen.count("push done") >= 3
+    assert oracle.check_image(workdir / "dst")["manifests"][0]["digest"] == out.decode().strip()
 
 
+@pytest.mark.unit
 def test_sigterm_during_conversion_leaves_nothing(workdir: Path) -> None:
     """SIGTERM while a big layer converts: exit 143, one line, temp files removed."""
     import random
@@ -91,6 +100,9 @@ def test_sigterm_during_conversion_leaves_nothing(workdir: Path) -> None:
     deadline = time.monotonic() + 60
     while not any(tmp.glob("*/out/layer-*")) and time.monotonic() < deadline:
         time.sleep(0.01)  # condition poll: the converted layer's file appears
+    if not any(tmp.glob("*/out/layer-*")):  # the deadline passed
+        p.kill()
+        pytest.fail(f"no layer conversion started within 60 s: {p.communicate(timeout=60)[1]}")
     p.send_signal(signal.SIGTERM)
     rest = p.stderr.read()
     p.wait(timeout=60)
@@ -102,7 +114,7 @@ def test_sigterm_during_conversion_leaves_nothing(workdir: Path) -> None:
     assert not (workdir / "dst" / "index.json").exists()
 
 
-def test_live_lines_never_erase_the_workload_output(workdir: Path) -> None:
+def test_live_lines_never_erase_the_workload_output(workdir: Path, oracle: Oracle) -> None:
     """stdout and stderr on one 60-column terminal: the live block is left in place before the
     workload writes, so no redraw moves the cursor up over the workload's lines, and every live line
     fits in one row (a wrapped one would make the next redraw move up too little)."""
@@ -131,3 +143,4 @@ def test_live_lines_never_erase_the_workload_output(workdir: Path) -> None:
         assert rows_below >= 0, "a redraw moved up over the workload's output"
     live = [line for line in re.split(r"\r\n|\x1b\[J", screen) if " done (" in line or line.endswith("...")]
     assert live and all(len(re.sub(r"\x1b\[\d+F", "", line)) < 60 for line in live), live
+    oracle.check_image(workdir / "dst")

@@ -26,6 +26,7 @@ const (
 	formatZstd    = "zstd:chunked"
 
 	gzipFooterSize   = 51 // eStargz footer: one empty gzip member carrying the TOC offset in its Extra field
+	externalFooterSz = 46 // external-TOC footer: an empty gzip member whose Extra says STARGZEXTERNALTOC
 	legacyFooterSize = 47 // CRFS stargz footer: the same without the "SG" subfield
 	zstdFooterSize   = 48 // skippable frame header (8) + zstd:chunked footer (40)
 
@@ -45,6 +46,10 @@ var (
 	skippableMagic = []byte{0x50, 0x2a, 0x4d, 0x18}
 	zstdChunkMagic = []byte("GnUlInUx")
 	emptyStored    = []byte{0x01, 0x00, 0x00, 0xff, 0xff} // final, stored, LEN=0, NLEN=0xffff
+
+	// externalTOC is the TOC blob (gzip of a tar holding stargz.index.json) of a blob whose TOC is
+	// external, from --external-toc; nil for blobs that carry their TOC.
+	externalTOC []byte
 )
 
 // BlobReport is the JSON report of `estargz-check blob` and the "blob" of each layer of an image.
@@ -176,7 +181,11 @@ func checkBlob(ra io.ReaderAt, size int64, expected string) *BlobReport {
 	switch {
 	case bytes.HasPrefix(head, gzipMagic):
 		rep.Format = formatEStargz
-		if c.gzipFooter() {
+		if externalTOC != nil {
+			if c.externalFooter() {
+				c.externalTOCJSON()
+			}
+		} else if c.gzipFooter() {
 			c.gzipTOC()
 		}
 	case bytes.Equal(head, zstdMagic):
@@ -369,6 +378,59 @@ func (c *blobCheck) zstdFooter() bool {
 	}
 	// Even with a bad magic or type the offsets are sane: decode the TOC, which the library may read.
 	return true
+}
+
+// externalFooter checks the 46-byte footer of a blob whose TOC is external: the payload (gzip members)
+// runs up to it, and it is the last member.
+func (c *blobCheck) externalFooter() bool {
+	if c.size < externalFooterSz {
+		c.f.errf("blob of %d bytes is shorter than the %d-byte external-TOC footer", c.size, externalFooterSz)
+		return false
+	}
+	b, err := c.readAt(c.size-externalFooterSz, externalFooterSz)
+	if err != nil {
+		c.f.errf("reading the footer: %v", err)
+		return false
+	}
+	want := append([]byte{0x1f, 0x8b, 8, 4}, make([]byte, 6)...)
+	want = append(want, 21, 0, 'S', 'G', 17, 0)
+	want = append(append(want, []byte("STARGZEXTERNALTOC")...), emptyStored...)
+	want = append(want, make([]byte, 8)...)
+	// b[4:10]: MTIME, XFL, OS carry nothing the format uses.
+	if !bytes.Equal(b[:4], want[:4]) || !bytes.Equal(b[10:], want[10:]) {
+		c.f.errf("footer: %x is not the external-TOC footer %x", b, want)
+		return false
+	}
+	c.rep.FooterSize = externalFooterSz
+	c.rep.TOCOffset = -1
+	c.tocOff, c.tocEnd = c.size-externalFooterSz, c.size-externalFooterSz
+	return true
+}
+
+// externalTOCJSON reads the TOC from the external TOC blob: one gzip member holding a tar whose only
+// entry is stargz.index.json (upstream's externaltoc.GzipCompressor.WriteTOCAndFooter).
+func (c *blobCheck) externalTOCJSON() {
+	zr, err := gzip.NewReader(bytes.NewReader(externalTOC))
+	if err != nil {
+		c.f.errf("external TOC: not gzip: %v", err)
+		return
+	}
+	zr.Multistream(false)
+	tr := tar.NewReader(zr)
+	h, err := tr.Next()
+	if err != nil || h.Name != tocName || h.Typeflag != tar.TypeReg {
+		c.f.errf("external TOC: the first tar entry is not regular file %q (%v)", tocName, err)
+		return
+	}
+	js, err := io.ReadAll(io.LimitReader(tr, maxTOCBytes+1))
+	if err != nil {
+		c.f.errf("external TOC: reading %s: %v", tocName, err)
+		return
+	}
+	if h2, err := tr.Next(); err != io.EOF {
+		c.f.errf("external TOC: %s is not the only tar entry (%v, %v)", tocName, h2, err)
+	}
+	c.tocJSON = js
 }
 
 // ---------------------------------------------------------------------------------------------------

@@ -45,10 +45,12 @@ func layerTar(t *testing.T) []byte {
 	return buf.Bytes()
 }
 
-// upstreamBlob builds the layer with upstream's estargz.Build (1 KiB chunks: d/big has 3).
-func upstreamBlob(t *testing.T) ([]byte, string) {
+// upstreamBlob builds the layer with upstream's estargz.Build (1 KiB chunks: d/big has 3), with
+// any further options.
+func upstreamBlob(t *testing.T, opts ...estargz.Option) ([]byte, string) {
 	src := layerTar(t)
-	b, err := estargz.Build(io.NewSectionReader(bytes.NewReader(src), 0, int64(len(src))), estargz.WithChunkSize(1024))
+	opts = append([]estargz.Option{estargz.WithChunkSize(1024)}, opts...)
+	b, err := estargz.Build(io.NewSectionReader(bytes.NewReader(src), 0, int64(len(src))), opts...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -44,7 +44,15 @@ func (c *blobCheck) library() {
 	var r *estargz.Reader
 	err := safe("estargz.Open", func() error {
 		var e error
-		r, e = estargz.Open(io.NewSectionReader(c.ra, 0, c.size), estargz.WithDecompressors(new(zstdchunked.Decompressor)))
+		decompressors := []estargz.Decompressor{new(zstdchunked.Decompressor)}
+		if externalTOC != nil {
+			d, ok := externalTOCDecompressor(externalTOC)
+			if !ok {
+				return fmt.Errorf("the %s reader has no external TOC support", libraryVersion)
+			}
+			decompressors = append(decompressors, d)
+		}
+		r, e = estargz.Open(io.NewSectionReader(c.ra, 0, c.size), estargz.WithDecompressors(decompressors...))
 		return e
 	})
 	if err != nil {

@@ -1,7 +1,7 @@
 // Command estargz-check is the project's conformance oracle for eStargz (gzip) and zstd:chunked
 // layers and for images made of them.
 //
-//	estargz-check blob FILE [--toc-digest sha256:...] [--strict]
+//	estargz-check blob FILE [--toc-digest sha256:...] [--external-toc TOCBLOB] [--strict]
 //	estargz-check image OCI_LAYOUT_DIR | [http[s]://]HOST[:PORT]/REPO[:TAG|@DIGEST] [--strict]
 //
 // A JSON report goes to stdout. Exit status: 0 every check passed, 1 conformance failure (one line
@@ -11,7 +11,8 @@
 // Every blob is looked at three ways and the views must agree: our own decoding of footer and TOC
 // (standard library + klauspost/zstd only), the upstream reader the snapshotter uses (estargz.Open,
 // VerifyTOC, OpenFile), and a sequential plain tar.gz / tar.zst decoding, which is what a runtime
-// that knows nothing about eStargz sees. The same source builds against upstream v0.14.3 (default)
+// that knows nothing about eStargz sees. --external-toc checks a blob whose TOC is external
+// (46-byte STARGZEXTERNALTOC footer) against its TOC blob, the layer of the "-esgztoc" image. The same source builds against upstream v0.14.3 (default)
 // and against v0.12 (build tag estargz_v012); compat_*.go hold the few differences.
 package main
 
@@ -26,7 +27,7 @@ func usage(msg string) {
 	if msg != "" {
 		fmt.Fprintln(os.Stderr, "estargz-check:", msg)
 	}
-	fmt.Fprintln(os.Stderr, "usage: estargz-check blob FILE [--toc-digest sha256:...] [--strict]")
+	fmt.Fprintln(os.Stderr, "usage: estargz-check blob FILE [--toc-digest sha256:...] [--external-toc TOCBLOB] [--strict]")
 	fmt.Fprintln(os.Stderr, "       estargz-check image OCI_LAYOUT_DIR|HOST:PORT/REPO[:TAG|@DIGEST] [--strict]")
 	fmt.Fprintln(os.Stderr, "       estargz-check version")
 	os.Exit(2)
@@ -34,8 +35,8 @@ func usage(msg string) {
 
 // args holds the parsed command line; flags may come before or after the positional argument.
 type args struct {
-	cmd, target, tocDigest string
-	strict                 bool
+	cmd, target, tocDigest, externalTOC string
+	strict                              bool
 }
 
 func parseArgs(argv []string) args {
@@ -54,6 +55,12 @@ func parseArgs(argv []string) args {
 			}
 			i++
 			a.tocDigest = argv[i]
+		case s == "--external-toc" && a.cmd == "blob":
+			if i+1 >= len(argv) {
+				usage("--external-toc needs a file")
+			}
+			i++
+			a.externalTOC = argv[i]
 		case strings.HasPrefix(s, "--toc-digest=") && a.cmd == "blob":
 			a.tocDigest = strings.TrimPrefix(s, "--toc-digest=")
 		case strings.HasPrefix(s, "-") && s != "-":
@@ -103,6 +110,11 @@ func main() {
 		st, err := f.Stat()
 		if err != nil || !st.Mode().IsRegular() {
 			usage(a.target + " is not a regular file")
+		}
+		if a.externalTOC != "" {
+			if externalTOC, err = os.ReadFile(a.externalTOC); err != nil {
+				usage(err.Error())
+			}
 		}
 		rep := checkBlob(f, st.Size(), a.tocDigest)
 		rep.File = a.target

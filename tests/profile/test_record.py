@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from ctr_remote.profile import Mount, ProfileResult, Workload, profile, record_lines
+from ctr_remote.profile import Mount, ProfileResult, Workload, profile
 from ctr_remote.profile.workload import RecorderKind
+from ctr_remote.record import record_lines
 from tests.helpers.images import LayerBuilder, image_config
 from tests.profile.conftest import RECORDERS
 
@@ -58,7 +59,7 @@ def test_reads_in_order_and_attributed_to_the_topmost_layer(run, tmp_path: Path)
     assert middle == ["data/three.txt", "data/one.txt", "data/append.txt"]
     assert upper == ["data/two.txt", "opt/visible.txt"]
 
-    lines = list(record_lines(result, "sha256:" + "ab" * 32))
+    lines = list(record_lines(result.accessed, "sha256:" + "ab" * 32))
     assert lines[0] == {"path": "etc/passwd", "manifestDigest": "sha256:" + "ab" * 32, "layerIndex": 0}
     assert [(x["layerIndex"], x["path"]) for x in lines][-2:] == [(2, "data/two.txt"), (2, "opt/visible.txt")]
     json.dumps(lines)

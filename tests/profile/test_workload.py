@@ -15,6 +15,7 @@ import pytest
 
 from ctr_remote.profile import DnsConfig, Mount, NetworkMode, ProfileError, Workload, profile
 from ctr_remote.profile.runtime import stop_signal_of
+from ctr_remote.profile.workload import RecorderKind
 from tests.helpers.images import image_config
 from tests.profile.conftest import DRIVER_ENV, RECORDERS, ROOT, driver_command, start_driver
 
@@ -299,7 +300,7 @@ def test_two_runs_at_once_do_not_collide(tmp_path: Path, busybox_layer: Path) ->
 def test_workload_dataclass_defaults_match_upstream() -> None:
     w = Workload()
     assert w.period == 10 and w.network is NetworkMode.NONE and w.dns.nameservers == ("8.8.8.8",)
-    assert profile.__doc__
+    assert w.recorder is RecorderKind.FUSE and w.entrypoint is None and w.args is None
 
 
 def test_missing_layer_blob_and_work_dir_are_one_line_errors(

@@ -54,9 +54,12 @@ import (
 	fsconfig "github.com/containerd/stargz-snapshotter/fs/config"
 	"github.com/containerd/stargz-snapshotter/fs/layer"
 	"github.com/containerd/stargz-snapshotter/fs/source"
+	"github.com/containerd/stargz-snapshotter/metadata"
+	"github.com/containerd/stargz-snapshotter/nativeconverter/estargz/externaltoc"
 	"github.com/containerd/stargz-snapshotter/snapshot"
 	rhttp "github.com/hashicorp/go-retryablehttp"
 	"github.com/moby/sys/mountinfo"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/sirupsen/logrus"
 	"google.golang.org/grpc"
 )
@@ -171,6 +174,11 @@ func newSnapshotter(ctx context.Context, root string, cfg fsconfig.Config) (snap
 		// The image reference and layer digest come from the labels `ctr-remote image rpull` puts
 		// on each snapshot it prepares.
 		stargzfs.WithGetSources(source.FromDefaultLabels(registryHosts)),
+		// Layers whose TOC is external (--estargz-external-toc): the TOC comes from the image's
+		// "-esgztoc" companion in the same registry, as upstream's service wires it.
+		stargzfs.WithAdditionalDecompressors(func(ctx context.Context, hosts source.RegistryHosts, refspec reference.Spec, desc ocispec.Descriptor) []metadata.Decompressor {
+			return []metadata.Decompressor{externaltoc.NewRemoteDecompressor(ctx, hosts, refspec, desc)}
+		}),
 		stargzfs.WithOverlayOpaqueType(opaque))
 	if err != nil {
 		return nil, nil, fmt.Errorf("stargz filesystem: %w", err)

@@ -15,11 +15,13 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 
 # What `ctr-remote image optimize` runs on, and what the demo starts (a registry, a busybox image).
 RUNTIME_PACKAGES=(runc fuse3 docker-registry busybox-static python3-venv ca-certificates)
-# The tests' real parts: skopeo, CNI plugins, the Go oracle's sources, containerd and upstream's tool.
+# The tests' real parts: skopeo, CNI plugins, the Go oracle's sources, containerd and upstream's tool,
+# and the gzip helpers --estargz-gzip-helper runs (pigz; igzip from isal).
 TEST_PACKAGES=(
   skopeo containernetworking-plugins iproute2
   golang-go golang-github-containerd-stargz-snapshotter-dev stargz-snapshotter containerd
   openssl apache2-utils
+  pigz isal
 )
 # Upstream v0.14.3 from Debian 13, as a second reference: its Go source (estargz with external TOC and
 # min chunk size) and its ctr-remote binary (needs only libc6 >= 2.34, which Debian 12 has).
@@ -94,8 +96,8 @@ case "${1:-}" in
     dir=$(mkdir -p "$dir" && cd "$dir" && pwd)
     # The v0.14.3 stargz-snapshotter source (Debian 13) shadows Debian 12's v0.12 one: its fs/ and
     # snapshot/ build against Debian 12's containerd 1.6 and other -dev packages, which supply every
-    # other import. Offline: GOPATH mode, no module proxy. (main.go also builds against v0.12 alone:
-    # GOPATH=/usr/share/gocode.)
+    # other import. Offline: GOPATH mode, no module proxy. (main.go needs v0.13+: it reads external
+    # TOCs through nativeconverter/estargz/externaltoc.)
     trixie=$here/build/trixie
     [ -f "$trixie/.fetched" ] || "$0" trixie "$trixie"
     (cd "$here/tests/lazypull/stargz-grpc" &&

@@ -1,0 +1,79 @@
+//go:build !estargz_v012
+
+package main
+
+import (
+	"bytes"
+	"compress/gzip"
+	"io"
+	"testing"
+
+	"github.com/containerd/stargz-snapshotter/estargz"
+	"github.com/containerd/stargz-snapshotter/estargz/externaltoc"
+)
+
+// externalTOCBlob builds the layer with upstream's builder and its external-TOC compression: the
+// layer blob (46-byte STARGZEXTERNALTOC footer, no TOC) and the TOC blob the "-esgztoc" image holds.
+func externalTOCBlob(t *testing.T) (blob, toc []byte, tocDigest string) {
+	src := layerTar(t)
+	c := externaltoc.NewGzipCompressionWithLevel(nil, gzip.BestCompression)
+	b, err := estargz.Build(io.NewSectionReader(bytes.NewReader(src), 0, int64(len(src))), estargz.WithChunkSize(1024), estargz.WithCompression(c))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if blob, err = io.ReadAll(b); err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if _, err := c.(*externaltoc.GzipCompression).WriteTOCTo(&buf); err != nil {
+		t.Fatal(err)
+	}
+	return blob, buf.Bytes(), b.TOCDigest().String()
+}
+
+func withExternalTOC(t *testing.T, toc []byte) {
+	externalTOC = toc
+	t.Cleanup(func() { externalTOC = nil })
+}
+
+func TestExternalTOCBlobPasses(t *testing.T) {
+	blob, toc, dgst := externalTOCBlob(t)
+	withExternalTOC(t, toc)
+	r := check(blob, dgst)
+	if !r.OK || r.LibraryVerify != "VerifyTOC" || r.FooterSize != externalFooterSz {
+		t.Fatalf("ok %v, library_verify %q, footer %d: %v", r.OK, r.LibraryVerify, r.FooterSize, r.Errors)
+	}
+}
+
+func TestExternalTOCOfAnotherLayerIsRejected(t *testing.T) {
+	blob, _, dgst := externalTOCBlob(t)
+	_, otherTOC, _ := otherLayerExternalTOC(t)
+	withExternalTOC(t, otherTOC)
+	mustFail(t, check(blob, dgst), "differs from the expected")
+}
+
+func TestExternalTOCBlobWithoutItsTOCIsRejected(t *testing.T) {
+	blob, _, dgst := externalTOCBlob(t)
+	mustFail(t, check(blob, dgst), "footer:")
+}
+
+// otherLayerExternalTOC is another layer's external TOC (same files, another chunk size).
+func otherLayerExternalTOC(t *testing.T) ([]byte, []byte, string) {
+	src := layerTar(t)
+	c := externaltoc.NewGzipCompressionWithLevel(nil, gzip.BestCompression)
+	b, err := estargz.Build(io.NewSectionReader(bytes.NewReader(src), 0, int64(len(src))), estargz.WithChunkSize(512), estargz.WithCompression(c))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	blob, err := io.ReadAll(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if _, err := c.(*externaltoc.GzipCompression).WriteTOCTo(&buf); err != nil {
+		t.Fatal(err)
+	}
+	return blob, buf.Bytes(), b.TOCDigest().String()
+}
