@@ -90,6 +90,7 @@ def _options(source_ref: str, target_ref: str, p: dict[str, Any]) -> OptimizeOpt
         record_out=p["record_out"],
         oci=p["oci"],
         layer=layer,
+        require_converted=p["require_converted"],
     )
 
 

@@ -29,7 +29,7 @@ Where we differ from upstream's `estargz.Build`, on purpose:
 - a run of over 1 MiB of headers without payload starts a new gzip member (memory stays bounded).
 """
 
-from ctr_remote.estargz.errors import EstargzError
+from ctr_remote.estargz.errors import EstargzError, UnrepresentableLayerError
 from ctr_remote.estargz.options import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_COMPRESSION_LEVEL,
@@ -70,6 +70,7 @@ __all__ = [
     "EstargzReader",
     "LayerFormat",
     "TOCEntry",
+    "UnrepresentableLayerError",
     "Verified",
     "blob_kind",
     "build",
