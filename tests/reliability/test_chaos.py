@@ -1,7 +1,10 @@
 """The chaos test: a signal in each phase of a run (pull, workload, conversion, push): SIGINT, SIGTERM,
 SIGINT then SIGTERM 50 ms later, and SIGKILL followed by a normal run. After each: no temp dir, mount,
 run record, netns pin, container or helper process (runc, FUSE daemon, janitor) is left, the exit
-code and message are the first signal's, and the target is unchanged unless the run completed."""
+code and message are the first signal's, and the target is unchanged unless the run completed.
+Each case keeps its run records in a directory of its own (CTR_REMOTE_RUNS_DIR): another suite
+starting a run at the same time would otherwise sweep a killed run's record itself, racing the
+janitor the test waits for."""
 
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ import httpx
 import pytest
 
 from ctr_remote.image import open_store
-from ctr_remote.runstate import RUNS_DIR, start_time
+from ctr_remote.runstate import start_time
 from tests.helpers.faultproxy import Fault, FaultProxy
 from tests.helpers.images import LayerBuilder
 from tests.helpers.registry import RegistryServer
@@ -96,6 +99,8 @@ class Case:
         self.registry, self.proxy, self.phase = registry, proxy, phase
         self.tmp = workdir / "tmp"
         self.tmp.mkdir()
+        self.env = {**os.environ, "TMPDIR": str(self.tmp), "CTR_REMOTE_RUNS_DIR": str(workdir / "runs")}
+        self.runs = workdir / "runs"
         layers = app_layers()
         if phase == "conversion":
             layers.append(LayerBuilder().file("data/big.txt", BIG_TEXT))
@@ -116,7 +121,7 @@ class Case:
     def start(self) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             self.args(via_proxy=True, sleep=self.phase == "workload"), stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "TMPDIR": str(self.tmp)},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env,
         )  # fmt: skip
 
     def reach_phase(self, p: subprocess.Popen[bytes]) -> Fault | None:
@@ -148,7 +153,7 @@ class Case:
         assert list(self.tmp.iterdir()) == [], "temp files left behind"
         mounts = [m for m in Path("/proc/mounts").read_text().splitlines() if str(self.tmp) in m]
         assert not mounts, f"mounts left behind: {mounts}"
-        assert not list(RUNS_DIR.glob(f"{pid}-*")), "run record left behind"
+        assert not list(self.runs.glob(f"{pid}-*")), "run record left behind"
         pins = list(NETNS_DIR.glob(f"ctr-remote-profile-{pid}-*")) if NETNS_DIR.exists() else []
         assert not pins, f"netns pins left behind: {pins}"
         alive = [(p, cmdline(p)) for p, start in helpers if start_time(p) == start]
@@ -198,7 +203,7 @@ def test_signal_in_each_phase_leaves_nothing(
     if how == "KILL":
         done = subprocess.run(
             case.args(via_proxy=False, sleep=False),
-            capture_output=True, env={**os.environ, "TMPDIR": str(case.tmp)}, timeout=WAIT_SECONDS,
+            capture_output=True, env=case.env, timeout=WAIT_SECONDS,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
         assert list(case.tmp.iterdir()) == []
