@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -16,24 +15,8 @@ from pathlib import Path
 import pytest
 
 from ctr_remote.runstate import start_time
+from tests.helpers.processes import children, janitors_of, still_running, wait_gone
 from tests.profile.conftest import DRIVER_ENV, RECORDERS, ROOT, start_sleeping_workload
-
-
-def children(pid: int) -> list[tuple[int, int]]:
-    """(pid, start time) of the processes whose parent is `pid`."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_bytes()
-        except OSError:
-            continue
-        if int(stat[stat.rindex(b")") + 2 :].split()[1]) == pid:
-            start = start_time(int(entry))
-            if start is not None:
-                found.append((int(entry), start))
-    return found
 
 
 def runs_env(tmp_path: Path) -> dict[str, str]:
@@ -47,30 +30,11 @@ def cleanup(tmp_path: Path) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
-def cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def wait_gone(pid: int) -> None:
-    """Wait for a process that is not our child to exit (a pidfd is readable once it has)."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return
-    try:
-        assert select.select([fd], [], [], 120)[0], f"process {pid} still running after 120 s"
-    finally:
-        os.close(fd)
-
-
 def killed_run(tmp_path: Path, work: Path, layers: list[Path], recorder: str, *, janitor_too: bool):
     """Start a run, SIGKILL it (and its janitor if `janitor_too`); returns its helpers and record."""
     proc, _ = start_sleeping_workload(tmp_path, work, layers, recorder, env=runs_env(tmp_path))
     helpers = children(proc.pid)  # runc, the recorder's process, the janitor
-    janitors = [pid for pid, _ in helpers if "ctr_remote.janitor" in cmdline(pid)]
+    janitors = janitors_of(helpers)
     assert len(helpers) >= 3 and len(janitors) == 1, helpers
     record = tmp_path / "runs" / f"{proc.pid}-{start_time(proc.pid)}.json"
     assert record.exists()
@@ -83,7 +47,7 @@ def killed_run(tmp_path: Path, work: Path, layers: list[Path], recorder: str, *,
 
 
 def assert_gone(helpers: list[tuple[int, int]], record: Path) -> None:
-    alive = [(pid, cmdline(pid)) for pid, start in helpers if start_time(pid) == start]
+    alive = still_running(helpers)
     assert not alive, f"still running after the run was killed: {alive}"
     assert not record.exists()
     # The `work` fixture checks mounts, the sleeping workload and the work dir.

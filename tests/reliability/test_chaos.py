@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -23,9 +22,9 @@ import httpx
 import pytest
 
 from ctr_remote.image import open_store
-from ctr_remote.runstate import start_time
 from tests.helpers.faultproxy import Fault, FaultProxy
 from tests.helpers.images import LayerBuilder
+from tests.helpers.processes import children, cmdline, janitors_of, still_running, wait_gone
 from tests.helpers.registry import RegistryServer
 from tests.helpers.sample import app_layers, publish, runnable_image
 
@@ -49,42 +48,6 @@ OUTCOMES = {
     "TERM": Outcome(143, "terminated by SIGTERM"),
     "INT+TERM": Outcome(130, "interrupted"),  # the first signal's, whatever follows
 }
-
-
-def children(pid: int) -> list[tuple[int, int]]:
-    """(pid, start time) of the live processes whose parent is `pid`."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_bytes()
-        except OSError:
-            continue
-        if int(stat[stat.rindex(b")") + 2 :].split()[1]) == pid:
-            start = start_time(int(entry))
-            if start is not None:
-                found.append((int(entry), start))
-    return found
-
-
-def cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def wait_gone(pid: int) -> None:
-    """Wait for a process that is not our child to exit (its pidfd becomes readable)."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return
-    try:
-        assert select.select([fd], [], [], WAIT_SECONDS)[0], f"{pid} ({cmdline(pid)}) still running"
-    finally:
-        os.close(fd)
 
 
 def poll(condition: Callable[[], bool], what: str) -> None:
@@ -156,7 +119,7 @@ class Case:
         assert not list(self.runs.glob(f"{pid}-*")), "run record left behind"
         pins = list(NETNS_DIR.glob(f"ctr-remote-profile-{pid}-*")) if NETNS_DIR.exists() else []
         assert not pins, f"netns pins left behind: {pins}"
-        alive = [(p, cmdline(p)) for p, start in helpers if start_time(p) == start]
+        alive = still_running(helpers)
         assert not alive, f"processes left behind: {alive}"
         sleepers = [
             e for e in os.listdir("/proc") if e.isdigit() and cmdline(int(e)).startswith(f"sleep {SENTINEL}")
@@ -175,7 +138,7 @@ def test_signal_in_each_phase_leaves_nothing(
         try:
             fault = case.reach_phase(p)
             helpers = children(p.pid)  # runc, the recorder's process (in the workload), the janitor
-            janitors = [pid for pid, _ in helpers if "ctr_remote.janitor" in cmdline(pid)]
+            janitors = janitors_of(helpers)
             if how == "KILL":
                 p.send_signal(signal.SIGKILL)
             else:
