@@ -1,7 +1,7 @@
 """What a run leaves on the host while it works, recorded so that nothing outlives it, even SIGKILL.
 
 Each ctr-remote process that creates host state (temp dirs with mounts below them, a container, a
-pinned network namespace) records it in `RUNS_DIR/<pid>-<start time>.json`, with its own pid and start
+pinned network namespace) records it in `runs_dir()/<pid>-<start time>.json`, with its own pid and start
 time (pids are reused; the pair is not). A janitor process, in a session of its own so that the
 signal that kills the run's process group does not reach it, waits on a pipe from the run: when the
 pipe closes while the record is still there, the run died without cleaning up, and the janitor
@@ -29,7 +29,21 @@ import structlog
 
 log = structlog.get_logger()
 
-RUNS_DIR = Path(os.environ.get("CTR_REMOTE_RUNS_DIR", "/run/ctr-remote/runs"))
+ROOT_RUNS_DIR = Path("/run/ctr-remote/runs")
+
+
+def runs_dir() -> Path | None:
+    """Where run records live: `CTR_REMOTE_RUNS_DIR` if set; for root /run/ctr-remote/runs; for
+    another user (image convert: no mounts, no container, only temp dirs) its $XDG_RUNTIME_DIR, and
+    no records at all without one (never a directory of ours left in $TMPDIR)."""
+    if override := os.environ.get("CTR_REMOTE_RUNS_DIR"):
+        return Path(override)
+    if os.geteuid() == 0:
+        return ROOT_RUNS_DIR
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    return Path(runtime) / "ctr-remote" / "runs" if runtime else None
+
+
 JANITOR_TIMEOUT = 30.0
 
 
@@ -92,23 +106,39 @@ def owner_alive(state: RunState) -> bool:
 class RunRecord:
     """The record of this process's run, and its janitor. Use `recorded()`."""
 
-    def __init__(self) -> None:
+    def __init__(self, directory: Path | None) -> None:
         pid = os.getpid()
         start = start_time(pid)
         assert start is not None
         self.state = RunState(pid, start)
-        self.path = RUNS_DIR / f"{pid}-{start}.json"
+        self.path = directory / f"{pid}-{start}.json" if directory is not None else None
         self._lock = threading.Lock()
         self._janitor: subprocess.Popen[bytes] | None = None
 
     def _write(self) -> None:
+        if self.path is None:
+            return
         temp = self.path.with_suffix(".tmp")
         temp.write_text(json.dumps(asdict(self.state)), encoding="utf-8")
         temp.replace(self.path)
 
+    def _save(self) -> None:
+        """An update during the run: failing to record (a full /run) must not fail the run."""
+        try:
+            self._write()
+        except OSError as e:
+            log.warning("cannot update this run's record", path=str(self.path), error=e.strerror or str(e))
+
     def open(self) -> None:
-        RUNS_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._write()
+        if self.path is None:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._write()
+        except OSError as e:  # the run itself can still go ahead, with nothing to clean up after a kill
+            log.warning("cannot record this run's state", path=str(self.path), error=e.strerror or str(e))
+            self.path = None
+            return
         self._janitor = subprocess.Popen(
             [sys.executable, "-m", "ctr_remote.janitor", str(self.path)],
             stdin=subprocess.PIPE,
@@ -120,8 +150,9 @@ class RunRecord:
 
     def close(self) -> None:
         """The run cleaned up after itself: drop the record, then let the janitor go."""
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        if self.path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
         if self._janitor is not None and self._janitor.stdin is not None:
             with contextlib.suppress(OSError):
                 self._janitor.stdin.close()
@@ -134,17 +165,17 @@ class RunRecord:
     def add_temp_dir(self, path: Path) -> None:
         with self._lock:
             self.state.temp_dirs.append(str(path.absolute()))
-            self._write()
+            self._save()
 
     def add_container(self, container: RecordedContainer) -> None:
         with self._lock:
             self.state.containers.append(container)
-            self._write()
+            self._save()
 
     def add_network(self, network: RecordedNetwork) -> None:
         with self._lock:
             self.state.networks.append(network)
-            self._write()
+            self._save()
 
 
 _current: list[RunRecord] = []
@@ -158,7 +189,7 @@ def recorded() -> Iterator[RunRecord]:
     if _current:
         yield _current[0]
         return
-    record = RunRecord()
+    record = RunRecord(runs_dir())
     record.open()
     _current.append(record)
     try:
@@ -180,9 +211,12 @@ def sweep(*, wait: bool) -> list[str]:
     `wait`: block on records another process is sweeping (their janitor), so that everything is gone
     on return; otherwise those are skipped."""
     removed: list[str] = []
+    directory = runs_dir()
+    if directory is None:
+        return removed
     try:
-        names = sorted(p for p in RUNS_DIR.iterdir() if p.suffix == ".json")
-    except FileNotFoundError:
+        names = sorted(p for p in directory.iterdir() if p.suffix == ".json")
+    except OSError:  # none yet, or not ours to read
         return removed
     for path in names:
         removed += sweep_record(path, wait=wait)

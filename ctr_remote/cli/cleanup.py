@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 import structlog
 
-from ctr_remote.runstate import RUNS_DIR, sweep
+from ctr_remote.runstate import runs_dir, sweep
 
 
 @click.command("cleanup")
@@ -26,5 +26,5 @@ def sweep_before_run() -> None:
     """What a dead run left is removed before this one starts, and said on stderr."""
     for item in sweep(wait=False):
         structlog.get_logger().warning(
-            "removed what a dead run left behind", item=item, records=str(RUNS_DIR)
+            "removed what a dead run left behind", item=item, records=str(runs_dir())
         )
