@@ -34,6 +34,7 @@ def test_a_fork_bomb_stops_at_the_pids_limit(run, capfd) -> None:
     assert counts and 0 < int(counts[0]) <= LIMIT, counts
 
 
+@pytest.mark.unit
 def test_the_default_spec_has_the_documented_pids_limit() -> None:
     workload = Workload()
     command = command_of(image_config(cmd=["/bin/true"]), workload)

@@ -9,6 +9,8 @@ import pytest
 
 from ctr_remote.image import PlatformError, parse_platform
 
+pytestmark = pytest.mark.unit
+
 
 def optimize(*args: str) -> subprocess.CompletedProcess[str]:
     # The references are never reached: every case fails (or passes) flag parsing first, and the
