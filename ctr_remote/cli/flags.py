@@ -37,6 +37,24 @@ def json_array(flag: str, value: str | None) -> tuple[str, ...] | None:
     return tuple(parsed)
 
 
+def cdi_devices(gpus: str | None, devices: Iterable[str]) -> tuple[str, ...]:
+    """`--gpus` then `--device`: qualified CDI device names, each once."""
+    from ctr_remote.profile.cdi import gpu_devices, parse_device
+
+    names: list[str] = []
+    try:
+        if gpus is not None:
+            names += gpu_devices(gpus)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--gpus") from None
+    for value in devices:
+        try:
+            names.append(parse_device(value))
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--device") from None
+    return tuple(dict.fromkeys(names))
+
+
 def mount(value: str) -> Mount:
     """`type=bind,source=/a,destination=/b,options=rbind:ro` (ctr's syntax)."""
     fields: dict[str, str] = {}

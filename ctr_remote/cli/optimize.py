@@ -15,6 +15,7 @@ from ctr_remote.errors import Interrupted, UsageError
 from ctr_remote.log import LogFormat
 from ctr_remote.options import OptimizeOptions
 from ctr_remote.profile.workload import (
+    DEFAULT_CDI_SPEC_DIRS,
     DEFAULT_CNI_CONF_DIR,
     DEFAULT_CNI_PLUGIN_DIR,
     DEFAULT_NAMESERVERS,
@@ -41,8 +42,6 @@ def _conflicts(p: dict[str, Any]) -> None:
     if p["all_platforms"] and p["platform"]:
         raise UsageError("--platform can't be used with --all-platforms")
     check_layer_flags(p)
-    if p["gpus"]:
-        raise UsageError("--gpus is not supported: profiling containers run without GPU devices")
 
 
 def _workload(p: dict[str, Any]) -> Workload:
@@ -74,6 +73,8 @@ def _workload(p: dict[str, Any]) -> Workload:
         runtime=p["runtime"],
         recorder=RecorderKind(p["recorder"]),
         pids_limit=p["pids_limit"],
+        devices=flags.cdi_devices(p["gpus"], p["device"]),
+        cdi_spec_dirs=tuple(p["cdi_spec_dir"]) or DEFAULT_CDI_SPEC_DIRS,
     )
 
 
@@ -216,7 +217,24 @@ _dir = click.Path(file_okay=False, path_type=Path)
     help="most processes and threads the container may have at once (a pids cgroup); -1: no limit",
 )
 @click.option("--net-host", is_flag=True, help="enable host networking in the container")
-@click.option("--gpus", hidden=True)
+@click.option(
+    "--gpus",
+    metavar="all|I,J,...",
+    help="add GPUs through CDI: 'all' is nvidia.com/gpu=all, '0,1' is nvidia.com/gpu=0 and =1",
+)
+@click.option(
+    "--device",
+    multiple=True,
+    metavar="VENDOR/CLASS=NAME",
+    help="add a CDI device by its fully qualified name (e.g. vendor.com/fpga=0); repeatable",
+)
+@click.option(
+    "--cdi-spec-dir",
+    multiple=True,
+    type=_dir,
+    help="directory of CDI spec files, replacing the defaults "
+    f"({', '.join(str(d) for d in DEFAULT_CDI_SPEC_DIRS)}); repeatable, a later one has priority",
+)
 @click.option(
     "--runtime",
     default="runc",

@@ -1,15 +1,15 @@
 """Answering a registry's `WWW-Authenticate` challenge: Basic, or Bearer with a token from the realm.
 
-One `Authenticator` per registry store. Credentials are looked up lazily (only when a challenge
-asks for them), tokens are cached per scope set, and every failure is an AuthError naming the
-registry and repository, never the secret.
+One `Authenticator` per registry store; `RegistryAuth` applies it to a request as an `httpx.Auth`.
+Credentials are looked up lazily (only when a challenge asks for them), tokens are cached per scope
+set, and every failure is an AuthError naming the registry and repository, never the secret.
 """
 
 from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +62,7 @@ class Authenticator:
         config_dir: Path,
         send: Callable[[httpx.Request], httpx.Response],
     ) -> None:
+        self.registry = registry
         self._registry = registry
         self._repository = repository
         self._config_dir = config_dir
@@ -180,3 +181,42 @@ class Authenticator:
         if not _TOKEN.fullmatch(token):
             raise AuthError(f"{self._where}: token server returned a malformed token")
         return token
+
+
+def same_origin(a: httpx.URL, b: httpx.URL) -> bool:
+    return (a.scheme, a.host, a.port) == (b.scheme, b.host, b.port)
+
+
+class RegistryAuth(httpx.Auth):
+    """One request's registry authentication, as httpx applies it: the Authorization header that an
+    earlier answer earned, and on a 401 the answer to the new challenge (credentials loaded, token
+    fetched). The answered request is not replayed here, since its body may be a stream already
+    sent: the caller sends it again through the same RegistryAuth, which then adds the header, and a
+    second 401 means the registry refused what was sent."""
+
+    def __init__(self, authenticator: Authenticator, scopes: Sequence[str], where: str) -> None:
+        self._auth = authenticator
+        self._scopes = scopes
+        self._where = where  # "METHOD PATH on HOST", for the one error of its own
+        self.answered = False
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        if header := self._auth.header(self._scopes):
+            request.headers["Authorization"] = header
+        response = yield request
+        if response.status_code != 401:
+            return
+        if not same_origin(response.url, request.url):
+            response.close()
+            # A redirect target (blob storage) asking for credentials: as containerd, the
+            # registry's credentials are only ever answered to the registry's challenges.
+            raise AuthError(
+                f"{self._where} was redirected to {response.url.host}, which asks for authentication; "
+                f"credentials for {self._auth.registry} are not sent there"
+            )
+        try:
+            self._auth.answer(response.headers.get("www-authenticate"), self._scopes, retried=self.answered)
+        except AuthError:
+            response.close()  # the caller never sees this response
+            raise
+        self.answered = True

@@ -10,8 +10,8 @@ directories, hostile entries refused), `recording` (the two recorders behind one
 `fuse_daemon` / `recorder` (the per-layer recording FUSE passthrough and its parent side), `fanotify`
 (the fanotify recorder), `attribute` (recorded paths to layers), `mounts` (mount/umount), `rootfs`
 (users and the binary, resolved inside the image), `spec` (the OCI runtime spec, hosts, resolv.conf),
-`runtime` (runc run and the stop conditions), `cni` / `netns` (--cni), `result` (ProfileResult,
---record-out lines).
+`runtime` (runc run and the stop conditions), `cni` / `netns` (--cni), `cdi` (--device, --gpus),
+`result` (ProfileResult, --record-out lines).
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ import structlog
 from ctr_remote import leftovers  # the module: it imports this package's mounts in turn
 from ctr_remote.layer.compression import Compression, detect
 from ctr_remote.layer.paths import clean_name
-from ctr_remote.profile import mounts
+from ctr_remote.profile import cdi, mounts
 from ctr_remote.profile.errors import ProfileError
 from ctr_remote.profile.recording import Recording, check_recorder, recording_for
 from ctr_remote.profile.result import ProfileResult
@@ -48,10 +48,13 @@ _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 def check_requirements(workload: Workload) -> None:
     """What `profile` needs before it starts, checked up front (before layers are downloaded):
-    the runtime binary, /dev/fuse or fanotify, and with --cni the network configuration and its plugins."""
+    the runtime binary, /dev/fuse or fanotify, the CDI devices, and with --cni the network configuration
+    and its plugins."""
     find_runtime(workload.runtime)
     mounts.check_mount_binary()
     check_recorder(workload.recorder)
+    if workload.devices:
+        cdi.resolve(workload.devices, workload.cdi_spec_dirs)
     if workload.network is NetworkMode.CNI:
         from ctr_remote.profile.cni import check_config
 
@@ -79,6 +82,7 @@ def profile(
     runtime = find_runtime(workload.runtime)
     mounts.check_mount_binary()
     check_recorder(workload.recorder)
+    devices = cdi.resolve(workload.devices, workload.cdi_spec_dirs) if workload.devices else None
     command = command_of(config, workload)
     stop_signal = stop_signal_of(config)
     base = Path(workdir or tempfile.gettempdir()).absolute()
@@ -104,6 +108,7 @@ def profile(
                         workload,
                         runtime,
                         command,
+                        devices,
                         stop,
                         stop_signal,
                         record,
@@ -140,6 +145,7 @@ def _run(
     workload: Workload,
     runtime: str,
     command: Command,
+    devices: cdi.ContainerEdits | None,
     stop: threading.Event,
     stop_signal: signal.Signals,
     record: RunRecord,
@@ -207,10 +213,15 @@ def _run(
         netns_path=netns_path,
         started_hook=started_hook,
     )
+    if devices is not None:
+        cdi.apply(spec, devices)
     bundle = container.bundle
     (bundle / "config.json").write_text(json.dumps(spec, indent=1), encoding="utf-8")
-    # From here on, what opens the image's files is the runtime's and the workload's: the lookups above
-    # (the user, the binary) are not recorded by fanotify.
+    # From here on, what opens the image's files is the runtime's, its hooks' and the workload's: the
+    # lookups above (the user, the binary) are not recorded by fanotify. Both recorders watch before
+    # `runc run`, so OCI hooks are recorded too: a createContainer hook (NVIDIA's ldconfig, from CDI) runs
+    # in the container's mount namespace before pivot_root and reads the image at the spec's root.path,
+    # which is this overlay. What is read through the mounts (CDI's included) is excluded below.
     recording.start(stack)
     record.add_container(RecordedContainer(runtime, str(container.state_root), container_id))
     stack.callback(container.delete)

@@ -18,6 +18,8 @@ DEFAULT_CNI_PLUGIN_DIR = Path("/opt/cni/bin")
 # of filling the host's pid table (uid 0 is not bound by RLIMIT_NPROC). Start-ups that fork a worker
 # per core or a thread pool stay far below it; threads count as pids.
 DEFAULT_PIDS_LIMIT = 4096
+# CDI's static and generated spec directories; a later one has priority.
+DEFAULT_CDI_SPEC_DIRS: tuple[Path, ...] = (Path("/etc/cdi"), Path("/var/run/cdi"))
 
 
 class RecorderKind(enum.Enum):
@@ -82,3 +84,6 @@ class Workload:
     runtime: str = "runc"
     recorder: RecorderKind = RecorderKind.FUSE
     pids_limit: int | None = DEFAULT_PIDS_LIMIT  # None: no limit (`--pids-limit -1`)
+    # Qualified CDI device names (vendor.com/class=name; --device, and --gpus as nvidia.com/gpu=...).
+    devices: tuple[str, ...] = ()
+    cdi_spec_dirs: tuple[Path, ...] = DEFAULT_CDI_SPEC_DIRS

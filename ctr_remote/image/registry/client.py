@@ -23,7 +23,7 @@ import structlog
 
 from ctr_remote import __version__
 from ctr_remote.cancel import CancelToken
-from ctr_remote.image.auth import Authenticator
+from ctr_remote.image.auth import Authenticator, RegistryAuth
 from ctr_remote.image.errors import (
     AuthError,
     DigestMismatchError,
@@ -145,10 +145,6 @@ def _read_capped(
         if len(data) > limit:
             raise too_large(f"more than the limit of {limit} bytes")
     return bytes(data)
-
-
-def _same_origin(a: httpx.URL, b: httpx.URL) -> bool:
-    return (a.scheme, a.host, a.port) == (b.scheme, b.host, b.port)
 
 
 def file_range(
@@ -279,22 +275,19 @@ class RegistryClient:
         checks the status (and closes a streamed response). `scopes=None`: no registry auth.
         Once `cancel` is set no request is sent any more, and one in flight is cut off."""
         failures = 0
-        answered = False
         path = httpx.URL(url).path
         cancel = cancel or CancelToken()
         what = f"{method} {path} on {self.ref.api_host}"
+        auth = RegistryAuth(self.auth, scopes, what) if scopes is not None else None
         while True:
             cancel.check(what)
-            hdrs = dict(headers or {})
-            if scopes is not None and (authz := self.auth.header(scopes)):
-                hdrs["Authorization"] = authz
             content = body() if callable(body) else body
             req = self.http.build_request(
-                method, url, headers=hdrs, content=content, extensions={"trace": self._trace}
+                method, url, headers=headers, content=content, extensions={"trace": self._trace}
             )
             try:
                 with cancel.on_cancel(self.abort):
-                    resp = self.http.send(req, stream=stream)
+                    resp = self.http.send(req, stream=stream, auth=auth)
             except httpx.TooManyRedirects:
                 raise RegistryError(f"{method} {path} on {self.ref.api_host}: too many redirects") from None
             except httpx.UnsupportedProtocol as e:  # e.g. a redirect to file:// or ftp://
@@ -320,20 +313,9 @@ class RegistryClient:
                 continue
             status = resp.status_code
             log.debug("registry request", method=method, path=path, status=status)
-            if status == 401 and scopes is not None:
-                challenge = resp.headers.get("www-authenticate")
+            if status == 401 and auth is not None:
                 resp.close()
-                if not _same_origin(resp.url, req.url):
-                    # A redirect target (blob storage) asking for credentials: as containerd, the
-                    # registry's credentials are only ever answered to the registry's challenges.
-                    raise AuthError(
-                        f"{method} {path} on {self.ref.api_host} was redirected to {resp.url.host}, "
-                        f"which asks for authentication; credentials for {self.ref.registry} are not "
-                        "sent there"
-                    )
-                self.auth.answer(challenge, scopes, retried=answered)
-                answered = True
-                continue
+                continue  # the challenge is answered (RegistryAuth): send again, with the answer
             if status == 429 or status >= 500:
                 failures += 1
                 resp.close()
