@@ -220,11 +220,37 @@ def sweep(*, wait: bool) -> list[str]:
         return removed
     for path in names:
         removed += sweep_record(path, wait=wait)
+    for lock in directory.glob("*.lock"):  # left by a sweeper killed after removing its record
+        if not lock.with_suffix(".json").exists():
+            lock.unlink(missing_ok=True)
+    for temp in directory.glob("*.tmp"):  # an update its owner was killed writing
+        pid, _, start = temp.stem.partition("-")
+        if pid.isdigit() and start.isdigit() and start_time(int(pid)) != int(start):
+            temp.unlink(missing_ok=True)
     return removed
 
 
+def _read(path: Path) -> RunState | None:
+    """The record, or None if it is gone (swept, or the run finished)."""
+    try:
+        return RunState.from_json(json.loads(path.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError) as e:  # its owner died writing it, before the rename
+        log.warning("unreadable run record removed", path=str(path), error=str(e))
+        path.unlink(missing_ok=True)
+        return None
+
+
 def sweep_record(path: Path, *, wait: bool, owner_gone: bool = False) -> list[str]:
-    """Sweep one record unless its owner is alive (`owner_gone`: the janitor knows it is not)."""
+    """Sweep one record unless its owner is alive (`owner_gone`: the janitor knows it is not).
+
+    The lock is taken only for a record whose owner is gone, and removed with the record: live runs
+    leave no lock files behind. Whoever gets the lock reads the record again, since the holder before
+    may have swept it (the record goes before the lock)."""
+    first = _read(path)
+    if first is None or (not owner_gone and owner_alive(first)):
+        return []
     lock_path = path.with_suffix(".lock")
     try:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -235,15 +261,9 @@ def sweep_record(path: Path, *, wait: bool, owner_gone: bool = False) -> list[st
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             return []
-        try:
-            state = RunState.from_json(json.loads(path.read_text(encoding="utf-8")))
-        except FileNotFoundError:  # swept while we waited, or the run finished
-            return []
-        except (ValueError, KeyError, TypeError) as e:
-            log.warning("unreadable run record removed", path=str(path), error=str(e))
-            path.unlink(missing_ok=True)
-            return []
-        if not owner_gone and owner_alive(state):
+        state = _read(path)
+        if state is None:
+            lock_path.unlink(missing_ok=True)
             return []
         from ctr_remote.leftovers import remove_leftovers  # only a sweep that acts needs it
 
