@@ -26,6 +26,10 @@ def remove_leftovers(state: RunState) -> list[str]:
     for network in state.networks:
         if _remove_network(network):
             removed.append(f"network namespace {network.netns}")
+    for name in state.temp_files:
+        with contextlib.suppress(FileNotFoundError):  # renamed into place: the run got that far
+            Path(name).unlink()
+            removed.append(f"file {name}")
     for temp in state.temp_dirs:
         path = Path(temp)
         for point in mounts.mountpoints_under(path):

@@ -58,7 +58,7 @@ from ctr_remote.prefetch_list import visible_per_layer
 from ctr_remote.profile import Workload, check_requirements, profile
 from ctr_remote.progress import Progress
 from ctr_remote.record import Record, record_lines
-from ctr_remote.runstate import recorded
+from ctr_remote.runstate import note_temp_file, recorded
 
 log = structlog.get_logger()
 
@@ -161,6 +161,7 @@ class _RecordFile:
             fd, name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
         except OSError as e:
             raise CtrRemoteError(f"cannot write the record file {path}: {e.strerror}") from None
+        note_temp_file(Path(name))
         record = cls(target, fd, Path(name))
         try:
             yield record

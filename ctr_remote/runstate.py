@@ -70,6 +70,9 @@ class RunState:
     owner_pid: int
     owner_start: int  # the owner's start time in clock ticks after boot (/proc/PID/stat field 22)
     temp_dirs: list[str] = field(default_factory=list)  # removed with every mount below them
+    # Written beside their destination and renamed over it when complete (a local:// target's blobs,
+    # --record-out): one that still exists is a half-written file.
+    temp_files: list[str] = field(default_factory=list)
     containers: list[RecordedContainer] = field(default_factory=list)
     networks: list[RecordedNetwork] = field(default_factory=list)
 
@@ -79,6 +82,7 @@ class RunState:
             owner_pid=int(data["owner_pid"]),
             owner_start=int(data["owner_start"]),
             temp_dirs=[str(p) for p in data.get("temp_dirs", [])],
+            temp_files=[str(p) for p in data.get("temp_files", [])],
             containers=[RecordedContainer(**c) for c in data.get("containers", [])],
             networks=[RecordedNetwork(**n) for n in data.get("networks", [])],
         )
@@ -167,6 +171,11 @@ class RunRecord:
             self.state.temp_dirs.append(str(path.absolute()))
             self._save()
 
+    def add_temp_file(self, path: Path) -> None:
+        with self._lock:
+            self.state.temp_files.append(str(path.absolute()))
+            self._save()
+
     def add_container(self, container: RecordedContainer) -> None:
         with self._lock:
             self.state.containers.append(container)
@@ -201,6 +210,13 @@ def recorded() -> Iterator[RunRecord]:
 
 def current() -> RunRecord | None:
     return _current[0] if _current else None
+
+
+def note_temp_file(path: Path) -> None:
+    """A temp file outside the run's temp dirs, to be renamed into place: removed if the run dies
+    before it is (nothing to do outside a recorded run)."""
+    if _current and not any(path.is_relative_to(d) for d in _current[0].state.temp_dirs):
+        _current[0].add_temp_file(path)
 
 
 # -- sweeping ---------------------------------------------------------------------------------------

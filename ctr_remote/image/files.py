@@ -14,6 +14,7 @@ from typing import BinaryIO
 from ctr_remote.image.digest import check, hasher
 from ctr_remote.image.errors import ImageError
 from ctr_remote.image.manifest import Descriptor
+from ctr_remote.runstate import note_temp_file
 
 CHUNK = 1 << 20
 
@@ -35,6 +36,7 @@ def atomic_file(dest: Path) -> Iterator[BinaryIO]:
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
         try:
+            note_temp_file(Path(tmp))  # a SIGKILLed run's janitor removes it
             os.fchmod(fd, _mode_for(dest))
         except BaseException:
             os.close(fd)
