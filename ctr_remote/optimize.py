@@ -30,6 +30,7 @@ from ctr_remote.estargz import (
     ZSTD_POSITION_ANNOTATIONS,
     EstargzError,
     LayerFormat,
+    UnrepresentableLayerError,
     blob_kind,
     build,
     open_estargz,
@@ -57,8 +58,15 @@ from ctr_remote.prefetch_list import visible_per_layer
 from ctr_remote.profile import Workload, check_requirements, profile
 from ctr_remote.progress import Progress
 from ctr_remote.record import Record, record_lines
+from ctr_remote.runstate import note_temp_file, recorded
 
 log = structlog.get_logger()
+
+_OCI_LAYER_OF_DOCKER = {
+    media_types.DOCKER_LAYER_GZIP: media_types.OCI_LAYER_GZIP,
+    media_types.DOCKER_LAYER: media_types.OCI_LAYER,
+    media_types.DOCKER_FOREIGN_LAYER_GZIP: media_types.OCI_LAYER_NONDIST_GZIP,
+}
 
 
 # Annotations that describe one blob's layout: a converted layer must not inherit its source's.
@@ -93,11 +101,14 @@ def optimize(
     (default: one log line per step)."""
     toc_ref = external_toc_reference(options.target) if options.layer.external_toc else None
     with (
+        recorded() as run,  # what this run leaves on the host, removed even if it is SIGKILLed
         _RecordFile.create(options.record_out) as record,
         tempfile.TemporaryDirectory(prefix="ctr-remote-") as tmp,
         open_store(options.source) as src,
         open_store(options.target, RegistryOptions(mount_from=options.source)) as dst,
     ):
+        run.add_temp_dir(Path(tmp))
+        dst.check_push_access()  # before the pull, the workload and the conversion
         pipeline = _Pipeline(Path(tmp), src, dst, options, workload, progress or Progress(live=False), record)
         digest = pipeline.run()
         if toc_ref is None:
@@ -150,6 +161,7 @@ class _RecordFile:
             fd, name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
         except OSError as e:
             raise CtrRemoteError(f"cannot write the record file {path}: {e.strerror}") from None
+        note_temp_file(Path(name))
         record = cls(target, fd, Path(name))
         try:
             yield record
@@ -409,8 +421,14 @@ class _Pipeline:
         out = Path(name)
         opts = replace(self.options.layer, prioritized_files=files or None)
         self.progress.step(desc.digest, "convert")
-        with open(path, "rb") as fin, open(out, "wb") as fout:
-            res = build(fin, fout, opts, cancel=cancel)
+        try:
+            with open(path, "rb") as fin, open(out, "wb") as fout:
+                res = build(fin, fout, opts, cancel=cancel)
+        except UnrepresentableLayerError as e:
+            if self.options.require_converted:
+                raise UnrepresentableLayerError(f"layer {desc.digest}: {e} (--require-converted)") from None
+            out.unlink()
+            return self._unconverted(desc, diff_id, opts.format, str(e), cancel)
         self.progress.done(desc.digest, "convert", log_line=False, size=res.size)
         self.progress.alias(res.digest, desc.digest)
         if res.missing_prioritized:
@@ -434,6 +452,30 @@ class _Pipeline:
             toc.write_bytes(res.external_toc)
         log.info("converted", digest=res.digest, source=desc.digest, prioritized=len(files))
         return _Converted(out, new, res.diff_id, toc)
+
+    def _unconverted(
+        self, desc: Descriptor, diff_id: str | None, fmt: LayerFormat, reason: str, cancel: CancelToken
+    ) -> _Converted:
+        """A layer the format cannot represent, copied as it is: the snapshotter pulls it the ordinary
+        way and `image check` reports it as not eStargz; the rest of the image is still optimized."""
+        path = self._layer_file(desc)
+        log.warning(
+            f"layer copied without conversion: it cannot be written as {fmt.value}",
+            layer=desc.digest,
+            reason=reason,
+        )
+        self.progress.done(desc.digest, "convert", log_line=False, size=desc.size)
+        if diff_id is None:  # the config does not say: the digest of the layer's tar
+            with open(path, "rb") as fin, open(os.devnull, "wb") as null:
+                try:
+                    diff_id, _ = uncompress(checked_file(fin, cancel, "layer conversion"), null)
+                except CorruptLayerError as e:
+                    raise CtrRemoteError(f"layer {desc.digest}: {e}") from None
+        media = desc.media_type
+        if self.options.oci:
+            media = _OCI_LAYER_OF_DOCKER.get(media, media)
+        annotations = {k: v for k, v in (desc.annotations or {}).items() if k not in _FORMAT_ANNOTATIONS}
+        return _Converted(path, replace(desc, media_type=media, annotations=annotations or None), diff_id)
 
     def _reusable(self, path: Path, desc: Descriptor) -> bool:
         """Upstream's test: annotated with a TOC digest that the blob verifies against."""
@@ -485,6 +527,9 @@ class _Reporting:
 
     def push_manifest(self, data: bytes, desc: Descriptor, *, top: bool = False) -> None:
         self._store.push_manifest(data, desc, top=top)
+
+    def check_push_access(self) -> None:
+        self._store.check_push_access()
 
     def close(self) -> None:
         self._store.close()

@@ -29,6 +29,9 @@ class OptimizeOptions:
     # How every converted layer is written; the prioritized files are filled in per layer.
     layer: BuildOptions = field(default_factory=BuildOptions)
     uncompressed: bool = False  # convert --uncompress: plain tar layers instead of eStargz
+    # --require-converted: a layer the format cannot represent fails the run instead of being copied
+    # unconverted (with a warning naming it and why).
+    require_converted: bool = False
 
     @property
     def runs_workload(self) -> bool:

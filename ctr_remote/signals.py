@@ -1,4 +1,5 @@
-"""Holding Ctrl-C and SIGTERM while something must not be cut in half (cleanup, CNI plugin runs)."""
+"""Ctrl-C and SIGTERM: the first one aborts the run, those that follow cannot cut its cleanup in half;
+and holding them while something must not be cut in half (cleanup, CNI plugin runs)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,61 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from ctr_remote.errors import Terminated
+
 HELD = (signal.SIGINT, signal.SIGTERM)
+
+_aborting: list[signal.Signals] = []  # the signal that aborted the run, once one has
+
+
+def abort(signum: int, _frame: object = None) -> None:
+    """The handler of SIGINT and SIGTERM wherever a signal aborts the run: the first raises where the
+    program is (KeyboardInterrupt for SIGINT, Terminated for SIGTERM), so every cleanup on the way out
+    runs; a later one (a second Ctrl-C 50 ms after the first) is ignored, so that cleanup finishes and
+    the exit code and message are the first signal's."""
+    # Ignored from now on by the kernel, not by a Python handler: Python puts the default action back
+    # for its own handlers when the interpreter exits, and a SIGTERM then would kill the process with
+    # its cleanup half done and the wrong exit status.
+    _ignore_held()
+    if _aborting:
+        return
+    _aborting.append(signal.Signals(signum))
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise Terminated(f"terminated by {signal.Signals(signum).name}")
+
+
+def _ignore_held() -> None:
+    if threading.current_thread() is threading.main_thread():
+        for s in HELD:
+            signal.signal(s, signal.SIG_IGN)
+
+
+def install() -> None:
+    """Make `abort` the handler of SIGINT and SIGTERM (Python's default SIGTERM kills on the spot,
+    leaving temp dirs behind; its default SIGINT handler would interrupt cleanup a second time)."""
+    for s in HELD:
+        signal.signal(s, abort)
+
+
+@contextmanager
+def aborting() -> Iterator[None]:
+    """`abort` handles SIGINT and SIGTERM in the block (main thread only). Leaving it restores the
+    handlers it found; when those were not already `abort` (profile() called as a library), a later
+    run in the same process can be aborted again."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, abort) for s in HELD}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if any(handler is not abort for handler in previous.values()):
+            _aborting.clear()
+        elif _aborting:
+            _ignore_held()
 
 
 @contextmanager

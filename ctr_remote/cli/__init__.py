@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import signal
 import sys
 from typing import ClassVar, NoReturn
 
 import click
 import structlog
 
-from ctr_remote import __version__
-from ctr_remote.errors import CtrRemoteError, Interrupted, Terminated
+from ctr_remote import __version__, signals
+from ctr_remote.cli import streams
+from ctr_remote.errors import CtrRemoteError, Interrupted
 from ctr_remote.log import LogFormat, configure, current_format
 from ctr_remote.progress import Progress
 
@@ -57,6 +57,7 @@ def image() -> None:
 
 def _register() -> None:
     from ctr_remote.cli.check import check_command, get_toc_digest_command
+    from ctr_remote.cli.cleanup import cleanup_command
     from ctr_remote.cli.convert import convert_command
     from ctr_remote.cli.optimize import optimize_command
 
@@ -64,13 +65,10 @@ def _register() -> None:
     image.add_command(convert_command)
     image.add_command(check_command)
     image.add_command(get_toc_digest_command)
+    cli.add_command(cleanup_command)
 
 
 _register()
-
-
-def _terminate(signum: int, _frame: object) -> None:
-    raise Terminated("terminated by SIGTERM")
 
 
 def _fail(message: str, exit_code: int) -> NoReturn:
@@ -86,8 +84,8 @@ def _fail(message: str, exit_code: int) -> NoReturn:
 
 
 def main() -> None:
-    # Python's default SIGTERM kills on the spot, leaving temp dirs behind: turn it into an exception.
-    signal.signal(signal.SIGTERM, _terminate)
+    streams.open_standard_fds()  # before anything opens a file
+    signals.install()  # the first SIGINT/SIGTERM raises; cleanup on the way out cannot be interrupted
     try:
         cli.main(standalone_mode=False)
     except CtrRemoteError as e:

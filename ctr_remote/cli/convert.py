@@ -66,6 +66,7 @@ def _options(source_ref: str, target_ref: str, p: dict[str, Any]) -> OptimizeOpt
         reuse=p["reuse"],
         oci=p["oci"],
         layer=layer_options(p),
+        require_converted=p["require_converted"],
         uncompressed=p["uncompress"],
     )
 

@@ -52,6 +52,12 @@ _OPTIONS = [
         help="compression threads per layer (0: one per CPU); the output is the same for any value",
     ),
     click.option(
+        "--require-converted",
+        is_flag=True,
+        help="fail when a layer cannot be written in the layer format (non-UTF-8 names, dangling "
+        "hardlinks...) instead of copying it unconverted with a warning",
+    ),
+    click.option(
         "--zstdchunked", is_flag=True, help="use zstd:chunked layers instead of eStargz (needs --oci)"
     ),
     click.option(

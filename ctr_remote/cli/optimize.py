@@ -10,7 +10,7 @@ import click
 from ctr_remote.cli import flags
 from ctr_remote.cli.layer_flags import check_layer_flags, layer_flags, layer_options
 from ctr_remote.cli.streams import WorkloadStreams
-from ctr_remote.cli.types import PLATFORM, PREFETCH_LIST, reference
+from ctr_remote.cli.types import PERIOD, PIDS_LIMIT, PLATFORM, PREFETCH_LIST, reference
 from ctr_remote.errors import Interrupted, UsageError
 from ctr_remote.log import LogFormat
 from ctr_remote.options import OptimizeOptions
@@ -20,6 +20,7 @@ from ctr_remote.profile.workload import (
     DEFAULT_CNI_PLUGIN_DIR,
     DEFAULT_NAMESERVERS,
     DEFAULT_PERIOD_SECONDS,
+    DEFAULT_PIDS_LIMIT,
     CniConfig,
     DnsConfig,
     NetworkMode,
@@ -71,6 +72,7 @@ def _workload(p: dict[str, Any]) -> Workload:
         add_hosts=flags.add_hosts(p["add_hosts"]),
         runtime=p["runtime"],
         recorder=RecorderKind(p["recorder"]),
+        pids_limit=p["pids_limit"],
         devices=flags.cdi_devices(p["gpus"], p["device"]),
         cdi_spec_dirs=tuple(p["cdi_spec_dir"]) or DEFAULT_CDI_SPEC_DIRS,
     )
@@ -89,6 +91,7 @@ def _options(source_ref: str, target_ref: str, p: dict[str, Any]) -> OptimizeOpt
         record_out=p["record_out"],
         oci=p["oci"],
         layer=layer,
+        require_converted=p["require_converted"],
     )
 
 
@@ -114,7 +117,13 @@ _dir = click.Path(file_okay=False, path_type=Path)
     multiple=True,
     help="convert the image for this platform (os[/arch[/variant]]); repeatable",
 )
-@click.option("--all-platforms", is_flag=True, help="targeting all platform of the source image")
+@click.option(
+    "--all-platforms",
+    "--all-platform",  # the spelling upstream's own doc uses in its multi-platform example
+    "all_platforms",
+    is_flag=True,
+    help="targeting all platform of the source image",
+)
 @click.option(
     "--wait-on-signal",
     is_flag=True,
@@ -142,10 +151,10 @@ _dir = click.Path(file_okay=False, path_type=Path)
 @click.option("-i", "stdin", is_flag=True, help="attach stdin to the container")
 @click.option(
     "--period",
-    type=float,
+    type=PERIOD,
     default=DEFAULT_PERIOD_SECONDS,
     show_default=True,
-    help="time period (seconds) to monitor access log",
+    help="time period (seconds) to monitor access log; 0 or less: the default, as upstream",
 )
 @click.option("--user", help="user/group name to override image's default config(user[:group])")
 @click.option("--cwd", help="working dir to override image's default config")
@@ -200,6 +209,13 @@ _dir = click.Path(file_okay=False, path_type=Path)
     show_default=True,
     help="path to the CNI plugins binary directory (Debian installs them in /usr/lib/cni)",
 )
+@click.option(
+    "--pids-limit",
+    type=PIDS_LIMIT,
+    default=str(DEFAULT_PIDS_LIMIT),
+    show_default=True,
+    help="most processes and threads the container may have at once (a pids cgroup); -1: no limit",
+)
 @click.option("--net-host", is_flag=True, help="enable host networking in the container")
 @click.option(
     "--gpus",
@@ -243,7 +259,10 @@ def optimize_command(source_ref: str, target_ref: str, **params: object) -> None
     _conflicts(params)
     workload = _workload(params)
     options = _options(source_ref, target_ref, params)
+    from ctr_remote.cli.cleanup import sweep_before_run
     from ctr_remote.optimize import optimize  # the pipeline pulls in every package: load it only to run
+
+    sweep_before_run()
 
     root = click.get_current_context().find_root()
     try:

@@ -103,11 +103,55 @@ class WorkloadStreams:
             self._log_stream.close()
 
     def result(self, line: str) -> None:
-        """Print the result on stdout, on a line of its own even if the workload's output was not."""
-        if self._last_byte != b"\n":
-            sys.stdout.write("\n")
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
+        """Print the result on stdout, on a line of its own even if the workload's output was not.
+
+        A stdout that was closed, or a pipe whose reader is gone (`| head -1`), cannot take it: the
+        image is written all the same, so that is said on stderr, with the digest, and the run still
+        succeeds (exit 0: a retry would only write the same image again)."""
+        try:
+            if _stdout_closed:
+                raise BrokenPipeError
+            if self._last_byte != b"\n":
+                sys.stdout.write("\n")
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+        except OSError:
+            _discard_stdout()
+            *extra, digest = line.split("\n")
+            log.warning(
+                "the image was written; stdout was closed before its digest could be printed",
+                digest=digest,
+                **({"also": extra} if extra else {}),
+            )
+
+
+_stdout_closed = False
+
+
+def open_standard_fds() -> None:
+    """Started with stdin, stdout or stderr closed (`>&-`), a file we open would take its number and
+    receive what is meant for it: each closed one is /dev/null instead (a closed stdout is noted, so
+    that the result is said on stderr)."""
+    global _stdout_closed
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+            _stdout_closed = _stdout_closed or fd == 1
+            name = ("stdin", "stdout", "stderr")[fd]
+            if getattr(sys, name) is None:
+                setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False))  # noqa: SIM115
+
+
+def _discard_stdout() -> None:
+    """What is left in stdout's buffer goes nowhere, rather than fail again when Python exits."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.close(null)
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -3,6 +3,8 @@ and a malformed one is a usage error (exit 2) naming the flag."""
 
 from __future__ import annotations
 
+import math
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,45 @@ class PrefetchListType(click.ParamType):
             self.fail(str(e), param, ctx)
 
 
+class PeriodType(click.ParamType):
+    """`--period` seconds: upstream's integer flag, plus fractions; `<= 0` stays upstream's "the default"
+    (turned into it where the Workload is built). NaN, infinities and periods no timer can wait for
+    (beyond ~292 years) are refused instead of ending the run at once or overflowing."""
+
+    name = "SECONDS"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            seconds = float(value)
+        else:
+            try:
+                seconds = float(str(value).strip())
+            except ValueError:
+                self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not math.isfinite(seconds) or seconds > threading.TIMEOUT_MAX:
+            self.fail(f"{value!r} is not a usable number of seconds", param, ctx)
+        return seconds
+
+
+class PidsLimitType(click.ParamType):
+    """`--pids-limit`: a positive number of processes and threads, or -1 for none (as Docker's)."""
+
+    name = "N"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | None:
+        if value is None:
+            return None
+        try:
+            limit = int(str(value).strip())
+        except ValueError:
+            self.fail(f"{value!r} is not an integer", param, ctx)
+        if limit == -1:
+            return None
+        if limit < 1:
+            self.fail(f"{value!r}: want a positive number, or -1 for no limit", param, ctx)
+        return limit
+
+
 def reference(value: str, *, plain_http: bool) -> Reference:
     """An image reference argument (its syntax depends on --plain-http, so it is parsed after it)."""
     try:
@@ -54,3 +95,5 @@ def reference(value: str, *, plain_http: bool) -> Reference:
 
 PLATFORM = PlatformType()
 PREFETCH_LIST = PrefetchListType()
+PERIOD = PeriodType()
+PIDS_LIMIT = PidsLimitType()

@@ -37,7 +37,7 @@ Lossless layers (`BuildOptions.lossless`, upstream's `AppendTarLossLess` behind 
 - an empty tar gives a TOC whose entries are `null`, as upstream's.
 """
 
-from ctr_remote.estargz.errors import EstargzError
+from ctr_remote.estargz.errors import EstargzError, UnrepresentableLayerError
 from ctr_remote.estargz.options import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_COMPRESSION_LEVEL,
@@ -78,6 +78,7 @@ __all__ = [
     "EstargzReader",
     "LayerFormat",
     "TOCEntry",
+    "UnrepresentableLayerError",
     "Verified",
     "blob_kind",
     "build",

@@ -18,7 +18,7 @@ import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ctr_remote.estargz.errors import EstargzError
+from ctr_remote.estargz.errors import UnrepresentableLayerError
 from ctr_remote.estargz.scan import Scanned
 from ctr_remote.estargz.tar import DIR, REG
 from ctr_remote.estargz.toc import LANDMARK_CONTENTS, NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
@@ -138,7 +138,7 @@ def _check_hardlinks_follow_targets(items: list[Item], index: dict[str, Scanned]
     for item in items:
         if isinstance(item, Scanned):
             if item.link_key is not None and item.link_key in index and item.link_key not in seen:
-                raise EstargzError(
+                raise UnrepresentableLayerError(
                     f"hardlink {item.key!r} cannot follow its target {item.link_key!r}: "
                     "the layer has entries under a non-directory"
                 )
@@ -152,7 +152,7 @@ def _check_hardlinks(index: dict[str, Scanned]) -> None:
     entries): upstream's reader recurses on them until its stack overflows."""
     for entry in index.values():
         if entry.link_key is not None and entry.link_key not in index:
-            raise EstargzError(
+            raise UnrepresentableLayerError(
                 f"hardlink {entry.key!r} points at {entry.link_key!r}, which is not in the layer"
             )
     done: set[str] = set()
@@ -162,7 +162,7 @@ def _check_hardlinks(index: dict[str, Scanned]) -> None:
         while e is not None and e.link_key is not None and e.key not in done:
             if e.key in chain:
                 cycle = " -> ".join(repr(k) for k in [*chain[chain.index(e.key) :], e.key])
-                raise EstargzError(f"hardlink cycle in the layer: {cycle}")
+                raise UnrepresentableLayerError(f"hardlink cycle in the layer: {cycle}")
             chain.append(e.key)
             e = index.get(e.link_key)
         done.update(chain)

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ctr_remote.estargz.errors import EstargzError
+from ctr_remote.estargz.errors import EstargzError, UnrepresentableLayerError
 
 BLOCK = 512
 ZERO_BLOCK = bytes(BLOCK)
@@ -87,10 +87,12 @@ def _num(b: bytes, what: str) -> int:
     else:
         s = _cstr(b.strip(b" \x00"))  # Go trims spaces and NULs, then stops at a NUL
         if s and not _OCTAL.fullmatch(s):  # Python's int() would take `0o7`, `1_0` and `+7`; Go does not
-            raise EstargzError(f"invalid tar header: bad {what} field {bytes(b)!r}")
+            raise UnrepresentableLayerError(f"invalid tar header: bad {what} field {bytes(b)!r}")
         value = int(s, 8) if s else 0
     if not _INT64_MIN <= value <= _INT64_MAX:
-        raise EstargzError(f"invalid tar header: {what} field {bytes(b)!r} is out of the 64-bit range")
+        raise UnrepresentableLayerError(
+            f"invalid tar header: {what} field {bytes(b)!r} is out of the 64-bit range"
+        )
     return value
 
 
@@ -100,7 +102,9 @@ def _text(b: bytes, what: str) -> str:
     try:
         return b.decode("utf-8")
     except UnicodeDecodeError:
-        raise EstargzError(f"tar {what} {b!r} is not UTF-8; an eStargz TOC cannot represent it") from None
+        raise UnrepresentableLayerError(
+            f"tar {what} {b!r} is not UTF-8; an eStargz TOC cannot represent it"
+        ) from None
 
 
 def _checksum_ok(block: bytes) -> bool:
@@ -146,7 +150,7 @@ def _parse_pax(data: bytes) -> dict[str, bytes]:
 def _pax_time(v: bytes, key: str = "mtime") -> int:
     secs, _, frac = v.partition(b".")
     if frac and not frac.isdigit():
-        raise EstargzError(f"invalid tar PAX {key} {v!r}")
+        raise UnrepresentableLayerError(f"invalid tar PAX {key} {v!r}")
     sec = _pax_int(secs, key)
     nsec = int((frac + b"000000000")[:9]) if frac else 0
     return sec * 1_000_000_000 + (-nsec if secs.startswith(b"-") else nsec)
@@ -155,10 +159,10 @@ def _pax_time(v: bytes, key: str = "mtime") -> int:
 def _pax_int(v: bytes, key: str) -> int:
     """A decimal PAX value the way Go's strconv.ParseInt(v, 10, 64) reads it."""
     if not _DECIMAL.fullmatch(v):
-        raise EstargzError(f"invalid tar PAX {key} {v!r}")
+        raise UnrepresentableLayerError(f"invalid tar PAX {key} {v!r}")
     value = int(v)
     if not _INT64_MIN <= value <= _INT64_MAX:
-        raise EstargzError(f"invalid tar PAX {key} {v!r}: out of the 64-bit range")
+        raise UnrepresentableLayerError(f"invalid tar PAX {key} {v!r}: out of the 64-bit range")
     return value
 
 
@@ -321,7 +325,7 @@ def _parse_main(
         link = long_link
     for what, value in (("name", name), ("link target", link)):
         if len(value) > MAX_PATH_BYTES:
-            raise EstargzError(
+            raise UnrepresentableLayerError(
                 f"tar entry {what} of {len(value)} bytes ({value[:40]!r}...) is longer than Linux's "
                 f"PATH_MAX ({MAX_PATH_BYTES})"
             )

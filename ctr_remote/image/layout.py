@@ -15,6 +15,7 @@ import fcntl
 import json
 import os
 import stat
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -143,6 +144,26 @@ class LayoutStore:
                 write_atomic(marker, json.dumps({"imageLayoutVersion": LAYOUT_VERSION}).encode())
         except OSError as e:
             raise LayoutError(f"{self.reference.name}: cannot create the layout: {e.strerror}") from None
+
+    def check_push_access(self) -> None:
+        """The layout's directories (or, for a layout still to be made, its nearest existing parent)
+        take a new file: a probe, as os.access() cannot tell a read-only mount or a full quota."""
+        existing = [d for d in (self.root, self.root / "blobs" / "sha256") if d.exists()]
+        if not existing:
+            parent = self.root
+            while not parent.exists() and parent != parent.parent:
+                parent = parent.parent
+            existing = [parent]
+        for directory in existing:
+            if not directory.is_dir():
+                raise LayoutError(f"{self.reference.name}: {directory} is not a directory")
+            try:
+                with tempfile.TemporaryFile(dir=directory):
+                    pass
+            except OSError as e:
+                raise LayoutError(
+                    f"{self.reference.name}: cannot write in {directory}: {e.strerror}"
+                ) from None
 
     def push_blob(self, src: Path, desc: Descriptor, *, cancel: CancelToken | None = None) -> None:
         self._ensure_layout()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import platform as _host
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -19,6 +20,14 @@ _KNOWN_OS = frozenset(
     {"aix", "android", "darwin", "dragonfly", "freebsd", "illumos", "ios", "js", "linux", "netbsd",
      "openbsd", "plan9", "solaris", "wasip1", "windows"}
 )  # fmt: skip
+# containerd's isKnownArch: a single-part specifier must name one of these (or a known OS).
+_KNOWN_ARCH = frozenset(
+    {"386", "amd64", "amd64p32", "arm", "armbe", "arm64", "arm64be", "ppc64", "ppc64le", "loong64",
+     "mips", "mipsle", "mips64", "mips64le", "mips64p32", "mips64p32le", "ppc", "riscv", "riscv64",
+     "s390", "s390x", "sparc", "sparc64", "wasm"}
+)  # fmt: skip
+# containerd's specifierRe: each part of `os/arch/variant`.
+_SPECIFIER = re.compile(r"[A-Za-z0-9_-]+")
 _ARCH_ALIASES = {
     "x86_64": ("amd64", None),
     "x86-64": ("amd64", None),
@@ -89,9 +98,11 @@ def host_platform() -> Platform:
 
 
 def parse_platform(spec: str) -> Platform:
-    """`os`, `arch`, `os/arch` or `os/arch/variant`, as containerd's platform specifiers."""
+    """`os`, `arch`, `os/arch` or `os/arch/variant`, as containerd's platforms.Parse: each part made of
+    letters, digits, `_` and `-`; a single part must be a known OS or architecture (with two or three
+    parts, containerd accepts any names, and so do we)."""
     parts = spec.strip().split("/")
-    if not all(parts) or len(parts) > 3:
+    if len(parts) > 3 or not all(_SPECIFIER.fullmatch(p) for p in parts):
         raise PlatformError(f"invalid platform {spec!r}: expected os|arch|os/arch[/variant]")
     host = host_platform()
     if len(parts) == 1:
@@ -100,6 +111,8 @@ def parse_platform(spec: str) -> Platform:
             plat = Platform(p, host.architecture, host.variant) if p == host.os else Platform(p, "amd64")
         else:
             plat = Platform("linux", p)
+            if plat.normalized().architecture not in _KNOWN_ARCH:
+                raise PlatformError(f"invalid platform {spec!r}: unknown operating system or architecture")
     else:
         plat = Platform(parts[0], parts[1], parts[2] if len(parts) == 3 else None)
     return plat.normalized()

@@ -24,6 +24,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from ctr_remote.profile.children import die_with_parent
 from ctr_remote.profile.errors import ProfileError
 
 # <linux/fanotify.h>; FAN_REPORT_FD_ERROR (6.13) is defined here, Debian 12's headers predate it.
@@ -99,6 +100,7 @@ class FanotifyRecorder:
                 stdout=subprocess.DEVNULL,
                 stderr=err,
                 pass_fds=(self._group,),
+                preexec_fn=die_with_parent,
                 start_new_session=True,  # the terminal's Ctrl-C is ours to handle, not the reader's
             )
         process = self.process

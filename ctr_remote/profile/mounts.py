@@ -6,8 +6,11 @@ import ctypes
 import errno
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
+
+from ctr_remote.profile.errors import ProfileError
 
 MS_NOSUID = 2
 MS_NODEV = 4
@@ -43,7 +46,7 @@ def mount_overlay(
     `lower_base` as its working directory, since changing our own would affect every thread.
     """
     options = f"lowerdir={':'.join(lowers)},upperdir={upper},workdir={work},{extra}"
-    done = subprocess.run(
+    done = subprocess.run(  # a missing `mount` was found by check_mount_binary before anything started
         ["mount", "-t", "overlay", "overlay", "-o", options, str(target)],
         cwd=lower_base,
         stdin=subprocess.DEVNULL,
@@ -54,6 +57,14 @@ def mount_overlay(
     if done.returncode != 0:
         lines = done.stderr.strip().splitlines()
         raise OSError(errno.EINVAL, lines[-1] if lines else f"mount exited with {done.returncode}")
+
+
+def check_mount_binary() -> None:
+    """The overlay is mounted by util-linux's `mount` (see mount_overlay): say so if there is none."""
+    if shutil.which("mount") is None:
+        raise ProfileError(
+            "no `mount` binary on PATH (util-linux): it mounts the image's layers with overlayfs"
+        )
 
 
 def _unescape(field: str) -> str:

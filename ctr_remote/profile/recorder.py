@@ -8,6 +8,7 @@ import json
 import os
 import select
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -18,10 +19,13 @@ from pathlib import Path
 from typing import IO
 
 from ctr_remote.profile import mounts
+from ctr_remote.profile.children import die_with_parent
 from ctr_remote.profile.errors import ProfileError
 from ctr_remote.profile.unpack import UnpackedLayer
 
 DAEMON = Path(__file__).with_name("fuse_daemon.py")
+FUSE_DEVICE = "/dev/fuse"
+_FUSE_RDEV = (10, 229)  # the misc device the kernel's FUSE module registers
 READY_TIMEOUT = 30.0
 EXIT_TIMEOUT = 10.0
 
@@ -29,12 +33,29 @@ EXIT_TIMEOUT = 10.0
 def check_fuse() -> None:
     """One-line errors for a machine that cannot serve FUSE at all."""
     try:
-        fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+        fd = os.open(FUSE_DEVICE, os.O_RDWR | os.O_CLOEXEC)
     except OSError as e:
         raise ProfileError(
-            f"cannot open /dev/fuse ({e.strerror}): FUSE is required to record file accesses"
+            f"cannot open {FUSE_DEVICE} ({e.strerror}): FUSE is required to record file accesses"
         ) from None
-    os.close(fd)
+    try:
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if not stat.S_ISCHR(st.st_mode) or (os.major(st.st_rdev), os.minor(st.st_rdev)) != _FUSE_RDEV:
+        what = "a character device" if stat.S_ISCHR(st.st_mode) else _file_kind(st.st_mode)
+        raise ProfileError(
+            f"{FUSE_DEVICE} is {what}, not the FUSE device (character device 10:229): "
+            "FUSE is required to record file accesses"
+        )
+
+
+def _file_kind(mode: int) -> str:
+    if stat.S_ISREG(mode):
+        return "a regular file"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    return "not a character device"
 
 
 @dataclass
@@ -79,6 +100,7 @@ class RecorderDaemon:
                     stdout=err,
                     stderr=err,
                     pass_fds=(ready_w,),
+                    preexec_fn=die_with_parent,
                     start_new_session=True,  # the terminal's Ctrl-C is ours to handle, not the daemon's
                 )
         except BaseException:

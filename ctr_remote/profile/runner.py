@@ -1,7 +1,8 @@
 """`profile()`: unpack, mount, run, record, clean up.
 
 Work directory layout (one fresh, root-only directory per run):
-    l/N       layer N unpacked in overlay form          m/N      its recording FUSE mount
+    l/N       layer N unpacked in overlay form (l/ a tmpfs when the image fits in memory)
+    m/N       its recording FUSE mount
     s/        the FUSE daemon's logs, access logs       upper/, ovl/   overlay upper and work dirs
     rootfs/   the overlay the container runs on         etc/     generated hosts and resolv.conf
     bundle/   config.json and the runtime's log         runc/    the runtime's private state root
@@ -14,7 +15,6 @@ import json
 import os
 import secrets
 import signal
-import subprocess
 import tempfile
 import threading
 import time
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import structlog
 
-from ctr_remote.errors import Terminated
+from ctr_remote import leftovers  # the module: it imports this package's mounts in turn
 from ctr_remote.layer.compression import Compression, detect
 from ctr_remote.layer.paths import clean_name
 from ctr_remote.profile import cdi, mounts
@@ -35,7 +35,8 @@ from ctr_remote.profile.runtime import Container, find_runtime, stop_signal_of
 from ctr_remote.profile.spec import Command, build_spec, command_of, hosts_text, resolv_conf_text
 from ctr_remote.profile.unpack import unpack_layer
 from ctr_remote.profile.workload import NetworkMode, Workload
-from ctr_remote.signals import signals_deferred
+from ctr_remote.runstate import RecordedContainer, RecordedNetwork, RunRecord, recorded
+from ctr_remote.signals import aborting, signals_deferred
 
 log = structlog.get_logger()
 
@@ -43,7 +44,6 @@ log = structlog.get_logger()
 # manifest (up to 4 MiB) can list tens of thousands.
 MAX_LAYERS = 500
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
-_ABORT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def check_requirements(workload: Workload) -> None:
@@ -51,6 +51,7 @@ def check_requirements(workload: Workload) -> None:
     the runtime binary, /dev/fuse or fanotify, the CDI devices, and with --cni the network configuration
     and its plugins."""
     find_runtime(workload.runtime)
+    mounts.check_mount_binary()
     check_recorder(workload.recorder)
     if workload.devices:
         cdi.resolve(workload.devices, workload.cdi_spec_dirs)
@@ -79,6 +80,7 @@ def profile(
         if not os.access(blob, os.R_OK) or not Path(blob).is_file():
             raise ProfileError(f"layer blob {blob} does not exist or is not a readable file")
     runtime = find_runtime(workload.runtime)
+    mounts.check_mount_binary()
     check_recorder(workload.recorder)
     devices = cdi.resolve(workload.devices, workload.cdi_spec_dirs) if workload.devices else None
     command = command_of(config, workload)
@@ -89,9 +91,10 @@ def profile(
             f"work directory {base} contains ',', ':' or '\\', which overlayfs options cannot hold"
         )
     stop = threading.Event()
-    with _signal_handling(workload, stop):
+    with _signal_handling(workload, stop), recorded() as record:
         try:
             work = Path(tempfile.mkdtemp(prefix="ctr-remote-profile-", dir=base))
+            record.add_temp_dir(work)
         except OSError as e:
             raise ProfileError(f"cannot create a work directory in {base}: {e.strerror}") from None
         try:
@@ -108,6 +111,7 @@ def profile(
                         devices,
                         stop,
                         stop_signal,
+                        record,
                     )
                 finally:
                     with signals_deferred():
@@ -118,7 +122,7 @@ def profile(
             raise ProfileError(f"profiling failed in {work}: {e.strerror or e}{where}") from None
         finally:
             with signals_deferred():
-                _sweep(work)
+                leftovers.remove_tree(work)
     # What the workload cost, apart from unpacking and mounting: compare it with a plain run.
     log.info(
         "workload recorded",
@@ -144,11 +148,12 @@ def _run(
     devices: cdi.ContainerEdits | None,
     stop: threading.Event,
     stop_signal: signal.Signals,
+    record: RunRecord,
 ) -> tuple[Recording, int | None, list[str], float]:
-    _use_memory_if_it_fits(work, layers)
     os.chmod(work, 0o700)  # device nodes and setuid files of the image live below
     for name in ("l", "m", "s", "upper", "ovl", "rootfs", "etc", "bundle", "runc"):
         (work / name).mkdir()
+    _unpack_in_memory_if_it_fits(work / "l", layers)
     recording = recording_for(workload.recorder, work, stack, stop)
     for i, blob in enumerate(layers):
         recording.add_layer(i, unpack_layer(blob, work / "l" / str(i), what=f"layer {i} ({blob.name})"))
@@ -183,9 +188,20 @@ def _run(
     container_id = f"ctr-remote-profile-{os.getpid()}-{secrets.token_hex(4)}"
     netns_path = None
     if workload.network is NetworkMode.CNI:
-        from ctr_remote.profile.cni import cni_network
+        from ctr_remote.profile.cni import DEFAULT_IFNAME, DEFAULT_NETNS_DIR, cni_network
 
+        record.add_network(
+            RecordedNetwork(
+                str(DEFAULT_NETNS_DIR / container_id),
+                container_id,
+                DEFAULT_IFNAME,
+                str(workload.cni.conf_dir.absolute()),
+                str(workload.cni.plugin_dir.absolute()),
+            )
+        )
         netns_path = stack.enter_context(cni_network(workload.cni, container_id)).netns_path
+    container = Container(runtime, work / "runc", container_id, work / "bundle")
+    started_hook = container.started_hook()
     spec = build_spec(
         command,
         user,
@@ -195,10 +211,11 @@ def _run(
         resolv_conf=resolv_conf,
         hostname=container_id[:63],
         netns_path=netns_path,
+        started_hook=started_hook,
     )
     if devices is not None:
         cdi.apply(spec, devices)
-    bundle = work / "bundle"
+    bundle = container.bundle
     (bundle / "config.json").write_text(json.dumps(spec, indent=1), encoding="utf-8")
     # From here on, what opens the image's files is the runtime's, its hooks' and the workload's: the
     # lookups above (the user, the binary) are not recorded by fanotify. Both recorders watch before
@@ -206,11 +223,12 @@ def _run(
     # in the container's mount namespace before pivot_root and reads the image at the spec's root.path,
     # which is this overlay. What is read through the mounts (CDI's included) is excluded below.
     recording.start(stack)
-    container = Container(runtime, work / "runc", container_id, bundle)
+    record.add_container(RecordedContainer(runtime, str(container.state_root), container_id))
     stack.callback(container.delete)
     started = time.monotonic()
     exit_code = container.run(workload, stop, stop_signal)
     seconds = time.monotonic() - started
+    container.check_ran(started_hook, exit_code)
     recording.check()
     excluded = [clean_name(m["destination"]) for m in spec["mounts"]]
     return recording, exit_code, excluded, seconds
@@ -220,12 +238,15 @@ def _run(
 _COMPRESSION_RATIO = 5
 
 
-def _use_memory_if_it_fits(work: Path, layers: list[Path]) -> None:
-    """Put the whole work dir on a tmpfs when the unpacked image fits comfortably in memory.
+def _unpack_in_memory_if_it_fits(target: Path, layers: list[Path]) -> None:
+    """Unpack the layers on a tmpfs when the unpacked image fits comfortably in memory.
 
     Creating thousands of files on a busy disk costs ~0.3 ms each (measured here: 1.3 s for a
     3,000-file layer vs 30 ms on tmpfs), and the FUSE daemons serve from these files while the
-    workload runs. nosuid,nodev: nothing of the image is usable from the host side.
+    workload runs. Only the layers: their size is the image's, known up front. The workload's own
+    writes (the overlay's upper dir) stay on the work directory's disk, so a workload writing
+    gigabytes costs disk, not the host's memory. nosuid,nodev: nothing of the image is usable from
+    the host side.
     """
     need = 0
     for blob in layers:
@@ -237,7 +258,7 @@ def _use_memory_if_it_fits(work: Path, layers: list[Path]) -> None:
         log.info("unpacking on disk: the image may not fit in memory", estimated_bytes=need)
         return
     mounts.mount(
-        "tmpfs", work, "tmpfs", f"mode=0700,size={available // 2}", mounts.MS_NOSUID | mounts.MS_NODEV
+        "tmpfs", target, "tmpfs", f"mode=0700,size={available // 2}", mounts.MS_NOSUID | mounts.MS_NODEV
     )
 
 
@@ -256,31 +277,6 @@ def _unmount(target: Path) -> None:
         mounts.umount(target, lazy=True)
 
 
-def _sweep(work: Path) -> None:
-    """Last line of defence: nothing mounted below `work` survives, then `work` goes.
-
-    `rm -rf --one-file-system`, not shutil.rmtree: the workload may have built a tree in the upper
-    dir deeper than rmtree's recursion allows, and a mount that would not go is not descended into.
-    """
-    for point in mounts.mountpoints_under(work):
-        with contextlib.suppress(OSError):
-            mounts.umount(point, lazy=True)
-    try:
-        done = subprocess.run(
-            ["rm", "-rf", "--one-file-system", "--", str(work)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            check=False,
-        )
-        error = done.stderr.strip()[-300:] if done.returncode else ""
-    except OSError as e:  # no `rm` on PATH
-        error = e.strerror or str(e)
-    if error:
-        log.warning("could not remove the work directory", path=str(work), error=error)
-
-
 @contextlib.contextmanager
 def _signal_handling(workload: Workload, stop: threading.Event) -> Iterator[None]:
     """SIGINT/SIGTERM abort the run (cleanly); with --wait-on-signal they end the period instead."""
@@ -288,17 +284,16 @@ def _signal_handling(workload: Workload, stop: threading.Event) -> Iterator[None
         yield
         return
 
+    if not workload.wait_on_signal:
+        with aborting():
+            yield
+        return
+
     def end_period(signum: int, frame: object) -> None:
         log.info("signal received; stopping the workload", signal=signal.Signals(signum).name)
         stop.set()
 
-    def abort(signum: int, frame: object) -> None:
-        if signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        raise Terminated(f"interrupted by {signal.Signals(signum).name}")
-
-    handler, signals = (end_period, _STOP_SIGNALS) if workload.wait_on_signal else (abort, _ABORT_SIGNALS)
-    previous = {s: signal.signal(s, handler) for s in signals}
+    previous = {s: signal.signal(s, end_period) for s in _STOP_SIGNALS}
     try:
         yield
     finally:

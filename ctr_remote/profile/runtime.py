@@ -4,7 +4,6 @@ stopping it: at the end of the period, on a stdout line, on a signal, or when it
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import shutil
@@ -20,6 +19,7 @@ from typing import IO
 
 import structlog
 
+from ctr_remote.profile.children import die_with_parent
 from ctr_remote.profile.errors import ProfileError
 from ctr_remote.profile.workload import Workload
 
@@ -27,7 +27,6 @@ log = structlog.get_logger()
 
 STOP_GRACE_SECONDS = 5.0  # upstream waits this long after the stop signal before SIGKILL
 KILL_TIMEOUT_SECONDS = 10.0
-_PR_SET_PDEATHSIG = 1
 
 
 def find_runtime(name: str) -> str:
@@ -52,14 +51,6 @@ def stop_signal_of(config: dict) -> signal.Signals:
         raise ProfileError(f"image config has an unknown StopSignal {raw!r}") from None
 
 
-_prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before fork: the child only calls it
-
-
-def _die_with_parent() -> None:
-    # If the profiler itself is killed outright, take runc down with it rather than leave it running.
-    _prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
-
-
 @dataclass
 class Container:
     runtime: str  # absolute path of the runtime binary
@@ -73,6 +64,23 @@ class Container:
     @property
     def log_path(self) -> Path:
         return self.bundle / "runtime.log"
+
+    @property
+    def started_marker(self) -> Path:
+        return self.bundle / "started"
+
+    def started_hook(self) -> list[str] | None:
+        """The poststart hook that proves the runtime started the container: it creates
+        `started_marker` (None without a `touch` on the host: nothing is checked then)."""
+        touch = shutil.which("touch")
+        return [touch, str(self.started_marker)] if touch else None
+
+    def check_ran(self, hook: list[str] | None, exit_code: int | None) -> None:
+        """A runtime that exits without running the container (`/bin/true`, a wrapper that gives up
+        quietly) must not pass for a workload that read nothing."""
+        if hook is not None and not self.started_marker.exists():
+            status = "" if exit_code is None else f" (it exited with status {exit_code})"
+            raise ProfileError(f"{Path(self.runtime).name} never started the container{status}")
 
     def run(self, workload: Workload, stop: threading.Event, stop_signal: signal.Signals) -> int | None:
         """Run until the workload exits (its exit code) or `stop` is set / the period ends (None).
@@ -94,7 +102,7 @@ class Container:
             stdin=stdin,
             stdout=stdout,
             start_new_session=True,  # Ctrl-C reaches us, and we stop the container in order
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         exited = threading.Event()
 

@@ -146,9 +146,11 @@ def build_spec(
     resolv_conf: Path,
     hostname: str,
     netns_path: Path | None = None,
+    started_hook: list[str] | None = None,
 ) -> dict[str, Any]:
     """The runtime spec (config.json). `hosts`/`resolv_conf` are the files to bind-mount (ignored
-    with host networking); `netns_path` is a namespace to join (CNI)."""
+    with host networking); `netns_path` is a namespace to join (CNI); `started_hook` a command the
+    runtime runs on the host once the container has started (a poststart hook)."""
     caps = list(DEFAULT_CAPABILITIES)
     effective = caps if user.uid == 0 else []
     mounts: list[dict[str, Any]] = [
@@ -224,7 +226,10 @@ def build_spec(
             {"destination": "/etc/hosts", "type": "bind", "source": str(hosts), "options": ["bind"]}
         )
     mounts += _user_mounts(workload)
-    return {
+    resources: dict[str, Any] = {"devices": [{"allow": False, "access": "rwm"}]}
+    if workload.pids_limit is not None:
+        resources["pids"] = {"limit": workload.pids_limit}
+    spec: dict[str, Any] = {
         "ociVersion": "1.0.2",
         "process": {
             "terminal": workload.terminal,
@@ -246,8 +251,11 @@ def build_spec(
         "mounts": mounts,
         "linux": {
             "namespaces": namespaces,
-            "resources": {"devices": [{"allow": False, "access": "rwm"}]},
+            "resources": resources,
             "maskedPaths": MASKED_PATHS,
             "readonlyPaths": READONLY_PATHS,
         },
     }
+    if started_hook:
+        spec["hooks"] = {"poststart": [{"path": started_hook[0], "args": started_hook}]}
+    return spec

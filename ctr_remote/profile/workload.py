@@ -14,6 +14,10 @@ DEFAULT_PERIOD_SECONDS = 10.0
 DEFAULT_NAMESERVERS: tuple[str, ...] = ("8.8.8.8",)
 DEFAULT_CNI_CONF_DIR = Path("/etc/cni/net.d")
 DEFAULT_CNI_PLUGIN_DIR = Path("/opt/cni/bin")
+# The container's pids cgroup limit (`--pids-limit`): a fork bomb in the workload stops there instead
+# of filling the host's pid table (uid 0 is not bound by RLIMIT_NPROC). Start-ups that fork a worker
+# per core or a thread pool stay far below it; threads count as pids.
+DEFAULT_PIDS_LIMIT = 4096
 # CDI's static and generated spec directories; a later one has priority.
 DEFAULT_CDI_SPEC_DIRS: tuple[Path, ...] = (Path("/etc/cdi"), Path("/var/run/cdi"))
 
@@ -79,6 +83,7 @@ class Workload:
     add_hosts: tuple[tuple[str, str], ...] = ()  # (hostname, ip) from --add-hosts host:IP
     runtime: str = "runc"
     recorder: RecorderKind = RecorderKind.FUSE
+    pids_limit: int | None = DEFAULT_PIDS_LIMIT  # None: no limit (`--pids-limit -1`)
     # Qualified CDI device names (vendor.com/class=name; --device, and --gpus as nvidia.com/gpu=...).
     devices: tuple[str, ...] = ()
     cdi_spec_dirs: tuple[Path, ...] = DEFAULT_CDI_SPEC_DIRS

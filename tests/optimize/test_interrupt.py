@@ -101,13 +101,14 @@ def test_a_failing_layer_stops_the_others_and_is_the_error_shown(workdir: Path) 
     slow = LayerBuilder()
     for i in range(3):
         slow.file(f"data/{i}.txt", text)
-    bad = LayerBuilder().add(tarfile.TarInfo("bad-\udcff-name"), b"x")  # non-UTF-8: refused by the writer
+    bad = LayerBuilder().add(tarfile.TarInfo("bad-\udcff-name"), b"x")  # non-UTF-8: the writer refuses it
     image = runnable_image([slow, bad])
     src, tmp = workdir / "src", workdir / "tmp"
     tmp.mkdir()
     with open_store(parse_reference(f"local://{src}")) as store:
         publish(store, image, workdir / "push")
-    p = _start(tmp, "--no-optimize", f"local://{src}", f"local://{workdir / 'dst'}")
+    # --require-converted: such a layer fails the run (without it, it would be copied unconverted).
+    p = _start(tmp, "--no-optimize", "--require-converted", f"local://{src}", f"local://{workdir / 'dst'}")
     _, err = p.communicate(timeout=WAIT_SECONDS)
     assert p.returncode == 1, err
     events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]

@@ -134,7 +134,8 @@ def start_driver(
 ) -> tuple[subprocess.Popen, Path]:
     """Start profile() in a separate process; returns (process, result file)."""
     cmd, result = driver_command(tmp_path, work, layers, config, workload)
-    return subprocess.Popen(cmd, cwd=ROOT, env=DRIVER_ENV, **popen), result
+    popen.setdefault("env", DRIVER_ENV)
+    return subprocess.Popen(cmd, cwd=ROOT, **popen), result
 
 
 LINE_TIMEOUT = 60.0
@@ -156,7 +157,11 @@ def wait_for_line(proc: subprocess.Popen, text: str) -> list[str]:
 
 
 def start_sleeping_workload(
-    tmp_path: Path, work: Path, layers: Sequence[Path], recorder: str = RecorderKind.FUSE.value
+    tmp_path: Path,
+    work: Path,
+    layers: Sequence[Path],
+    recorder: str = RecorderKind.FUSE.value,
+    env: dict[str, str] | None = None,
 ) -> tuple[subprocess.Popen, Path]:
     """profile() in a separate process on a workload that reads /data/before.txt, says READY and then
     sleeps through a 600 s period; returns once READY was printed (the caller stops it)."""
@@ -164,7 +169,7 @@ def start_sleeping_workload(
     proc, result = start_driver(
         tmp_path, work, layers, image_config(cmd=["/bin/sh", "-c", script]),
         {"period": 600, "recorder": recorder},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env or DRIVER_ENV,
     )  # fmt: skip
     try:
         wait_for_line(proc, "READY")

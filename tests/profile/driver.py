@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ctr_remote.errors import CtrRemoteError
 from ctr_remote.profile import Mount, NetworkMode, Workload, profile
-from ctr_remote.profile.workload import RecorderKind
+from ctr_remote.profile.workload import CniConfig, RecorderKind
 
 
 def workload_of(fields: dict) -> Workload:
@@ -35,6 +35,8 @@ def workload_of(fields: dict) -> Workload:
         fields["network"] = NetworkMode(fields["network"])
     if "recorder" in fields:
         fields["recorder"] = RecorderKind(fields["recorder"])
+    if "cni" in fields:
+        fields["cni"] = CniConfig(Path(fields["cni"]["conf_dir"]), Path(fields["cni"]["plugin_dir"]))
     return Workload(**fields)
 
 

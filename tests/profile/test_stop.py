@@ -139,5 +139,5 @@ def test_interrupting_the_profiler_mid_workload_cleans_up(
         not in subprocess.run(["runc", "list", "-q"], capture_output=True, text=True).stdout
     )
     if sig is signal.SIGTERM:
-        assert err.decode().splitlines()[-1] == "ctr-remote: interrupted by SIGTERM"
+        assert err.decode().splitlines()[-1] == "ctr-remote: terminated by SIGTERM"
     assert not result_file.exists()

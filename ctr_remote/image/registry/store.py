@@ -8,6 +8,7 @@ a CancelToken and stop at their next request, backoff or chunk once it is set.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -260,6 +261,23 @@ class RegistryStore:
         resp.close()
         if resp.status_code not in (201, 204):
             raise self._c.fail(resp, f"upload of blob {desc.digest}")
+
+    def check_push_access(self) -> None:
+        """Authenticate for push and open an upload session, then cancel it: what every blob upload
+        does first, so credentials, permissions and a read-only registry fail here."""
+        resp = self._c.request(
+            "POST",
+            self._c.url("blobs/uploads/"),
+            scopes=self._write,
+            headers={"Content-Length": "0"},
+            body=b"",
+        )
+        resp.close()
+        if resp.status_code != 202 or "location" not in resp.headers:
+            raise self._c.fail(resp, "push access check (opening an upload session)")
+        # A registry that cannot cancel sessions lets them expire: its answer does not matter.
+        with contextlib.suppress(ImageError):
+            self._c.request("DELETE", self._location(resp), scopes=self._write).close()
 
     def push_blob(self, src: Path, desc: Descriptor, *, cancel: CancelToken | None = None) -> None:
         """Skip if present, mount if the source repository is on this registry, else upload. The
