@@ -125,7 +125,7 @@ def _check_stale_chunks(entries: list[Scanned], index: dict[str, Scanned]) -> No
     for key in chunked:
         last = index[key]
         if last.typeflag == REG and last.size and not last.chunk_digests:
-            raise EstargzError(
+            raise UnrepresentableLayerError(
                 f"{key!r} is in the layer twice, first in several chunks, then in one: the snapshotter's "
                 "reader would serve the first one's chunks (convert without --estargz-keep-diff-id)"
             )
