@@ -56,6 +56,7 @@ def image() -> None:
 
 
 def _register() -> None:
+    from ctr_remote.cli.batch import batch_command
     from ctr_remote.cli.check import check_command, get_toc_digest_command
     from ctr_remote.cli.convert import convert_command
     from ctr_remote.cli.optimize import optimize_command
@@ -64,6 +65,7 @@ def _register() -> None:
     image.add_command(convert_command)
     image.add_command(check_command)
     image.add_command(get_toc_digest_command)
+    cli.add_command(batch_command)
 
 
 _register()
