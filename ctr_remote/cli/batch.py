@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import click
+import structlog
 
 from ctr_remote.batch.cache import LayerCache
 from ctr_remote.batch.runner import JobResult, Status, default_jobs, run_batch
@@ -17,6 +18,9 @@ from ctr_remote.batch.spec import load
 from ctr_remote.cli.types import reference
 from ctr_remote.errors import CtrRemoteError, UsageError
 from ctr_remote.image import ImageError
+from ctr_remote.log import LogFormat, current_format
+
+log = structlog.get_logger()
 
 
 @contextlib.contextmanager
@@ -121,12 +125,10 @@ def batch_command(
     result.extra = {"file": str(file), "shard": str(where) if where else None, "jobs_at_once": workers}
     if report is not None:
         _write_report(report, result.to_json())
-    click.echo(result.summary(), err=True)
-    for r in result.results:
-        if r.status is Status.FAILED:
-            click.echo(f"ctr-remote: job {r.job.name}: {r.error}", err=True)
+    if current_format() is LogFormat.JSON:
+        log.info("batch done", summary=result.summary(), ok=result.ok)
+    else:
+        click.echo(result.summary(), err=True)
     if not result.ok:
-        raise CtrRemoteError(
-            f"{sum(r.status is not Status.OK for r in result.results)} of "
-            f"{len(result.results)} jobs did not succeed"
-        )
+        failed = sum(r.status is not Status.OK for r in result.results)
+        raise CtrRemoteError(f"{failed} of {len(result.results)} jobs did not succeed (see the log above)")

@@ -1,0 +1,142 @@
+"""`ctr-remote batch` against a real registry: each distinct layer converted once, the digests of
+running each image alone, shards that share a registry cache, a cache directory that survives runs
+and is verified before use, a failed job that does not stop the others."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.batch.fleet import SHARED, batch_file, publish_fleet
+from tests.conftest import Oracle
+from tests.helpers.registry import RegistryServer
+from tests.optimize.conftest import Cli
+
+N = 6
+
+
+def report(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+def outcomes(rep: dict[str, Any]) -> Counter[str]:
+    return Counter(la["outcome"] for job in rep["jobs"] for la in job["layers"])
+
+
+def converted_per_source(reports: list[dict[str, Any]]) -> Counter[str]:
+    layers = [la for rep in reports for job in rep["jobs"] for la in job["layers"]]
+    return Counter(la["source"] for la in layers if la["outcome"] == "converted")
+
+
+def digests(rep: dict[str, Any]) -> dict[str, str]:
+    return {job["name"]: job["digest"] for job in rep["jobs"]}
+
+
+@pytest.fixture
+def sources(registry: RegistryServer, workdir: Path) -> list[str]:
+    return publish_fleet(registry, workdir, N)
+
+
+def test_each_distinct_layer_is_converted_once_and_digests_equal_running_alone(
+    cli: Cli, registry: RegistryServer, sources: list[str], workdir: Path, oracle: Oracle
+) -> None:
+    file = batch_file(workdir / "batch.yaml", sources, "esgz")
+    rep_path = workdir / "report.json"
+    run = cli("batch", "--jobs", "3", "--report", str(rep_path), str(file))
+    rep = report(rep_path)
+    assert rep["ok"] and [j["status"] for j in rep["jobs"]] == ["ok"] * N
+    # 2 shared base layers + 1 own layer per image: 8 distinct layers, each converted exactly once.
+    per_source = converted_per_source([rep])
+    assert len(per_source) == SHARED + N and set(per_source.values()) == {1}
+    assert outcomes(rep) == {"converted": SHARED + N, "cached": SHARED * (N - 1)}
+    assert "8 converted, 10 cached" in run.stderr
+    # Each image alone, with the same flags: the same digests.
+    for i, src in enumerate(sources):
+        alone = src.replace(":src", ":alone")
+        kind = ["image", "optimize", "--no-optimize"] if i % 2 else ["image", "convert", "--estargz"]
+        r = cli(*kind, "--plain-http", "--oci", src, alone)
+        assert r.stdout.strip().splitlines()[-1] == digests(rep)[f"app{i}"]
+    for line in run.stdout.splitlines():  # name<TAB>digest per job
+        name, digest = line.split("\t")
+        assert digests(rep)[name] == digest
+    for i in (0, 1):
+        oracle.check_image(f"{registry.host}/app{i}:esgz")
+
+
+def test_three_concurrent_shards_sharing_a_cache_ref_give_the_same_digests(
+    cli: Cli, registry: RegistryServer, sources: list[str], workdir: Path, oracle: Oracle
+) -> None:
+    whole = workdir / "whole.json"
+    cli("batch", "--report", str(whole), str(batch_file(workdir / "whole.yaml", sources, "whole")))
+    file = batch_file(workdir / "batch.yaml", sources, "esgz")
+    cache = registry.ref("ci/layer-cache")
+    args = [sys.executable, "-m", "ctr_remote", "batch", "--plain-http", "--cache-ref", cache]
+    procs = [
+        subprocess.Popen(
+            [*args, "--shard", f"{i}/3", "--report", str(workdir / f"shard{i}.json"), str(file)],
+            env=cli.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(3)
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=240)
+        assert p.returncode == 0, err
+    shards = [report(workdir / f"shard{i}.json") for i in range(3)]
+    names = [job["name"] for rep in shards for job in rep["jobs"]]
+    assert sorted(names) == sorted(f"app{i}" for i in range(N))  # the whole file, each job once
+    assert all(rep["jobs"] for rep in shards), "rendezvous hashing left a shard empty for this file"
+    merged = {k: v for rep in shards for k, v in digests(rep).items()}
+    assert merged == digests(report(whole))
+    oracle.check_image(f"{registry.host}/app2:esgz")
+    # A fourth machine with an empty cache directory finds every layer in the registry cache.
+    again = workdir / "again.json"
+    cli("batch", "--plain-http", "--cache-ref", cache, "--report", str(again), str(file))
+    assert outcomes(report(again)) == {"cached": SHARED * N + N}
+    assert digests(report(again)) == merged
+
+
+def test_a_cache_dir_is_kept_across_runs_and_a_corrupt_entry_is_converted_again(
+    cli: Cli, sources: list[str], workdir: Path
+) -> None:
+    file = batch_file(workdir / "batch.yaml", sources[:2], "esgz")
+    cache = workdir / "cache"
+    first, second, third = (workdir / f"run{i}.json" for i in range(3))
+    cli("batch", "--cache-dir", str(cache), "--report", str(first), str(file))
+    assert outcomes(report(first)) == {"converted": SHARED + 2, "cached": SHARED}
+    cli("batch", "--cache-dir", str(cache), "--report", str(second), str(file))
+    assert outcomes(report(second)) == {"cached": (SHARED + 1) * 2}
+    blobs = sorted((cache / "blobs").iterdir())
+    with open(blobs[0], "r+b") as f:  # a torn write, a disk error: same size, other bytes
+        f.seek(100)
+        f.write(b"\0" * 16)
+    cli("batch", "--cache-dir", str(cache), "--report", str(third), str(file))
+    assert outcomes(report(third)) == {"converted": 1, "cached": (SHARED + 1) * 2 - 1}
+    assert digests(report(third)) == digests(report(first))
+
+
+def test_a_failed_job_does_not_stop_the_others_unless_fail_fast(
+    cli: Cli, registry: RegistryServer, sources: list[str], workdir: Path
+) -> None:
+    missing = registry.ref("nothing:here")
+    file = batch_file(workdir / "batch.yaml", [missing, *sources[:2]], "esgz")
+    rep_path = workdir / "report.json"
+    run = cli("batch", "--jobs", "1", "--report", str(rep_path), str(file), check=False)
+    assert run.returncode == 1
+    last = run.stderr.strip().splitlines()[-1]
+    assert last == "ctr-remote: 1 of 3 jobs did not succeed (see the log above)"
+    jobs = report(rep_path)["jobs"]
+    assert [j["status"] for j in jobs] == ["failed", "ok", "ok"]
+    assert "nothing" in jobs[0]["error"] and "\n" not in jobs[0]["error"]
+    assert "digest" not in jobs[0] and jobs[1]["digest"].startswith("sha256:")
+    run = cli("batch", "--jobs", "1", "--fail-fast", "--report", str(rep_path), str(file), check=False)
+    assert run.returncode == 1
+    assert [j["status"] for j in report(rep_path)["jobs"]] == ["failed", "skipped", "skipped"]
