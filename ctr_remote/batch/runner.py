@@ -11,14 +11,16 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from ctr_remote.batch.cache import LayerCache, LayerReport, Outcome
-from ctr_remote.batch.spec import Job
 from ctr_remote.errors import CtrRemoteError, Interrupted, Terminated
 from ctr_remote.progress import Progress
+
+if TYPE_CHECKING:
+    from ctr_remote.batch.spec import Job
 
 log = structlog.get_logger()
 
@@ -100,9 +102,6 @@ def default_jobs() -> int:
     return max(1, len(os.sched_getaffinity(0)))
 
 
-RunJob = Callable[[Job, LayerCache, Progress], tuple[str, tuple[LayerReport, ...]]]
-
-
 def run_job(job: Job, cache: LayerCache, progress: Progress) -> tuple[str, tuple[LayerReport, ...]]:
     from ctr_remote.optimize import optimize  # the pipeline pulls in every package: load it only to run
 
@@ -116,7 +115,6 @@ def run_batch(
     *,
     workers: int,
     fail_fast: bool = False,
-    run: RunJob = run_job,
     on_done: Callable[[JobResult], None] | None = None,
 ) -> BatchResult:
     start = time.monotonic()
@@ -130,7 +128,7 @@ def run_batch(
         t0 = time.monotonic()
         log.info("job started", job=job.name, kind=job.kind, source=job.source, target=job.target)
         try:
-            result.digest, result.layers = run(job, cache, Progress(live=False))
+            result.digest, result.layers = run_job(job, cache, Progress(live=False))
             result.status = Status.OK
         except (Interrupted, Terminated):
             raise

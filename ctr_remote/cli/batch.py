@@ -12,9 +12,9 @@ import click
 import structlog
 
 from ctr_remote.batch.cache import LayerCache
+from ctr_remote.batch.remote import RegistryCache
 from ctr_remote.batch.runner import JobResult, Status, default_jobs, run_batch
 from ctr_remote.batch.shard import INDEX_ENV, parse_shard
-from ctr_remote.batch.spec import load
 from ctr_remote.cli.types import reference
 from ctr_remote.errors import CtrRemoteError, UsageError
 from ctr_remote.image import ImageError
@@ -23,17 +23,18 @@ from ctr_remote.log import LogFormat, current_format
 log = structlog.get_logger()
 
 
-@contextlib.contextmanager
-def _cache(cache_dir: Path | None, cache_ref: str | None, plain_http: bool) -> Iterator[LayerCache]:
-    """The run's layer cache: in --cache-dir, or in a temporary directory removed at the end."""
-    remote = None
-    if cache_ref is not None:
-        from ctr_remote.batch.remote import RegistryCache
+def _remote(cache_ref: str | None, plain_http: bool) -> RegistryCache | None:
+    if cache_ref is None:
+        return None
+    try:
+        return RegistryCache(reference(cache_ref, plain_http=plain_http))
+    except ImageError as e:
+        raise UsageError(str(e)) from None
 
-        try:
-            remote = RegistryCache(reference(cache_ref, plain_http=plain_http))
-        except ImageError as e:
-            raise UsageError(str(e)) from None
+
+@contextlib.contextmanager
+def _cache(cache_dir: Path | None, remote: RegistryCache | None) -> Iterator[LayerCache]:
+    """The run's layer cache: in --cache-dir, or in a temporary directory removed at the end."""
     if cache_dir is not None:
         try:
             yield LayerCache(cache_dir, remote)
@@ -106,7 +107,10 @@ def batch_command(
     others unless --fail-fast. A layer several jobs convert the same way is converted once. Prints
     each job's digest and a summary; exits 1 if any job failed.
     """
+    from ctr_remote.batch.spec import load  # it imports the commands whose parsers it reuses
+
     selected = load(file)
+    remote = _remote(cache_ref, plain_http)
     where = parse_shard(shard) if shard is not None else None
     if where is not None:
         selected = [j for j in selected if where.owns(j.name)]
@@ -120,7 +124,7 @@ def batch_command(
         if result.status is Status.OK:
             click.echo(f"{result.job.name}\t{result.digest}")
 
-    with _cache(cache_dir, cache_ref, plain_http) as cache:
+    with _cache(cache_dir, remote) as cache:
         result = run_batch(selected, cache, workers=workers, fail_fast=fail_fast, on_done=printed)
     result.extra = {"file": str(file), "shard": str(where) if where else None, "jobs_at_once": workers}
     if report is not None:
