@@ -5,16 +5,29 @@ from __future__ import annotations
 
 import shlex
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+import structlog
 import yaml
 from click.testing import CliRunner
 
+from ctr_remote import log
 from ctr_remote.cli import cli
 
 EXAMPLES = Path(__file__).parents[2] / "examples" / "batch"
 FLEET = EXAMPLES / "fleet.yaml"
+
+
+@pytest.fixture(autouse=True)
+def _logging_restored() -> Iterator[None]:
+    """The CLI configures logging onto CliRunner's stream, closed once it returns: undo that."""
+    config, fmt = structlog.get_config(), log.current_format()
+    yield
+    structlog.configure(**config)
+    log._format = fmt
 
 
 def dry_run(argv: list[str], env: dict[str, str] | None = None) -> list[str]:
