@@ -252,7 +252,7 @@ class _Pipeline:
             data = new_index.to_bytes()
             desc = Descriptor.of(data, new_index.media_type)
         written = write_image(
-            _Reporting(self.dst, self.progress), list(blobs.values()), children, (data, desc)
+            _Reporting(self.dst, self.progress, self.cache), list(blobs.values()), children, (data, desc)
         )
         return written.digest
 
@@ -522,10 +522,12 @@ class _Pipeline:
 
 
 class _Reporting:
-    """A store whose blob transfers are reported as progress steps (layers only, not configs)."""
+    """A store whose blob transfers are reported as progress steps (layers only, not configs).
+    With a layer cache, a layer another repository of the target's registry holds is mounted from
+    there (the store mounts from the source only, which never has a converted layer)."""
 
-    def __init__(self, store: ImageStore, progress: Progress) -> None:
-        self._store, self._progress = store, progress
+    def __init__(self, store: ImageStore, progress: Progress, cache: LayerCache | None = None) -> None:
+        self._store, self._progress, self._cache = store, progress, cache
         self.reference = store.reference
 
     def resolve(self) -> Descriptor:
@@ -556,7 +558,14 @@ class _Reporting:
             self._store.push_blob(src, desc, cancel=cancel)
             return
         self._progress.step(desc.digest, "push")
-        self._store.push_blob(src, desc, cancel=cancel)
+        holder = self._cache.holder(desc.digest, self.reference) if self._cache else None
+        if holder is None:
+            self._store.push_blob(src, desc, cancel=cancel)
+        else:
+            with open_store(self.reference, RegistryOptions(mount_from=holder)) as store:
+                store.push_blob(src, desc, cancel=cancel)
+        if self._cache is not None:
+            self._cache.held(desc.digest, self.reference)
         self._progress.done(desc.digest, "push", pushed=desc.digest, size=desc.size)
 
 

@@ -29,7 +29,7 @@ import structlog
 from ctr_remote import __version__
 from ctr_remote.cancel import CancelToken
 from ctr_remote.errors import CtrRemoteError
-from ctr_remote.image import Descriptor, ImageError, media_types
+from ctr_remote.image import Descriptor, ImageError, Reference, media_types
 from ctr_remote.image.digest import algorithm, encoded
 from ctr_remote.options import OptimizeOptions
 
@@ -88,6 +88,8 @@ def layer_key(source: Descriptor, diff_id: str | None, files: Sequence[str], opt
 class RemoteCache(Protocol):
     """A cache shared between machines (a registry repository: `remote.RegistryCache`)."""
 
+    reference: Reference  # the repository its blobs are in
+
     def load(
         self, key: str, blobs: Path, cancel: CancelToken
     ) -> tuple[Descriptor, str, Descriptor | None] | None:
@@ -119,6 +121,7 @@ class LayerCache:
         self._lock = threading.Lock()
         self._key_locks: dict[str, threading.Lock] = {}
         self._memory: dict[str, CachedLayer] = {}
+        self._holders: dict[str, list[Reference]] = {}  # layer digest -> repositories that have it
 
     def lookup(self, key: str, cancel: CancelToken) -> CachedLayer | None:
         """The cached layer for `key`, from any level, verified; None on a miss."""
@@ -141,9 +144,28 @@ class LayerCache:
             if self.remote is not None:
                 try:
                     self.remote.save(key, stored, cancel)
+                    self.held(stored.desc.digest, self.remote.reference)
                 except ImageError as e:  # a cache entry lost, nothing wrong: the job goes on
                     log.warning("could not save to the registry cache", key=key, error=str(e))
             return stored, outcome
+
+    def held(self, digest: str, repository: Reference) -> None:
+        """`repository` has the blob `digest` now (a job pushed it there, or the registry cache)."""
+        with self._lock:
+            holders = self._holders.setdefault(digest, [])
+            if repository not in holders:
+                holders.append(repository)
+
+    def holder(self, digest: str, target: Reference) -> Reference | None:
+        """A repository of `target`'s registry, not `target`'s, that has the blob: a push there is a
+        cross-repository mount instead of an upload."""
+        with self._lock:
+            holders = list(self._holders.get(digest, ()))
+        for ref in holders:
+            same_registry = not ref.is_layout and not target.is_layout and ref.registry == target.registry
+            if same_registry and ref.plain_http == target.plain_http and ref.repository != target.repository:
+                return ref
+        return None
 
     @contextlib.contextmanager
     def _key_lock(self, key: str) -> Iterator[None]:
@@ -165,6 +187,7 @@ class LayerCache:
                 entry = None
             if entry is not None:
                 desc, diff_id, toc = entry
+                self.held(desc.digest, self.remote.reference)
                 found = CachedLayer(
                     self._blob(desc.digest), desc, diff_id, self._blob(toc.digest) if toc else None
                 )

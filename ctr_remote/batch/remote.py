@@ -37,10 +37,10 @@ class RegistryCache:
     def __init__(self, ref: Reference, options: RegistryOptions | None = None) -> None:
         if ref.is_layout:
             raise ImageError(f"--cache-ref {ref}: want a registry repository")
-        self.ref, self.options = ref, options or RegistryOptions()
+        self.reference, self.options = ref.with_tag(None), options or RegistryOptions()
 
     def _ref(self, key: str) -> Reference:
-        return self.ref.with_tag(f"layer-{encoded(key)}")
+        return self.reference.with_tag(f"layer-{encoded(key)}")
 
     def load(
         self, key: str, blobs: Path, cancel: CancelToken

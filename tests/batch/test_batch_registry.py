@@ -5,9 +5,11 @@ and is verified before use, a failed job that does not stop the others."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -104,14 +106,28 @@ def test_three_concurrent_shards_sharing_a_cache_ref_give_the_same_digests(
     assert digests(report(again)) == merged
 
 
+def uploads(registry: RegistryServer) -> Counter[str]:
+    """Completed blob uploads per digest, from the registry's access log."""
+    done = re.findall(
+        r'"PUT /v2/\S+/blobs/uploads/\S*digest=sha256(?::|%3A)([0-9a-f]{64})', registry.log.read_text()
+    )
+    return Counter(f"sha256:{d}" for d in done)
+
+
 def test_a_cache_dir_is_kept_across_runs_and_a_corrupt_entry_is_converted_again(
-    cli: Cli, sources: list[str], workdir: Path
+    cli: Cli, registry_factory: Callable[..., RegistryServer], workdir: Path
 ) -> None:
-    file = batch_file(workdir / "batch.yaml", sources[:2], "esgz")
+    registry = registry_factory("plain", access_log=True)
+    sources = publish_fleet(registry, workdir, 2)
+    file = batch_file(workdir / "batch.yaml", sources, "esgz")
     cache = workdir / "cache"
     first, second, third = (workdir / f"run{i}.json" for i in range(3))
-    cli("batch", "--cache-dir", str(cache), "--report", str(first), str(file))
+    before = uploads(registry)
+    cli("batch", "--jobs", "1", "--cache-dir", str(cache), "--report", str(first), str(file))
     assert outcomes(report(first)) == {"converted": SHARED + 2, "cached": SHARED}
+    # The second image's shared layers are mounted from the first image's repository, not uploaded.
+    layers = {la["digest"] for job in report(first)["jobs"] for la in job["layers"]}
+    assert {d: n for d, n in (uploads(registry) - before).items() if d in layers} == dict.fromkeys(layers, 1)
     cli("batch", "--cache-dir", str(cache), "--report", str(second), str(file))
     assert outcomes(report(second)) == {"cached": (SHARED + 1) * 2}
     blobs = sorted((cache / "blobs").iterdir())
