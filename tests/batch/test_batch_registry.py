@@ -14,10 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from ctr_remote.image import open_store
 from tests.batch.fleet import SHARED, batch_file, publish_fleet
 from tests.conftest import Oracle
 from tests.helpers.registry import RegistryServer
+from tests.helpers.sample import app_layers, publish, runnable_image
 from tests.optimize.conftest import Cli
 
 N = 6
@@ -156,3 +159,28 @@ def test_a_failed_job_does_not_stop_the_others_unless_fail_fast(
     run = cli("batch", "--jobs", "1", "--fail-fast", "--report", str(rep_path), str(file), check=False)
     assert run.returncode == 1
     assert [j["status"] for j in report(rep_path)["jobs"]] == ["failed", "skipped", "skipped"]
+
+
+def test_optimize_jobs_with_a_real_workload_run_concurrently(
+    cli: Cli, registry: RegistryServer, workdir: Path, oracle: Oracle
+) -> None:
+    """Two jobs profile the same image at once (threads, each its own container): the same recorded
+    lists, so the same keys, so each layer converted once; the digest of `image optimize` alone."""
+    with open_store(registry.reference("app:src"), registry.options()) as store:
+        publish(store, runnable_image(app_layers()), workdir / "push")
+    src = registry.ref("app:src")
+    jobs = [
+        {"optimize": {"name": f"w{i}", "source": src, "target": registry.ref(f"w{i}:esgz")}} for i in (0, 1)
+    ]
+    file = workdir / "batch.yaml"
+    file.write_text(
+        yaml.safe_dump({"defaults": {"plain_http": True, "oci": True, "period": 20}, "jobs": jobs})
+    )
+    rep_path = workdir / "report.json"
+    cli("batch", "--jobs", "2", "--report", str(rep_path), str(file))
+    rep = report(rep_path)
+    assert outcomes(rep) == {"converted": 3, "cached": 3}
+    alone = cli.optimize("--oci", src, registry.ref("alone:esgz")).digest
+    assert set(digests(rep).values()) == {alone}
+    layers = oracle.check_image(f"{registry.host}/w1:esgz")["manifests"][0]["layers"]
+    assert "app/data.txt" in (layers[2]["blob"]["prioritized"] or [])
