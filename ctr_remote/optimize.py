@@ -93,10 +93,12 @@ def optimize(
     workload: Workload,
     progress: Progress | None = None,
     cache: LayerCache | None = None,
+    stop: CancelToken | None = None,
 ) -> OptimizeResult:
     """Convert `options.source` into `options.target`. `progress` shows each layer's steps
     (default: one log line per step). With a `cache` (`ctr-remote batch`), a layer converted before
-    with the same inputs is taken from it, and one converted here is added to it."""
+    with the same inputs is taken from it, and one converted here is added to it. Setting `stop`
+    (a batch's interrupt or --fail-fast) stops transfers and conversions at their next chunk."""
     toc_ref = external_toc_reference(options.target) if options.layer.external_toc else None
     with (
         _RecordFile.create(options.record_out) as record,
@@ -105,7 +107,7 @@ def optimize(
         open_store(options.target, RegistryOptions(mount_from=options.source)) as dst,
     ):
         pipeline = _Pipeline(
-            Path(tmp), src, dst, options, workload, progress or Progress(live=False), record, cache
+            Path(tmp), src, dst, options, workload, progress or Progress(live=False), record, cache, stop
         )
         digest = pipeline.run()
         layers = tuple(pipeline.reports.values())
@@ -128,13 +130,16 @@ def external_toc_reference(target: Reference) -> Reference:
 
 
 def convert(
-    options: OptimizeOptions, progress: Progress | None = None, cache: LayerCache | None = None
+    options: OptimizeOptions,
+    progress: Progress | None = None,
+    cache: LayerCache | None = None,
+    stop: CancelToken | None = None,
 ) -> OptimizeResult:
     """`image convert`: the same pipeline with nothing run; the prioritized files come from
     `options.record_in`, or there are none."""
     if options.optimize or options.record_out is not None:
         raise ValueError("convert runs no workload: optimize=False and no record_out")
-    return optimize(options, Workload(), progress, cache)
+    return optimize(options, Workload(), progress, cache, stop)
 
 
 class _RecordFile:
@@ -202,8 +207,10 @@ class _Pipeline:
         progress: Progress,
         record: _RecordFile | None = None,
         cache: LayerCache | None = None,
+        stop: CancelToken | None = None,
     ) -> None:
         self.work, self.src, self.dst, self.record, self.cache = work, src, dst, record, cache
+        self.stop = stop
         self.progress = progress
         self.options, self.workload, self.prefetch = options, workload, options.prefetch
         self.converted: list[_Converted] = []  # every layer written, for the TOC image
@@ -252,7 +259,10 @@ class _Pipeline:
             data = new_index.to_bytes()
             desc = Descriptor.of(data, new_index.media_type)
         written = write_image(
-            _Reporting(self.dst, self.progress, self.cache), list(blobs.values()), children, (data, desc)
+            _Reporting(self.dst, self.progress, self.cache, self.stop),
+            list(blobs.values()),
+            children,
+            (data, desc),
         )
         return written.digest
 
@@ -297,7 +307,10 @@ class _Pipeline:
             for layer in img.manifest.layers:
                 if layer.digest not in skip:
                     wanted.setdefault(layer.digest, layer)
-        fetch_blobs(_Reporting(self.src, self.progress), [(d, self._layer_file(d)) for d in wanted.values()])
+        fetch_blobs(
+            _Reporting(self.src, self.progress, stop=self.stop),
+            [(d, self._layer_file(d)) for d in wanted.values()],
+        )
 
     def _cached_unprioritized(self, images: Sequence[ImageBlobs], host: ImageBlobs | None) -> frozenset[str]:
         """Layers not worth downloading: nothing is prioritized (no workload, prefetch list or
@@ -396,10 +409,16 @@ class _Pipeline:
     ) -> _Converted:
         """One distinct layer: from the cache if it has it, else converted (and cached)."""
 
+        with _linked(self.stop, cancel):
+            return self._convert_or_take(desc, files, diff_id, cancel)
+
+    def _convert_or_take(
+        self, desc: Descriptor, files: list[str], diff_id: str | None, cancel: CancelToken
+    ) -> _Converted:
         def convert() -> tuple[CachedLayer, Outcome]:
             path = self._layer_file(desc)
             if not path.exists():  # skipped by _fetch_layers, but its cache entry went bad since
-                fetch_blobs(_Reporting(self.src, self.progress), [(desc, path)])
+                fetch_blobs(_Reporting(self.src, self.progress, stop=self.stop), [(desc, path)])
             c = self._convert_layer(desc, files, diff_id, cancel)
             outcome = Outcome.REUSED if c.path == path else Outcome.CONVERTED
             return CachedLayer(c.path, c.desc, c.diff_id, c.toc), outcome
@@ -526,8 +545,14 @@ class _Reporting:
     With a layer cache, a layer another repository of the target's registry holds is mounted from
     there (the store mounts from the source only, which never has a converted layer)."""
 
-    def __init__(self, store: ImageStore, progress: Progress, cache: LayerCache | None = None) -> None:
-        self._store, self._progress, self._cache = store, progress, cache
+    def __init__(
+        self,
+        store: ImageStore,
+        progress: Progress,
+        cache: LayerCache | None = None,
+        stop: CancelToken | None = None,
+    ) -> None:
+        self._store, self._progress, self._cache, self._stop = store, progress, cache, stop
         self.reference = store.reference
 
     def resolve(self) -> Descriptor:
@@ -549,11 +574,18 @@ class _Reporting:
         self.close()
 
     def fetch_blob(self, desc: Descriptor, dest: Path, *, cancel: CancelToken | None = None) -> None:
+        cancel = cancel or CancelToken()
         self._progress.step(desc.digest, "pull")
-        self._store.fetch_blob(desc, dest, cancel=cancel)
+        with _linked(self._stop, cancel):
+            self._store.fetch_blob(desc, dest, cancel=cancel)
         self._progress.done(desc.digest, "pull", size=desc.size)
 
     def push_blob(self, src: Path, desc: Descriptor, *, cancel: CancelToken | None = None) -> None:
+        cancel = cancel or CancelToken()
+        with _linked(self._stop, cancel):
+            self._push_blob(src, desc, cancel)
+
+    def _push_blob(self, src: Path, desc: Descriptor, cancel: CancelToken) -> None:
         if not media_types.is_layer(desc.media_type):
             self._store.push_blob(src, desc, cancel=cancel)
             return
@@ -567,6 +599,11 @@ class _Reporting:
         if self._cache is not None:
             self._cache.held(desc.digest, self.reference)
         self._progress.done(desc.digest, "push", pushed=desc.digest, size=desc.size)
+
+
+def _linked(stop: CancelToken | None, cancel: CancelToken) -> contextlib.AbstractContextManager[None]:
+    """While the block runs, setting `stop` (the caller's) also sets `cancel` (this step's)."""
+    return stop.on_cancel(cancel.cancel) if stop is not None else contextlib.nullcontext()
 
 
 def _padded(diff_ids: list[str], img: ImageBlobs) -> list[str | None]:

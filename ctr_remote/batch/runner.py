@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import enum
 import os
-import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from ctr_remote.batch.cache import LayerCache, LayerReport, Outcome
-from ctr_remote.errors import CtrRemoteError, Interrupted, Terminated
+from ctr_remote.cancel import CancelToken
+from ctr_remote.errors import Cancelled, CtrRemoteError, Interrupted, Terminated
 from ctr_remote.progress import Progress
 
 if TYPE_CHECKING:
@@ -29,6 +29,7 @@ class Status(enum.Enum):
     OK = "ok"
     FAILED = "failed"
     SKIPPED = "skipped"  # not started: an earlier job failed under --fail-fast
+    CANCELLED = "cancelled"  # stopped halfway when another job failed under --fail-fast
 
 
 @dataclass
@@ -79,7 +80,7 @@ class BatchResult:
         for r in self.results:
             for k, v in r.counts().items():
                 layers[k] += v
-        skipped = f", {by[Status.SKIPPED]} skipped" if by[Status.SKIPPED] else ""
+        skipped = "".join(f", {by[s]} {s.value}" for s in (Status.CANCELLED, Status.SKIPPED) if by[s])
         return (
             f"batch: {len(self.results)} jobs, {by[Status.OK]} succeeded, {by[Status.FAILED]} failed"
             f"{skipped}; layers: {layers['converted']} converted, {layers['cached']} cached, "
@@ -102,10 +103,12 @@ def default_jobs() -> int:
     return max(1, len(os.sched_getaffinity(0)))
 
 
-def run_job(job: Job, cache: LayerCache, progress: Progress) -> tuple[str, tuple[LayerReport, ...]]:
+def run_job(
+    job: Job, cache: LayerCache, progress: Progress, stop: CancelToken
+) -> tuple[str, tuple[LayerReport, ...]]:
     from ctr_remote.optimize import optimize  # the pipeline pulls in every package: load it only to run
 
-    result = optimize(job.options, job.workload, progress, cache)
+    result = optimize(job.options, job.workload, progress, cache, stop)
     return result.digest, result.layers
 
 
@@ -119,28 +122,34 @@ def run_batch(
 ) -> BatchResult:
     start = time.monotonic()
     results = [JobResult(job) for job in jobs]
-    stop = threading.Event()  # fail-fast: set by the first failure, read before each job starts
+    # Set by an interrupt, or by the first failure under fail-fast: no job starts after it, and
+    # running ones stop at their next transfer chunk or conversion read (a workload runs its period).
+    stop = CancelToken()
 
     def one(result: JobResult) -> None:
-        if stop.is_set():
+        if stop.cancelled:
             return
         job = result.job
         t0 = time.monotonic()
         log.info("job started", job=job.name, kind=job.kind, source=job.source, target=job.target)
         try:
-            result.digest, result.layers = run_job(job, cache, Progress(live=False))
+            result.digest, result.layers = run_job(job, cache, Progress(live=False), stop)
             result.status = Status.OK
         except (Interrupted, Terminated):
             raise
+        except Cancelled as e:
+            result.status, result.error = (Status.CANCELLED if stop.cancelled else Status.FAILED), str(e)
         except CtrRemoteError as e:
             result.status, result.error = Status.FAILED, str(e)
         except Exception as e:  # a bug in one job must not take the others down; it is reported
             result.status, result.error = Status.FAILED, f"internal error: {type(e).__name__}: {e}"
         result.seconds = time.monotonic() - t0
-        if result.status is Status.FAILED:
+        if result.status is Status.CANCELLED:
+            log.warning("job cancelled", job=job.name)
+        elif result.status is Status.FAILED:
             log.error("job failed", job=job.name, error=result.error)
             if fail_fast:
-                stop.set()
+                stop.cancel()
         else:
             log.info("job done", job=job.name, digest=result.digest, **result.counts())
         if on_done is not None:
@@ -152,7 +161,7 @@ def run_batch(
             for f in futures:
                 f.result()
         except BaseException:
-            stop.set()  # an interrupt: no further job starts; running ones finish their step
+            stop.cancel()  # an interrupt
             for f in futures:
                 f.cancel()
             raise
