@@ -240,7 +240,11 @@ class LayerCache:
         fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=self._blobs)
         os.close(fd)
         try:
-            shutil.copyfile(src, tmp)  # the job's copy goes with its temp dir
+            os.unlink(tmp)
+            try:
+                os.link(src, tmp)  # the job's temp dir goes, the link stays: no copy on one filesystem
+            except OSError:
+                shutil.copyfile(src, tmp)
             os.replace(tmp, dest)
         except OSError as e:
             with contextlib.suppress(FileNotFoundError):
