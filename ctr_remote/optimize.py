@@ -391,11 +391,9 @@ class _Pipeline:
         """Convert every distinct (layer, prioritized list) once, layers in parallel."""
         unique: dict[tuple[str, tuple[str, ...]], tuple[Descriptor, list[str], str | None]] = {}
         for img, lists in jobs:
-            diff_ids = img.config.diff_ids
-            for i, (d, files) in enumerate(zip(img.manifest.layers, lists, strict=True)):
-                unique.setdefault(
-                    (d.digest, tuple(files)), (d, files, diff_ids[i] if i < len(diff_ids) else None)
-                )
+            diff_ids = _padded(img.config.diff_ids, img)
+            for d, files, diff_id in zip(img.manifest.layers, lists, diff_ids, strict=True):
+                unique.setdefault((d.digest, tuple(files)), (d, files, diff_id))
         if not unique:
             return {}
         # On Ctrl-C, SIGTERM or a failed layer, every conversion stops at once: queued layers never
@@ -408,7 +406,6 @@ class _Pipeline:
         self, desc: Descriptor, files: list[str], diff_id: str | None, cancel: CancelToken
     ) -> _Converted:
         """One distinct layer: from the cache if it has it, else converted (and cached)."""
-
         with _linked(self.stop, cancel):
             return self._convert_or_take(desc, files, diff_id, cancel)
 

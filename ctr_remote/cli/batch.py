@@ -16,7 +16,7 @@ from ctr_remote.batch.remote import RegistryCache
 from ctr_remote.batch.runner import JobResult, Status, default_jobs, run_batch
 from ctr_remote.batch.shard import INDEX_ENV, parse_shard
 from ctr_remote.cli.types import reference
-from ctr_remote.errors import CtrRemoteError, UsageError
+from ctr_remote.errors import CtrRemoteError, Interrupted, UsageError
 from ctr_remote.image import ImageError
 from ctr_remote.log import LogFormat, current_format
 
@@ -124,8 +124,12 @@ def batch_command(
         if result.status is Status.OK:
             click.echo(f"{result.job.name}\t{result.digest}")
 
-    with _cache(cache_dir, remote) as cache:
-        result = run_batch(selected, cache, workers=workers, fail_fast=fail_fast, on_done=printed)
+    try:
+        with _cache(cache_dir, remote) as cache:
+            result = run_batch(selected, cache, workers=workers, fail_fast=fail_fast, on_done=printed)
+    except KeyboardInterrupt:
+        # Not left to click, which would print a bare newline first (not a JSON line).
+        raise Interrupted("interrupted") from None
     result.extra = {"file": str(file), "shard": str(where) if where else None, "jobs_at_once": workers}
     if report is not None:
         _write_report(report, result.to_json())
