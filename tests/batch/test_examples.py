@@ -76,6 +76,7 @@ def test_the_github_actions_matrix() -> None:
         line = shlex.split(run.replace("${{ matrix.shard }}", str(v)))
         shards.append(dry_run(line[line.index("--preserve-env=DOCKER_CONFIG") + 1 :]))
     assert f"--shard ${{{{ matrix.shard }}}}/{len(values)} " in run
+    assert "DOCKER_CONFIG" in job["env"]  # what login-action writes to and sudo passes on
     assert Counter(n for s in shards for n in s) == Counter(all_jobs())
 
 
