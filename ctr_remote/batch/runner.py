@@ -129,9 +129,13 @@ def run_batch(
     def one(result: JobResult) -> None:
         if stop.cancelled:
             return
+        with structlog.contextvars.bound_contextvars(job=result.job.name):  # on all its log lines
+            _run_one(result)
+
+    def _run_one(result: JobResult) -> None:
         job = result.job
         t0 = time.monotonic()
-        log.info("job started", job=job.name, kind=job.kind, source=job.source, target=job.target)
+        log.info("job started", kind=job.kind, source=job.source, target=job.target)
         try:
             result.digest, result.layers = run_job(job, cache, Progress(live=False), stop)
             result.status = Status.OK
@@ -145,13 +149,13 @@ def run_batch(
             result.status, result.error = Status.FAILED, f"internal error: {type(e).__name__}: {e}"
         result.seconds = time.monotonic() - t0
         if result.status is Status.CANCELLED:
-            log.warning("job cancelled", job=job.name)
+            log.warning("job cancelled")
         elif result.status is Status.FAILED:
-            log.error("job failed", job=job.name, error=result.error)
+            log.error("job failed", error=result.error)
             if fail_fast:
                 stop.cancel()
         else:
-            log.info("job done", job=job.name, digest=result.digest, **result.counts())
+            log.info("job done", digest=result.digest, **result.counts())
         if on_done is not None:
             on_done(result)
 

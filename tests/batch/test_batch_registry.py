@@ -148,10 +148,16 @@ def test_a_failed_job_does_not_stop_the_others_unless_fail_fast(
     missing = registry.ref("nothing:here")
     file = batch_file(workdir / "batch.yaml", [missing, *sources[:2]], "esgz")
     rep_path = workdir / "report.json"
-    run = cli("batch", "--jobs", "1", "--report", str(rep_path), str(file), check=False)
+    run = cli(
+        "--log-format", "json", "batch", "--jobs", "2", "--report", str(rep_path), str(file), check=False
+    )
     assert run.returncode == 1
-    last = run.stderr.strip().splitlines()[-1]
-    assert last == "ctr-remote: 1 of 3 jobs did not succeed (see the log above)"
+    assert run.events[-1]["event"] == "1 of 3 jobs did not succeed (see the log above)"
+    # Interleaved jobs' lines say whose they are, down to each layer's transfer and conversion.
+    steps = [e for e in run.events if e["event"] in ("pull", "converted", "push")]
+    assert steps and all(e.get("job") in ("app1", "app2") for e in steps), steps
+    (failed,) = [e for e in run.events if e["event"] == "job failed"]
+    assert failed["job"] == "app0" and "nothing" in str(failed["error"])
     jobs = report(rep_path)["jobs"]
     assert [j["status"] for j in jobs] == ["failed", "ok", "ok"]
     assert "nothing" in jobs[0]["error"] and "\n" not in jobs[0]["error"]
