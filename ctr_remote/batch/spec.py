@@ -137,11 +137,12 @@ def _job(index: int, raw: Any, defaults: Mapping[str, Any], path: Path) -> Job:
             raise BatchFileError(f"{where}: {key}: not available in a batch (nothing is interactive)")
     command = KINDS[kind]
     try:
-        argv = [values["source"], values["target"]]
+        argv = []
         for key, value in values.items():
             if key not in _OWN_KEYS:
                 argv += _flag(command, key, value, path.parent)
-        ctx = command.make_context(kind, argv)
+        # After `--`, a reference that starts with `-` is still an argument.
+        ctx = command.make_context(kind, [*argv, "--", values["source"], values["target"]])
         params = dict(ctx.params)
         for key in ("source", "target"):
             try:

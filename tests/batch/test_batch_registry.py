@@ -190,3 +190,15 @@ def test_optimize_jobs_with_a_real_workload_run_concurrently(
     assert set(digests(rep).values()) == {alone}
     layers = oracle.check_image(f"{registry.host}/w1:esgz")["manifests"][0]["layers"]
     assert "app/data.txt" in (layers[2]["blob"]["prioritized"] or [])
+
+
+def test_reuse_reports_layers_copied_as_they_are(cli: Cli, registry: RegistryServer, workdir: Path) -> None:
+    (src,) = publish_fleet(registry, workdir, 1)
+    cli("batch", str(batch_file(workdir / "first.yaml", [src], "esgz")))
+    again = workdir / "again.yaml"
+    esgz, out = src.replace(":src", ":esgz"), src.replace(":src", ":again")
+    jobs = [{"convert": {"source": esgz, "target": out, "estargz": True, "oci": True, "reuse": True}}]
+    again.write_text(yaml.safe_dump({"defaults": {"plain_http": True}, "jobs": jobs}))
+    rep_path = workdir / "report.json"
+    cli("batch", "--report", str(rep_path), str(again))
+    assert outcomes(report(rep_path)) == {"reused": SHARED + 1}
