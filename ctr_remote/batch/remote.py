@@ -56,10 +56,8 @@ class RegistryCache:
                 raise ImageError(f"layer cache entry {self._ref(key)}: not the entry for {key}")
             layer, *rest = manifest.layers
             toc = rest[0] if rest else None
-            for d in (layer, *rest):
-                dest = blobs / encoded(d.digest)
-                if not dest.exists():  # another job may have put it there; the cache verified it
-                    store.fetch_blob(d, dest, cancel=cancel)
+            for d in (layer, *rest):  # fetched even if a file is there: only a fetch is verified
+                store.fetch_blob(d, blobs / encoded(d.digest), cancel=cancel)
             return layer, str(config["diff_id"]), toc
 
     def save(self, key: str, layer: CachedLayer, cancel: CancelToken) -> None:
