@@ -6,6 +6,7 @@ one thread pool that sets it when a job fails or the caller is interrupted."""
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
@@ -108,7 +109,9 @@ def run_parallel(jobs: Sequence[Callable[[CancelToken], T]], workers: int) -> li
     cancel = CancelToken()
     pool = ThreadPoolExecutor(max_workers=max(1, min(workers, len(jobs))))
     try:
-        futures = [pool.submit(job, cancel) for job in jobs]
+        # Each job runs in a copy of the caller's context, so its log lines carry the caller's
+        # bound fields (a batch job's name).
+        futures = [pool.submit(contextvars.copy_context().run, job, cancel) for job in jobs]
         done, _ = wait(futures, return_when=FIRST_EXCEPTION)
         errors = [e for f in futures if f in done and (e := f.exception()) is not None]
         # A job that stopped because another failed is not the cause: report the first real error.

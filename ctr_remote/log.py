@@ -56,6 +56,7 @@ def configure(*, debug: bool = False, fmt: LogFormat = LogFormat.TEXT, stream: T
     renderer: Any = structlog.processors.JSONRenderer() if fmt is LogFormat.JSON else LogrusRenderer()
     structlog.configure(
         processors=[
+            structlog.contextvars.merge_contextvars,  # e.g. `job=NAME` on every line of a batch job
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             renderer,

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import structlog
 
+from ctr_remote.batch.cache import CachedLayer, LayerCache, LayerReport, Outcome, layer_key
 from ctr_remote.cancel import CancelToken, checked_file, run_parallel
 from ctr_remote.errors import CtrRemoteError
 from ctr_remote.estargz import (
@@ -92,13 +93,20 @@ class _Converted:
 class OptimizeResult:
     digest: str  # of the top-level document written
     extra_images: tuple[str, ...] = ()  # also written: the TOC image with --estargz-external-toc
+    layers: tuple[LayerReport, ...] = ()  # each distinct layer written: converted, reused or cached
 
 
 def optimize(
-    options: OptimizeOptions, workload: Workload, progress: Progress | None = None
+    options: OptimizeOptions,
+    workload: Workload,
+    progress: Progress | None = None,
+    cache: LayerCache | None = None,
+    stop: CancelToken | None = None,
 ) -> OptimizeResult:
     """Convert `options.source` into `options.target`. `progress` shows each layer's steps
-    (default: one log line per step)."""
+    (default: one log line per step). With a `cache` (`ctr-remote batch`), a layer converted before
+    with the same inputs is taken from it, and one converted here is added to it. Setting `stop`
+    (a batch's interrupt or --fail-fast) stops transfers and conversions at their next chunk."""
     toc_ref = external_toc_reference(options.target) if options.layer.external_toc else None
     with (
         recorded() as run,  # what this run leaves on the host, removed even if it is SIGKILLed
@@ -109,13 +117,16 @@ def optimize(
     ):
         run.add_temp_dir(Path(tmp))
         dst.check_push_access()  # before the pull, the workload and the conversion
-        pipeline = _Pipeline(Path(tmp), src, dst, options, workload, progress or Progress(live=False), record)
+        pipeline = _Pipeline(
+            Path(tmp), src, dst, options, workload, progress or Progress(live=False), record, cache, stop
+        )
         digest = pipeline.run()
+        layers = tuple(pipeline.reports.values())
         if toc_ref is None:
-            return OptimizeResult(digest)
+            return OptimizeResult(digest, layers=layers)
         with open_store(toc_ref, RegistryOptions(mount_from=options.target)) as toc_store:
             pipeline.write_toc_image(toc_store)
-        return OptimizeResult(digest, (str(toc_ref),))
+        return OptimizeResult(digest, (str(toc_ref),), layers)
 
 
 def external_toc_reference(target: Reference) -> Reference:
@@ -129,12 +140,17 @@ def external_toc_reference(target: Reference) -> Reference:
     return target.with_tag(target.tag + EXTERNAL_TOC_IMAGE_SUFFIX)
 
 
-def convert(options: OptimizeOptions, progress: Progress | None = None) -> OptimizeResult:
+def convert(
+    options: OptimizeOptions,
+    progress: Progress | None = None,
+    cache: LayerCache | None = None,
+    stop: CancelToken | None = None,
+) -> OptimizeResult:
     """`image convert`: the same pipeline with nothing run; the prioritized files come from
     `options.record_in`, or there are none."""
     if options.optimize or options.record_out is not None:
         raise ValueError("convert runs no workload: optimize=False and no record_out")
-    return optimize(options, Workload(), progress)
+    return optimize(options, Workload(), progress, cache, stop)
 
 
 class _RecordFile:
@@ -202,11 +218,15 @@ class _Pipeline:
         workload: Workload,
         progress: Progress,
         record: _RecordFile | None = None,
+        cache: LayerCache | None = None,
+        stop: CancelToken | None = None,
     ) -> None:
-        self.work, self.src, self.dst, self.record = work, src, dst, record
+        self.work, self.src, self.dst, self.record, self.cache = work, src, dst, record, cache
+        self.stop = stop
         self.progress = progress
         self.options, self.workload, self.prefetch = options, workload, options.prefetch
         self.converted: list[_Converted] = []  # every layer written, for the TOC image
+        self.reports: dict[tuple[str, tuple[str, ...]], LayerReport] = {}  # per distinct layer
         (work / "in").mkdir()
         (work / "out").mkdir()
 
@@ -219,7 +239,7 @@ class _Pipeline:
         host = self._host_image(images)
         if host is not None and self.options.runs_workload:
             check_requirements(self.workload)  # fail before any download, not after
-        self._fetch_layers(images)
+        self._fetch_layers(images, self._cached_unprioritized(images, host))
         self._check_record(images)
         jobs = [(img, self._prioritized(img, host)) for img in images]
         converted = self._convert_all(jobs)
@@ -251,7 +271,10 @@ class _Pipeline:
             data = new_index.to_bytes()
             desc = Descriptor.of(data, new_index.media_type)
         written = write_image(
-            _Reporting(self.dst, self.progress), list(blobs.values()), children, (data, desc)
+            _Reporting(self.dst, self.progress, self.cache, self.stop),
+            list(blobs.values()),
+            children,
+            (data, desc),
         )
         return written.digest
 
@@ -290,12 +313,30 @@ class _Pipeline:
     def _layer_file(self, desc: Descriptor) -> Path:
         return self.work / "in" / encoded(desc.digest)
 
-    def _fetch_layers(self, images: Sequence[ImageBlobs]) -> None:
+    def _fetch_layers(self, images: Sequence[ImageBlobs], skip: frozenset[str] = frozenset()) -> None:
         wanted: dict[str, Descriptor] = {}
         for img in images:
             for layer in img.manifest.layers:
-                wanted.setdefault(layer.digest, layer)
-        fetch_blobs(_Reporting(self.src, self.progress), [(d, self._layer_file(d)) for d in wanted.values()])
+                if layer.digest not in skip:
+                    wanted.setdefault(layer.digest, layer)
+        fetch_blobs(
+            _Reporting(self.src, self.progress, stop=self.stop),
+            [(d, self._layer_file(d)) for d in wanted.values()],
+        )
+
+    def _cached_unprioritized(self, images: Sequence[ImageBlobs], host: ImageBlobs | None) -> frozenset[str]:
+        """Layers not worth downloading: nothing is prioritized (no workload, prefetch list or
+        record), so each layer's cache key is known now, and the cache has it. A layer is still
+        fetched if its entry turns out unusable at conversion time."""
+        if self.cache is None or host is not None or self.options.record_in is not None:
+            return frozenset()
+        cancel = CancelToken()
+        return frozenset(
+            d.digest
+            for img in images
+            for d, diff_id in zip(img.manifest.layers, _padded(img.config.diff_ids, img), strict=True)
+            if self.cache.lookup(layer_key(d, diff_id, [], self.options), cancel) is not None
+        )
 
     def _host_image(self, images: Sequence[ImageBlobs]) -> ImageBlobs | None:
         """The image to profile: the one for this machine's platform, when optimizing at all."""
@@ -362,18 +403,44 @@ class _Pipeline:
         """Convert every distinct (layer, prioritized list) once, layers in parallel."""
         unique: dict[tuple[str, tuple[str, ...]], tuple[Descriptor, list[str], str | None]] = {}
         for img, lists in jobs:
-            diff_ids = img.config.diff_ids
-            for i, (d, files) in enumerate(zip(img.manifest.layers, lists, strict=True)):
-                unique.setdefault(
-                    (d.digest, tuple(files)), (d, files, diff_ids[i] if i < len(diff_ids) else None)
-                )
+            diff_ids = _padded(img.config.diff_ids, img)
+            for d, files, diff_id in zip(img.manifest.layers, lists, diff_ids, strict=True):
+                unique.setdefault((d.digest, tuple(files)), (d, files, diff_id))
         if not unique:
             return {}
         # On Ctrl-C, SIGTERM or a failed layer, every conversion stops at once: queued layers never
         # start and running ones give up at their next read or write.
         keys = list(unique)
-        jobs_ = [functools.partial(self._convert_layer, *unique[k]) for k in keys]
+        jobs_ = [functools.partial(self._convert_shared, *unique[k]) for k in keys]
         return dict(zip(keys, run_parallel(jobs_, os.cpu_count() or 1), strict=True))
+
+    def _convert_shared(
+        self, desc: Descriptor, files: list[str], diff_id: str | None, cancel: CancelToken
+    ) -> _Converted:
+        """One distinct layer: from the cache if it has it, else converted (and cached)."""
+        with _linked(self.stop, cancel):
+            return self._convert_or_take(desc, files, diff_id, cancel)
+
+    def _convert_or_take(
+        self, desc: Descriptor, files: list[str], diff_id: str | None, cancel: CancelToken
+    ) -> _Converted:
+        def convert() -> tuple[CachedLayer, Outcome]:
+            path = self._layer_file(desc)
+            if not path.exists():  # skipped by _fetch_layers, but its cache entry went bad since
+                fetch_blobs(_Reporting(self.src, self.progress, stop=self.stop), [(desc, path)])
+            c = self._convert_layer(desc, files, diff_id, cancel)
+            outcome = Outcome.REUSED if c.path == path else Outcome.CONVERTED
+            return CachedLayer(c.path, c.desc, c.diff_id, c.toc), outcome
+
+        if self.cache is None:
+            layer, outcome = convert()
+        else:
+            key = layer_key(desc, diff_id, files, self.options)
+            layer, outcome = self.cache.get_or_convert(key, convert, cancel)
+            if outcome is Outcome.CACHED:
+                log.info("from the layer cache", digest=layer.desc.digest, source=desc.digest)
+        self.reports[(desc.digest, tuple(files))] = LayerReport(desc.digest, layer.desc.digest, outcome)
+        return _Converted(layer.path, layer.desc, layer.diff_id, layer.toc)
 
     def _layer_media_type(self, src: Descriptor, zstd: bool) -> str:
         if zstd:  # zstd:chunked needs --oci (as upstream): Docker has no zstd layer type
@@ -513,10 +580,18 @@ class _Pipeline:
 
 
 class _Reporting:
-    """A store whose blob transfers are reported as progress steps (layers only, not configs)."""
+    """A store whose blob transfers are reported as progress steps (layers only, not configs).
+    With a layer cache, a layer another repository of the target's registry holds is mounted from
+    there (the store mounts from the source only, which never has a converted layer)."""
 
-    def __init__(self, store: ImageStore, progress: Progress) -> None:
-        self._store, self._progress = store, progress
+    def __init__(
+        self,
+        store: ImageStore,
+        progress: Progress,
+        cache: LayerCache | None = None,
+        stop: CancelToken | None = None,
+    ) -> None:
+        self._store, self._progress, self._cache, self._stop = store, progress, cache, stop
         self.reference = store.reference
 
     def resolve(self) -> Descriptor:
@@ -541,17 +616,42 @@ class _Reporting:
         self.close()
 
     def fetch_blob(self, desc: Descriptor, dest: Path, *, cancel: CancelToken | None = None) -> None:
+        cancel = cancel or CancelToken()
         self._progress.step(desc.digest, "pull")
-        self._store.fetch_blob(desc, dest, cancel=cancel)
+        with _linked(self._stop, cancel):
+            self._store.fetch_blob(desc, dest, cancel=cancel)
         self._progress.done(desc.digest, "pull", size=desc.size)
 
     def push_blob(self, src: Path, desc: Descriptor, *, cancel: CancelToken | None = None) -> None:
+        cancel = cancel or CancelToken()
+        with _linked(self._stop, cancel):
+            self._push_blob(src, desc, cancel)
+
+    def _push_blob(self, src: Path, desc: Descriptor, cancel: CancelToken) -> None:
         if not media_types.is_layer(desc.media_type):
             self._store.push_blob(src, desc, cancel=cancel)
             return
         self._progress.step(desc.digest, "push")
-        self._store.push_blob(src, desc, cancel=cancel)
+        holder = self._cache.holder(desc.digest, self.reference) if self._cache else None
+        if holder is None:
+            self._store.push_blob(src, desc, cancel=cancel)
+        else:
+            with open_store(self.reference, RegistryOptions(mount_from=holder)) as store:
+                store.push_blob(src, desc, cancel=cancel)
+        if self._cache is not None:
+            self._cache.held(desc.digest, self.reference)
         self._progress.done(desc.digest, "push", pushed=desc.digest, size=desc.size)
+
+
+def _linked(stop: CancelToken | None, cancel: CancelToken) -> contextlib.AbstractContextManager[None]:
+    """While the block runs, setting `stop` (the caller's) also sets `cancel` (this step's)."""
+    return stop.on_cancel(cancel.cancel) if stop is not None else contextlib.nullcontext()
+
+
+def _padded(diff_ids: list[str], img: ImageBlobs) -> list[str | None]:
+    """The config's diff IDs, one per layer (None where a malformed config has too few)."""
+    n = len(img.manifest.layers)
+    return [diff_ids[i] if i < len(diff_ids) else None for i in range(n)]
 
 
 def _layer_entries(path: Path) -> list[tuple[str, bool]]:

@@ -56,6 +56,7 @@ def image() -> None:
 
 
 def _register() -> None:
+    from ctr_remote.cli.batch import batch_command
     from ctr_remote.cli.check import check_command, get_toc_digest_command
     from ctr_remote.cli.cleanup import cleanup_command
     from ctr_remote.cli.convert import convert_command
@@ -66,6 +67,7 @@ def _register() -> None:
     image.add_command(check_command)
     image.add_command(get_toc_digest_command)
     cli.add_command(cleanup_command)
+    cli.add_command(batch_command)
 
 
 _register()

@@ -71,6 +71,16 @@ def _options(source_ref: str, target_ref: str, p: dict[str, Any]) -> OptimizeOpt
     )
 
 
+def parse(source_ref: str, target_ref: str, params: dict[str, Any]) -> OptimizeOptions:
+    """The command's parsed params as typed options: what `convert_command` and a batch file's
+    `convert` jobs run (one parser for both)."""
+    _conflicts(params)
+    options = _options(source_ref, target_ref, params)
+    if params["estargz"] and not params["oci"]:
+        log.warning("option --estargz should be used in conjunction with --oci")
+    return options
+
+
 _record_file = click.Path(dir_okay=False, path_type=Path)
 
 
@@ -120,10 +130,7 @@ def convert_command(source_ref: str, target_ref: str, **params: Any) -> None:
     With --estargz-record-in, each layer puts first the files a recorded `optimize --record-out`
     run read from it. Needs no root: nothing is run.
     """
-    _conflicts(params)
-    options = _options(source_ref, target_ref, params)
-    if params["estargz"] and not params["oci"]:
-        log.warning("option --estargz should be used in conjunction with --oci")
+    options = parse(source_ref, target_ref, params)
     from ctr_remote.optimize import convert  # the pipeline pulls in every package: load it only to run
 
     root = click.get_current_context().find_root()

@@ -95,6 +95,14 @@ def _options(source_ref: str, target_ref: str, p: dict[str, Any]) -> OptimizeOpt
     )
 
 
+def parse(source_ref: str, target_ref: str, params: dict[str, Any]) -> tuple[OptimizeOptions, Workload]:
+    """The command's parsed params as typed options: what `optimize_command` and a batch file's
+    `optimize` jobs run (one parser for both)."""
+    _conflicts(params)
+    workload = _workload(params)
+    return _options(source_ref, target_ref, params), workload
+
+
 _dir = click.Path(file_okay=False, path_type=Path)
 
 
@@ -256,9 +264,7 @@ def optimize_command(source_ref: str, target_ref: str, **params: object) -> None
     result to TARGET_REF. References are registry references (host[:port]/repo[:tag|@digest]),
     http://host[:port]/repo[:tag] with --plain-http, or local:///path/to/oci-layout.
     """
-    _conflicts(params)
-    workload = _workload(params)
-    options = _options(source_ref, target_ref, params)
+    options, workload = parse(source_ref, target_ref, params)
     from ctr_remote.cli.cleanup import sweep_before_run
     from ctr_remote.optimize import optimize  # the pipeline pulls in every package: load it only to run
 

@@ -1,0 +1,142 @@
+"""`ctr-remote batch FILE.yaml`: run a file of optimize/convert jobs, sharing converted layers."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+import structlog
+
+from ctr_remote.batch.cache import LayerCache
+from ctr_remote.batch.remote import RegistryCache
+from ctr_remote.batch.runner import JobResult, Status, default_jobs, run_batch
+from ctr_remote.batch.shard import INDEX_ENV, parse_shard
+from ctr_remote.cli.types import reference
+from ctr_remote.errors import CtrRemoteError, Interrupted, UsageError
+from ctr_remote.image import ImageError
+from ctr_remote.log import LogFormat, current_format
+
+log = structlog.get_logger()
+
+
+def _remote(cache_ref: str | None, plain_http: bool) -> RegistryCache | None:
+    if cache_ref is None:
+        return None
+    try:
+        return RegistryCache(reference(cache_ref, plain_http=plain_http))
+    except ImageError as e:
+        raise UsageError(str(e)) from None
+
+
+@contextlib.contextmanager
+def _cache(cache_dir: Path | None, remote: RegistryCache | None) -> Iterator[LayerCache]:
+    """The run's layer cache: in --cache-dir, or in a temporary directory removed at the end."""
+    if cache_dir is not None:
+        try:
+            yield LayerCache(cache_dir, remote)
+        except OSError as e:
+            raise CtrRemoteError(f"--cache-dir {cache_dir}: {e.strerror}") from None
+        return
+    with tempfile.TemporaryDirectory(prefix="ctr-remote-cache-") as tmp:
+        yield LayerCache(Path(tmp), remote)
+
+
+def _write_report(path: Path, data: dict[str, object]) -> None:
+    try:
+        path.write_text(json.dumps(data, indent=2) + "\n")
+    except OSError as e:
+        raise CtrRemoteError(f"cannot write the report {path}: {e.strerror}") from None
+
+
+@click.command(
+    "batch",
+    short_help="optimize or convert many images from a YAML file, sharing converted layers",
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
+)
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--jobs",
+    "-j",
+    type=click.IntRange(min=1),
+    help="jobs run at once (default: one per CPU; each job's layers are converted on every CPU)",
+)
+@click.option("--fail-fast", is_flag=True, help="start no further job once one has failed")
+@click.option(
+    "--report",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="write a JSON report: per job its digest, time and layers (converted/reused/cached) or error",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="keep converted layers in this directory across runs (e.g. a CI cache directory)",
+)
+@click.option(
+    "--cache-ref",
+    metavar="REF",
+    help="keep converted layers in this registry repository too (one tag per layer), shared by shards",
+)
+@click.option(
+    "--plain-http", is_flag=True, help="--cache-ref may be http://host/repo (jobs set their own plain_http)"
+)
+@click.option(
+    "--shard",
+    metavar="INDEX/COUNT",
+    help=f"run only this shard's jobs (INDEX from 0; '/COUNT' takes INDEX from ${INDEX_ENV})",
+)
+@click.option("--dry-run", is_flag=True, help="validate the file and list this shard's jobs; run nothing")
+def batch_command(
+    file: Path,
+    jobs: int | None,
+    fail_fast: bool,
+    report: Path | None,
+    cache_dir: Path | None,
+    cache_ref: str | None,
+    plain_http: bool,
+    shard: str | None,
+    dry_run: bool,
+) -> None:
+    """Run the optimize and convert jobs of FILE (YAML).
+
+    The whole file is checked first: an unknown key, a bad reference or a bad value stops the run
+    (exit 2) before any job starts. Jobs run --jobs at a time; a failed job does not stop the
+    others unless --fail-fast. A layer several jobs convert the same way is converted once. Prints
+    each job's digest and a summary; exits 1 if any job failed.
+    """
+    from ctr_remote.batch.spec import load  # it imports the commands whose parsers it reuses
+
+    selected = load(file)
+    remote = _remote(cache_ref, plain_http)
+    where = parse_shard(shard) if shard is not None else None
+    if where is not None:
+        selected = [j for j in selected if where.owns(j.name)]
+    if dry_run:
+        for job in selected:
+            click.echo(f"{job.name}\t{job.kind}\t{job.source}\t{job.target}")
+        return
+    workers = jobs or default_jobs()
+
+    def printed(result: JobResult) -> None:
+        if result.status is Status.OK:
+            click.echo(f"{result.job.name}\t{result.digest}")
+
+    try:
+        with _cache(cache_dir, remote) as cache:
+            result = run_batch(selected, cache, workers=workers, fail_fast=fail_fast, on_done=printed)
+    except KeyboardInterrupt:
+        # Not left to click, which would print a bare newline first (not a JSON line).
+        raise Interrupted("interrupted") from None
+    result.extra = {"file": str(file), "shard": str(where) if where else None, "jobs_at_once": workers}
+    if report is not None:
+        _write_report(report, result.to_json())
+    if current_format() is LogFormat.JSON:
+        log.info("batch done", summary=result.summary(), ok=result.ok)
+    else:
+        click.echo(result.summary(), err=True)
+    if not result.ok:
+        failed = sum(r.status is not Status.OK for r in result.results)
+        raise CtrRemoteError(f"{failed} of {len(result.results)} jobs did not succeed (see the log above)")
