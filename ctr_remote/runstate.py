@@ -188,24 +188,33 @@ class RunRecord:
 
 
 _current: list[RunRecord] = []
+_users = 0  # runs of this process in the record (a batch runs several jobs at once)
+_current_lock = threading.Lock()
 
 
 @contextlib.contextmanager
 def recorded() -> Iterator[RunRecord]:
-    """This process's run record: the one already open, or a new one for the block (with its janitor).
-    Leaving the block normally or by an exception means the run cleaned up; only a dead process
-    leaves its record to the janitor."""
-    if _current:
-        yield _current[0]
-        return
-    record = RunRecord(runs_dir())
-    record.open()
-    _current.append(record)
+    """This process's run record, shared by every run in it (a batch's concurrent jobs): opened,
+    with its janitor, by the first and closed by the last. Leaving the block normally or by an
+    exception means the run cleaned up; only a dead process leaves its record to the janitor."""
+    global _users
+    with _current_lock:
+        if not _current:
+            record = RunRecord(runs_dir())
+            record.open()
+            _current.append(record)
+        _users += 1
+        record = _current[0]
     try:
         yield record
     finally:
-        _current.clear()
-        record.close()
+        with _current_lock:
+            _users -= 1
+            last = _users == 0
+            if last:
+                _current.clear()
+        if last:
+            record.close()
 
 
 def current() -> RunRecord | None:

@@ -81,6 +81,7 @@ def test_fail_fast_stops_the_job_converting_beside_the_failed_one(workdir: Path)
                 "name": "bad",
                 "source": f"local://{workdir / 'bad'}",
                 "target": f"local://{workdir}/o:x",
+                "require_converted": True,  # else the layer is copied unconverted, with a warning
             }
         },
     ]
