@@ -59,7 +59,7 @@ def test_options_mean_what_the_flags_mean(tmp_path: Path) -> None:
     [
         ([convert(), convert(target=DST + "2", colour=1)], {}, f"job 2 ({DST}2): unknown key 'colour'"),
         ([convert(), convert(period=3, target=DST + "2")], {}, "unknown key 'period' for convert"),
-        ([convert(), optimize(name="o", period="soon")], {}, "job 2 (o): period: 'soon' is not a number of seconds"),
+        ([convert(), optimize(name="o", period="soon")], {}, "job 2 (o): period: 'soon' is not a number"),
         ([convert(name="c", target="http://127.0.0.1:1/App::x")], {}, "job 1 (c): target: invalid reference"),
         ([convert(name="c", source="")], {}, "job 1 (c): source: required"),
         ([convert(name="c", oci="yes")], {}, "job 1 (c): oci: want true or false, not 'yes'"),
