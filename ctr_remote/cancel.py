@@ -99,26 +99,31 @@ class _CheckedFile:
         return getattr(self._file, name)
 
 
-def run_parallel(jobs: Sequence[Callable[[CancelToken], T]], workers: int) -> list[T]:
+def run_parallel(
+    jobs: Sequence[Callable[[CancelToken], T]], workers: int, *, parent: CancelToken | None = None
+) -> list[T]:
     """Run `jobs` on a thread pool, each given the same token; their results in order. The first
-    failure, or an interrupt of the calling thread (KeyboardInterrupt, Terminated), stops everything
-    promptly: queued jobs never start and running ones are cancelled through the token. Only then
-    is the failure raised, so that no job goes on, or leaves a temp file, behind the caller's back."""
+    failure, an interrupt of the calling thread (KeyboardInterrupt, Terminated) or setting `parent`
+    (the caller's own token: a batch's --fail-fast, an outer job) stops everything promptly:
+    queued jobs never start and running ones are cancelled through the token. Only then is the
+    failure raised, so that no job goes on, or leaves a temp file, behind the caller's back."""
     if not jobs:
         return []
     cancel = CancelToken()
     pool = ThreadPoolExecutor(max_workers=max(1, min(workers, len(jobs))))
+    linked = parent.on_cancel(cancel.cancel) if parent is not None else contextlib.nullcontext()
     try:
-        # Each job runs in a copy of the caller's context, so its log lines carry the caller's
-        # bound fields (a batch job's name).
-        futures = [pool.submit(contextvars.copy_context().run, job, cancel) for job in jobs]
-        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-        errors = [e for f in futures if f in done and (e := f.exception()) is not None]
-        # A job that stopped because another failed is not the cause: report the first real error.
-        real = [e for e in errors if not isinstance(e, Cancelled)]
-        if errors:
-            raise (real or errors)[0]
-        return [f.result() for f in futures]
+        with linked:
+            # Each job runs in a copy of the caller's context, so its log lines carry the caller's
+            # bound fields (a batch job's name).
+            futures = [pool.submit(contextvars.copy_context().run, job, cancel) for job in jobs]
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            errors = [e for f in futures if f in done and (e := f.exception()) is not None]
+            # A job that stopped because another failed is not the cause: report the first real error.
+            real = [e for e in errors if not isinstance(e, Cancelled)]
+            if errors:
+                raise (real or errors)[0]
+            return [f.result() for f in futures]
     finally:
         cancel.cancel()
         pool.shutdown(wait=True, cancel_futures=True)

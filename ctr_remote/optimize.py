@@ -271,10 +271,11 @@ class _Pipeline:
             data = new_index.to_bytes()
             desc = Descriptor.of(data, new_index.media_type)
         written = write_image(
-            _Reporting(self.dst, self.progress, self.cache, self.stop),
+            _Reporting(self.dst, self.progress, self.cache),
             list(blobs.values()),
             children,
             (data, desc),
+            cancel=self.stop,
         )
         return written.digest
 
@@ -320,8 +321,9 @@ class _Pipeline:
                 if layer.digest not in skip:
                     wanted.setdefault(layer.digest, layer)
         fetch_blobs(
-            _Reporting(self.src, self.progress, stop=self.stop),
+            _Reporting(self.src, self.progress),
             [(d, self._layer_file(d)) for d in wanted.values()],
+            cancel=self.stop,
         )
 
     def _cached_unprioritized(self, images: Sequence[ImageBlobs], host: ImageBlobs | None) -> frozenset[str]:
@@ -411,23 +413,18 @@ class _Pipeline:
         # On Ctrl-C, SIGTERM or a failed layer, every conversion stops at once: queued layers never
         # start and running ones give up at their next read or write.
         keys = list(unique)
-        jobs_ = [functools.partial(self._convert_shared, *unique[k]) for k in keys]
-        return dict(zip(keys, run_parallel(jobs_, os.cpu_count() or 1), strict=True))
-
-    def _convert_shared(
-        self, desc: Descriptor, files: list[str], diff_id: str | None, cancel: CancelToken
-    ) -> _Converted:
-        """One distinct layer: from the cache if it has it, else converted (and cached)."""
-        with _linked(self.stop, cancel):
-            return self._convert_or_take(desc, files, diff_id, cancel)
+        jobs_ = [functools.partial(self._convert_or_take, *unique[k]) for k in keys]
+        return dict(zip(keys, run_parallel(jobs_, os.cpu_count() or 1, parent=self.stop), strict=True))
 
     def _convert_or_take(
         self, desc: Descriptor, files: list[str], diff_id: str | None, cancel: CancelToken
     ) -> _Converted:
+        """One distinct layer: from the cache if it has it, else converted (and cached)."""
+
         def convert() -> tuple[CachedLayer, Outcome]:
             path = self._layer_file(desc)
             if not path.exists():  # skipped by _fetch_layers, but its cache entry went bad since
-                fetch_blobs(_Reporting(self.src, self.progress, stop=self.stop), [(desc, path)])
+                fetch_blobs(_Reporting(self.src, self.progress), [(desc, path)], cancel=cancel)
             c = self._convert_layer(desc, files, diff_id, cancel)
             outcome = Outcome.REUSED if c.path == path else Outcome.CONVERTED
             return CachedLayer(c.path, c.desc, c.diff_id, c.toc), outcome
@@ -584,14 +581,8 @@ class _Reporting:
     With a layer cache, a layer another repository of the target's registry holds is mounted from
     there (the store mounts from the source only, which never has a converted layer)."""
 
-    def __init__(
-        self,
-        store: ImageStore,
-        progress: Progress,
-        cache: LayerCache | None = None,
-        stop: CancelToken | None = None,
-    ) -> None:
-        self._store, self._progress, self._cache, self._stop = store, progress, cache, stop
+    def __init__(self, store: ImageStore, progress: Progress, cache: LayerCache | None = None) -> None:
+        self._store, self._progress, self._cache = store, progress, cache
         self.reference = store.reference
 
     def resolve(self) -> Descriptor:
@@ -616,18 +607,11 @@ class _Reporting:
         self.close()
 
     def fetch_blob(self, desc: Descriptor, dest: Path, *, cancel: CancelToken | None = None) -> None:
-        cancel = cancel or CancelToken()
         self._progress.step(desc.digest, "pull")
-        with _linked(self._stop, cancel):
-            self._store.fetch_blob(desc, dest, cancel=cancel)
+        self._store.fetch_blob(desc, dest, cancel=cancel)
         self._progress.done(desc.digest, "pull", size=desc.size)
 
     def push_blob(self, src: Path, desc: Descriptor, *, cancel: CancelToken | None = None) -> None:
-        cancel = cancel or CancelToken()
-        with _linked(self._stop, cancel):
-            self._push_blob(src, desc, cancel)
-
-    def _push_blob(self, src: Path, desc: Descriptor, cancel: CancelToken) -> None:
         if not media_types.is_layer(desc.media_type):
             self._store.push_blob(src, desc, cancel=cancel)
             return
@@ -641,11 +625,6 @@ class _Reporting:
         if self._cache is not None:
             self._cache.held(desc.digest, self.reference)
         self._progress.done(desc.digest, "push", pushed=desc.digest, size=desc.size)
-
-
-def _linked(stop: CancelToken | None, cancel: CancelToken) -> contextlib.AbstractContextManager[None]:
-    """While the block runs, setting `stop` (the caller's) also sets `cancel` (this step's)."""
-    return stop.on_cancel(cancel.cancel) if stop is not None else contextlib.nullcontext()
 
 
 def _padded(diff_ids: list[str], img: ImageBlobs) -> list[str | None]:

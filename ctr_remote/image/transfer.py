@@ -69,17 +69,27 @@ def _push(store: ImageStore, src: Path, desc: Descriptor, cancel: CancelToken) -
 
 
 def fetch_blobs(
-    store: ImageStore, items: Sequence[tuple[Descriptor, Path]], *, workers: int = DEFAULT_WORKERS
+    store: ImageStore,
+    items: Sequence[tuple[Descriptor, Path]],
+    *,
+    workers: int = DEFAULT_WORKERS,
+    cancel: CancelToken | None = None,
 ) -> None:
-    """Download each (descriptor, destination) in parallel, every blob verified."""
-    run_parallel([functools.partial(_fetch, store, d, p) for d, p in items], workers)
+    """Download each (descriptor, destination) in parallel, every blob verified; setting `cancel`
+    stops them all."""
+    run_parallel([functools.partial(_fetch, store, d, p) for d, p in items], workers, parent=cancel)
 
 
 def push_blobs(
-    store: ImageStore, items: Sequence[tuple[Path, Descriptor]], *, workers: int = DEFAULT_WORKERS
+    store: ImageStore,
+    items: Sequence[tuple[Path, Descriptor]],
+    *,
+    workers: int = DEFAULT_WORKERS,
+    cancel: CancelToken | None = None,
 ) -> None:
-    """Upload each (file, descriptor) in parallel (existing blobs are skipped by the store)."""
-    run_parallel([functools.partial(_push, store, p, d) for p, d in items], workers)
+    """Upload each (file, descriptor) in parallel (existing blobs are skipped by the store);
+    setting `cancel` stops them all."""
+    run_parallel([functools.partial(_push, store, p, d) for p, d in items], workers, parent=cancel)
 
 
 def write_image(
@@ -89,11 +99,14 @@ def write_image(
     top: tuple[bytes, Descriptor],
     *,
     workers: int = DEFAULT_WORKERS,
+    cancel: CancelToken | None = None,
 ) -> Descriptor:
     """Write an image in the only safe order: blobs (layers and configs, in parallel), then the
     child manifests, then the top-level index or manifest, which alone moves the tag. Returns the
     top descriptor. If anything fails, the tag still names what it named before."""
-    push_blobs(dst, blobs, workers=workers)
+    push_blobs(dst, blobs, workers=workers, cancel=cancel)
+    if cancel is not None:
+        cancel.check("writing the image")
     for data, desc in manifests:
         dst.push_manifest(data, desc)
     dst.push_manifest(top[0], top[1], top=True)
