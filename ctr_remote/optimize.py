@@ -19,7 +19,6 @@ from pathlib import Path
 
 import structlog
 
-from ctr_remote.batch.cache import CachedLayer, LayerCache, LayerReport, Outcome, layer_key
 from ctr_remote.cancel import CancelToken, checked_file, run_parallel
 from ctr_remote.errors import CtrRemoteError
 from ctr_remote.estargz import (
@@ -54,6 +53,7 @@ from ctr_remote.image.digest import encoded
 from ctr_remote.image.resolve import resolve_images
 from ctr_remote.layer.archive import members, open_layer
 from ctr_remote.layer.compression import CorruptLayerError, uncompress
+from ctr_remote.layercache.local import CachedLayer, LayerCache, LayerReport, Outcome, layer_key
 from ctr_remote.options import OptimizeOptions
 from ctr_remote.prefetch_list import visible_per_layer
 from ctr_remote.profile import Workload, check_requirements, profile

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from ctr_remote.batch.cache import LayerCache, LayerReport, Outcome
 from ctr_remote.cancel import CancelToken
 from ctr_remote.errors import Cancelled, CtrRemoteError, Interrupted, Terminated
+from ctr_remote.layercache.local import LayerCache, LayerReport, Outcome
 from ctr_remote.progress import Progress
 
 if TYPE_CHECKING:

@@ -11,13 +11,13 @@ from pathlib import Path
 import click
 import structlog
 
-from ctr_remote.batch.cache import LayerCache
-from ctr_remote.batch.remote import RegistryCache
 from ctr_remote.batch.runner import JobResult, Status, default_jobs, run_batch
 from ctr_remote.batch.shard import INDEX_ENV, parse_shard
 from ctr_remote.cli.types import reference
 from ctr_remote.errors import CtrRemoteError, Interrupted, UsageError
 from ctr_remote.image import ImageError
+from ctr_remote.layercache.local import LayerCache
+from ctr_remote.layercache.registry import RegistryCache
 from ctr_remote.log import LogFormat, current_format
 
 log = structlog.get_logger()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ctr_remote.batch.cache import layer_key
 from ctr_remote.estargz import BuildOptions, LayerFormat
 from ctr_remote.image import Descriptor, parse_reference
+from ctr_remote.layercache.local import layer_key
 from ctr_remote.options import OptimizeOptions
 
 SRC = Descriptor("application/vnd.oci.image.layer.v1.tar+gzip", "sha256:" + "a" * 64, 100)

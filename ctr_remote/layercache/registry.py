@@ -14,7 +14,6 @@ import json
 import tempfile
 from pathlib import Path
 
-from ctr_remote.batch.cache import CachedLayer, file_digest
 from ctr_remote.cancel import CancelToken
 from ctr_remote.image import (
     Descriptor,
@@ -28,6 +27,7 @@ from ctr_remote.image import (
     parse_manifest,
 )
 from ctr_remote.image.digest import encoded
+from ctr_remote.layercache.local import CachedLayer, file_digest
 
 CONFIG_MEDIA_TYPE = "application/vnd.ctr-remote.layer-cache.config.v1+json"
 ARTIFACT_TYPE = "application/vnd.ctr-remote.layer-cache.v1"
