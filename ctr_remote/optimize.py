@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import BinaryIO
 
 import structlog
 
@@ -453,11 +454,8 @@ class _Pipeline:
         os.close(fd)
         out = Path(name)
         self.progress.step(desc.digest, "convert")
-        with open(self._layer_file(desc), "rb") as fin, open(out, "wb") as fout:
-            try:
-                digest, size = uncompress(checked_file(fin, cancel, "layer conversion"), fout)
-            except CorruptLayerError as e:
-                raise CtrRemoteError(f"layer {desc.digest}: {e}") from None
+        with open(out, "wb") as fout:
+            digest, size = self._plain_tar(desc, fout, cancel)
         self.progress.done(desc.digest, "convert", log_line=False, size=size)
         annotations = {
             k: v
@@ -530,16 +528,21 @@ class _Pipeline:
         )
         self.progress.done(desc.digest, "convert", log_line=False, size=desc.size)
         if diff_id is None:  # the config does not say: the digest of the layer's tar
-            with open(path, "rb") as fin, open(os.devnull, "wb") as null:
-                try:
-                    diff_id, _ = uncompress(checked_file(fin, cancel, "layer conversion"), null)
-                except CorruptLayerError as e:
-                    raise CtrRemoteError(f"layer {desc.digest}: {e}") from None
+            with open(os.devnull, "wb") as null:
+                diff_id, _ = self._plain_tar(desc, null, cancel)
         media = desc.media_type
         if self.options.oci:
             media = _OCI_LAYER_OF_DOCKER.get(media, media)
         annotations = {k: v for k, v in (desc.annotations or {}).items() if k not in _FORMAT_ANNOTATIONS}
         return _Converted(path, replace(desc, media_type=media, annotations=annotations or None), diff_id)
+
+    def _plain_tar(self, desc: Descriptor, dst: BinaryIO, cancel: CancelToken) -> tuple[str, int]:
+        """Write the layer's plain tar to `dst`: its digest (the diff ID) and size."""
+        with open(self._layer_file(desc), "rb") as fin:
+            try:
+                return uncompress(checked_file(fin, cancel, "layer conversion"), dst)
+            except CorruptLayerError as e:
+                raise CtrRemoteError(f"layer {desc.digest}: {e}") from None
 
     def _reusable(self, path: Path, desc: Descriptor) -> bool:
         """Upstream's test: annotated with a TOC digest that the blob verifies against."""
