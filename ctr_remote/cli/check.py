@@ -6,7 +6,7 @@ import json
 
 import click
 
-from ctr_remote.cli.types import PLATFORM, reference
+from ctr_remote.cli.types import check_platform_flags, platform_flags, reference
 from ctr_remote.errors import CtrRemoteError, UsageError
 from ctr_remote.image import Platform
 
@@ -18,14 +18,10 @@ class CheckFailed(CtrRemoteError):
 @click.command("check")
 @click.argument("ref")
 @click.option("--plain-http", is_flag=True, help="allow connections using plain HTTP")
-@click.option(
-    "--platform",
-    "platforms",
-    type=PLATFORM,
-    multiple=True,
-    help="check the image for the specified platform (repeatable; default: this machine's)",
+@platform_flags(
+    "check the image for the specified platform (repeatable; default: this machine's)",
+    "check every platform of an index",
 )
-@click.option("--all-platforms", is_flag=True, help="check every platform of an index")
 @click.option(
     "--output",
     type=click.Choice(["table", "json"]),
@@ -38,7 +34,7 @@ class CheckFailed(CtrRemoteError):
 def check_command(
     ref: str,
     plain_http: bool,
-    platforms: tuple[Platform, ...],
+    platform: tuple[Platform, ...],
     all_platforms: bool,
     output: str,
     list_prioritized: bool,
@@ -50,12 +46,11 @@ def check_command(
     its digest, the tar headers against the TOC, the diff ID against the image config, the landmark
     and the bytes the snapshotter prefetches first. Exit 0 when every eStargz layer verifies.
     """
-    if platforms and all_platforms:
-        raise UsageError("--platform can't be used with --all-platforms")
+    check_platform_flags(platform, all_platforms)
     from ctr_remote.check import check_image
 
     report = check_image(
-        reference(ref, plain_http=plain_http), platforms=platforms, all_platforms=all_platforms
+        reference(ref, plain_http=plain_http), platforms=platform, all_platforms=all_platforms
     )
     if output == "json":
         click.echo(json.dumps(report.to_json(list_prioritized), indent=2))

@@ -13,7 +13,7 @@ import click
 import structlog
 
 from ctr_remote.cli.layer_flags import check_layer_flags, layer_flags, layer_options
-from ctr_remote.cli.types import PLATFORM, reference
+from ctr_remote.cli.types import check_platform_flags, platform_flags, reference
 from ctr_remote.errors import UsageError
 from ctr_remote.options import OptimizeOptions
 from ctr_remote.record import Record, RecordError
@@ -44,8 +44,7 @@ def _conflicts(p: dict[str, Any]) -> None:
         raise UsageError("option --estargz-keep-diff-id conflicts with --estargz-record-in")
     if not (p["estargz"] or p["zstdchunked"] or p["uncompress"]):
         raise UsageError("specify layer converter (--estargz, --zstdchunked or --uncompress)")
-    if p["all_platforms"] and p["platform"]:
-        raise UsageError("--platform can't be used with --all-platforms")
+    check_platform_flags(p["platform"], p["all_platforms"])
     if p["estargz_record_in"] and not p["estargz"]:
         raise UsageError("--estargz-record-in needs --estargz")
     if p["zstdchunked_record_in"] and not p["zstdchunked"]:
@@ -113,10 +112,7 @@ _record_file = click.Path(dir_okay=False, path_type=Path)
 @click.option("--zstdchunked-chunk-size", type=int, default=0, help="zstd:chunked chunk size (0: 4 MiB)")
 @click.option("--uncompress", is_flag=True, help="convert tar.gz layers to uncompressed tar layers")
 @click.option("--oci", is_flag=True, help="convert Docker media types to OCI media types")
-@click.option(
-    "--platform", type=PLATFORM, multiple=True, help="Convert content for a specific platform; repeatable"
-)
-@click.option("--all-platforms", is_flag=True, help="Convert content for all platforms")
+@platform_flags("Convert content for a specific platform; repeatable", "Convert content for all platforms")
 @click.option(
     "--plain-http", is_flag=True, help="allow HTTP connections to registries given as http://host/repo"
 )

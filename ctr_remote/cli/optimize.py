@@ -10,7 +10,14 @@ import click
 from ctr_remote.cli import flags
 from ctr_remote.cli.layer_flags import check_layer_flags, layer_flags, layer_options
 from ctr_remote.cli.streams import WorkloadStreams
-from ctr_remote.cli.types import PERIOD, PIDS_LIMIT, PLATFORM, PREFETCH_LIST, reference
+from ctr_remote.cli.types import (
+    PERIOD,
+    PIDS_LIMIT,
+    PREFETCH_LIST,
+    check_platform_flags,
+    platform_flags,
+    reference,
+)
 from ctr_remote.errors import Interrupted, UsageError
 from ctr_remote.log import LogFormat
 from ctr_remote.options import OptimizeOptions
@@ -39,8 +46,7 @@ def _conflicts(p: dict[str, Any]) -> None:
         raise UsageError("--prefetch-list can't be used with --no-optimize")
     if p["cni"] and p["net_host"]:
         raise UsageError("--cni can't be used with --net-host")
-    if p["all_platforms"] and p["platform"]:
-        raise UsageError("--platform can't be used with --all-platforms")
+    check_platform_flags(p["platform"], p["all_platforms"])
     check_layer_flags(p)
 
 
@@ -119,18 +125,9 @@ _dir = click.Path(file_okay=False, path_type=Path)
 @click.option(
     "--reuse", is_flag=True, help="reuse eStargz (already optimized) layers without further conversion"
 )
-@click.option(
-    "--platform",
-    type=PLATFORM,
-    multiple=True,
-    help="convert the image for this platform (os[/arch[/variant]]); repeatable",
-)
-@click.option(
-    "--all-platforms",
-    "--all-platform",  # the spelling upstream's own doc uses in its multi-platform example
-    "all_platforms",
-    is_flag=True,
-    help="targeting all platform of the source image",
+@platform_flags(
+    "convert the image for this platform (os[/arch[/variant]]); repeatable",
+    "targeting all platform of the source image",
 )
 @click.option(
     "--wait-on-signal",

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -20,6 +21,8 @@ from ctr_remote.image import (
     parse_reference,
 )
 from ctr_remote.prefetch_list import PrefetchList, PrefetchListError
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class PlatformType(click.ParamType):
@@ -97,3 +100,19 @@ PLATFORM = PlatformType()
 PREFETCH_LIST = PrefetchListType()
 PERIOD = PeriodType()
 PIDS_LIMIT = PidsLimitType()
+
+
+def platform_flags(platform_help: str, all_help: str) -> Callable[[F], F]:
+    """`--platform` (repeatable, parsed) and `--all-platforms` (also `--all-platform`, the spelling
+    upstream's own doc uses), for every command that picks platforms; help in each command's words."""
+
+    def add(f: F) -> F:
+        f = click.option("--all-platforms", "--all-platform", "all_platforms", is_flag=True, help=all_help)(f)
+        return click.option("--platform", type=PLATFORM, multiple=True, help=platform_help)(f)
+
+    return add
+
+
+def check_platform_flags(platforms: tuple[Platform, ...], all_platforms: bool) -> None:
+    if platforms and all_platforms:
+        raise UsageError("--platform can't be used with --all-platforms")
