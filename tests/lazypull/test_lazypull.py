@@ -9,11 +9,10 @@ import hashlib
 import random
 from pathlib import Path
 
-from ctr_remote.image import RegistryOptions, open_store, parse_reference
 from tests.conftest import Oracle
-from tests.helpers.sample import app_layers, publish, runnable_image
+from tests.helpers.sample import app_layers
+from tests.lazypull.app import publish_app
 from tests.lazypull.stack import StargzStack
-from tests.optimize.conftest import Cli
 
 # Incompressible and far bigger than what the snapshotter reads with a layer's footer and TOC, so
 # that reading it later needs the registry.
@@ -22,16 +21,9 @@ COLD_PATH = "app/cold.bin"
 
 
 def test_lazy_pull_of_our_image(stack: StargzStack, workdir: Path, oracle: Oracle) -> None:
-    (workdir / "tmpdir").mkdir()
-    (workdir / "docker-config").mkdir()
     layers = app_layers()
     layers[2].file(COLD_PATH, COLD)
-    with open_store(
-        parse_reference(f"http://{stack.ref('app:src')}", plain_http=True),
-        RegistryOptions(docker_config=workdir / "docker-config"),
-    ) as store:
-        publish(store, runnable_image(layers), workdir / "push")
-    run = Cli(workdir / "tmpdir", workdir / "docker-config").optimize(
+    run = publish_app(stack, workdir, layers).optimize(
         f"http://{stack.ref('app:src')}", f"http://{stack.ref('app:esgz')}"
     )
     assert "workload-done" in run.stdout + run.stderr  # the profiling run did run the workload

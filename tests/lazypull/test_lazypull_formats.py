@@ -10,10 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from ctr_remote.image import RegistryOptions, open_store, parse_reference
-from tests.helpers.sample import app_layers, publish, runnable_image
+from tests.lazypull.app import publish_app, rpull_lazily
 from tests.lazypull.stack import StargzStack
-from tests.optimize.conftest import Cli
 
 FORMATS = {
     "zstdchunked": ("--oci", "--zstdchunked"),
@@ -24,14 +22,7 @@ FORMATS = {
 
 @pytest.mark.parametrize("kind", FORMATS)
 def test_lazy_pull_of_each_format(stack: StargzStack, workdir: Path, kind: str) -> None:
-    (workdir / "tmpdir").mkdir()
-    (workdir / "docker-config").mkdir()
-    with open_store(
-        parse_reference(f"http://{stack.ref('app:src')}", plain_http=True),
-        RegistryOptions(docker_config=workdir / "docker-config"),
-    ) as store:
-        publish(store, runnable_image(app_layers()), workdir / "push")
-    cli = Cli(workdir / "tmpdir", workdir / "docker-config")
+    cli = publish_app(stack, workdir)
     cli.optimize(*FORMATS[kind], f"http://{stack.ref('app:src')}", f"http://{stack.ref('app:lazy')}")
 
     # What each layer's landmark says the snapshotter must prefetch (our image check reads all
@@ -44,14 +35,8 @@ def test_lazy_pull_of_each_format(stack: StargzStack, workdir: Path, kind: str) 
     base, lib, app = expected
     assert expected[base] > 0 and expected[app] > 0 and expected[lib] == 0, expected
 
-    pulling = stack.mark()
-    stack.ctr("image", "rpull", "--plain-http", stack.ref("app:lazy"))
+    rpull_lazily(stack, stack.ref("app:lazy"), expected)
     assert stack.wait_prefetched(set(expected)) == expected
-    pulled = stack.mark()
-    content = stack.ctr("content", "ls", "-q")
-    assert not [d for d in expected if d in content], "a layer was downloaded: the pull was not lazy"
-    fetched = {layer: stack.blob_fetches("app", layer, pulling, pulled) for layer in expected}
-    assert all(f.status == 206 for fs in fetched.values() for f in fs), fetched  # ranges only
 
     before = stack.mark()
     out = stack.ctr("run", "--rm", "--snapshotter=stargz", stack.ref("app:lazy"), "lazypull-workload")
@@ -65,14 +50,7 @@ def test_lazy_pull_of_a_keep_diff_id_image(stack: StargzStack, workdir: Path) ->
     """`convert --estargz-keep-diff-id`: the layers keep their source's tar (no landmark), their TOCs
     are in the `-esgztoc` image, and the snapshotter still mounts them lazily: ranges only at pull,
     and the workload reads its files through the external TOCs."""
-    (workdir / "tmpdir").mkdir()
-    (workdir / "docker-config").mkdir()
-    with open_store(
-        parse_reference(f"http://{stack.ref('app:src')}", plain_http=True),
-        RegistryOptions(docker_config=workdir / "docker-config"),
-    ) as store:
-        publish(store, runnable_image(app_layers()), workdir / "push")
-    cli = Cli(workdir / "tmpdir", workdir / "docker-config")
+    cli = publish_app(stack, workdir)
     src, kept = f"http://{stack.ref('app:src')}", f"http://{stack.ref('app:kept')}"
     cli("image", "convert", "--plain-http", "--estargz", "--oci", "--estargz-external-toc",
         "--estargz-keep-diff-id", src, kept)  # fmt: skip
@@ -80,14 +58,6 @@ def test_lazy_pull_of_a_keep_diff_id_image(stack: StargzStack, workdir: Path) ->
     layers = json.loads(check.stdout)["manifests"][0]["layers"]
     assert all(la["landmark"] is None and la["diff_id"] == la["config_diff_id"] for la in layers), layers
 
-    pulling = stack.mark()
-    stack.ctr("image", "rpull", "--plain-http", stack.ref("app:kept"))
-    pulled = stack.mark()
-    content = stack.ctr("content", "ls", "-q")
-    assert not [la for la in layers if la["digest"] in content], (
-        "a layer was downloaded: the pull was not lazy"
-    )
-    fetched = [f for la in layers for f in stack.blob_fetches("app", la["digest"], pulling, pulled)]
-    assert all(f.status == 206 for f in fetched), fetched  # ranges only
+    rpull_lazily(stack, stack.ref("app:kept"), [la["digest"] for la in layers])
     out = stack.ctr("run", "--rm", "--snapshotter=stargz", stack.ref("app:kept"), "lazypull-workload")
     assert out.splitlines() == ["data", "app motd", "workload-done"]
