@@ -63,11 +63,11 @@ class Record:
         named = [e for e in self.entries if e.manifest_digest == manifest_digest]
         if not named:
             return None
-        out: list[list[str]] = [[] for _ in range(layers)]
+        out: list[dict[str, None]] = [{} for _ in range(layers)]  # ordered sets: record order, once each
         for e in named:
-            if e.layer_index < layers and e.path not in out[e.layer_index]:
-                out[e.layer_index].append(e.path)
-        return out
+            if e.layer_index < layers:
+                out[e.layer_index].setdefault(e.path)
+        return [list(paths) for paths in out]
 
 
 def _entry(line: str, where: str) -> RecordEntry:
