@@ -51,6 +51,7 @@ from ctr_remote.image import (
     write_image,
 )
 from ctr_remote.image.digest import encoded
+from ctr_remote.image.files import output_file
 from ctr_remote.image.resolve import resolve_images
 from ctr_remote.layer.archive import members, open_layer
 from ctr_remote.layer.compression import CorruptLayerError, uncompress
@@ -454,7 +455,7 @@ class _Pipeline:
         os.close(fd)
         out = Path(name)
         self.progress.step(desc.digest, "convert")
-        with open(out, "wb") as fout:
+        with output_file(out) as fout:
             digest, size = self._plain_tar(desc, fout, cancel)
         self.progress.done(desc.digest, "convert", log_line=False, size=size)
         annotations = {
@@ -484,7 +485,7 @@ class _Pipeline:
         opts = replace(self.options.layer, prioritized_files=files or None)
         self.progress.step(desc.digest, "convert")
         try:
-            with open(path, "rb") as fin, open(out, "wb") as fout:
+            with open(path, "rb") as fin, output_file(out) as fout:
                 res = build(fin, fout, opts, cancel=cancel)
         except UnrepresentableLayerError as e:
             if self.options.require_converted:

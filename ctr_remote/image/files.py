@@ -4,17 +4,21 @@ digest check on the way to disk."""
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import stat
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from ctr_remote.image.digest import check, hasher
 from ctr_remote.image.errors import ImageError
 from ctr_remote.image.manifest import Descriptor
 from ctr_remote.runstate import note_temp_file
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
 
 CHUNK = 1 << 20
 
@@ -28,10 +32,49 @@ def _writing(dest: Path) -> Iterator[None]:
         raise ImageError(f"cannot write {dest}: {e.strerror or e}") from None
 
 
+class _NamedWriter(io.BufferedWriter):
+    """A buffered file whose write failures are ImageErrors naming it."""
+
+    def __init__(self, raw: io.FileIO, dest: Path) -> None:
+        super().__init__(raw)
+        self.dest = dest
+
+    def write(self, data: ReadableBuffer) -> int:
+        with _writing(self.dest):
+            return super().write(data)
+
+    def flush(self) -> None:
+        with _writing(self.dest):
+            super().flush()
+
+
+@contextlib.contextmanager
+def _writer(fd: int, dest: Path) -> Iterator[BinaryIO]:
+    f = _NamedWriter(io.FileIO(fd, "wb"), dest)
+    try:
+        yield f
+        f.flush()
+    finally:
+        # A short write on a full disk leaves its tail in the buffer, and close() flushes it again:
+        # that second ENOSPC must not replace the error that names the file. On success the buffer
+        # is already flushed, so nothing is lost by ignoring it.
+        with contextlib.suppress(OSError, ImageError):
+            f.close()
+
+
+@contextlib.contextmanager
+def output_file(path: Path) -> Iterator[BinaryIO]:
+    """`open(path, "wb")` for a work file: failures to create or write it are ImageErrors naming it."""
+    with _writing(path):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+    with _writer(fd, path) as f:
+        yield f
+
+
 @contextlib.contextmanager
 def atomic_file(dest: Path) -> Iterator[BinaryIO]:
     """A temp file next to `dest`, renamed over it only if the block succeeds; removed otherwise.
-    Failures to create, write (see `write_to`), sync or rename it are ImageErrors naming `dest`."""
+    Failures to create, write, sync or rename it are ImageErrors naming `dest`."""
     with _writing(dest):
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
@@ -43,10 +86,10 @@ def atomic_file(dest: Path) -> Iterator[BinaryIO]:
             os.unlink(tmp)
             raise
     try:
-        with os.fdopen(fd, "wb") as f:
+        with _writer(fd, dest) as f:
             yield f
+            f.flush()
             with _writing(dest):
-                f.flush()
                 os.fsync(f.fileno())
         with _writing(dest):
             os.replace(tmp, dest)
@@ -74,14 +117,9 @@ def _umask() -> int:
     return 0o022
 
 
-def write_to(f: BinaryIO, dest: Path, data: bytes) -> None:
-    with _writing(dest):
-        f.write(data)
-
-
 def write_atomic(dest: Path, data: bytes) -> None:
     with atomic_file(dest) as f:
-        write_to(f, dest, data)
+        f.write(data)
 
 
 def read_chunks(f: BinaryIO, size: int = CHUNK) -> Iterator[bytes]:
@@ -100,5 +138,5 @@ def copy_verified(chunks: Iterable[bytes], dest: Path, desc: Descriptor, what: s
             if n > desc.size:
                 break
             h.update(chunk)
-            write_to(f, dest, chunk)
+            f.write(chunk)
         check(what, desc.digest, desc.size, f"{h.name}:{h.hexdigest()}", n)
