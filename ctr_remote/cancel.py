@@ -9,10 +9,11 @@ import contextlib
 import contextvars
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, BinaryIO, TypeVar, cast
 
 from ctr_remote.errors import Cancelled
+from ctr_remote.signals import wait_futures
 
 T = TypeVar("T")
 
@@ -117,8 +118,8 @@ def run_parallel(
             # Each job runs in a copy of the caller's context, so its log lines carry the caller's
             # bound fields (a batch job's name).
             futures = [pool.submit(contextvars.copy_context().run, job, cancel) for job in jobs]
-            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-            errors = [e for f in futures if f in done and (e := f.exception()) is not None]
+            wait_futures(futures, first_exception=True)
+            errors = [e for f in futures if f.done() and (e := f.exception()) is not None]
             # A job that stopped because another failed is not the cause: report the first real error.
             real = [e for e in errors if not isinstance(e, Cancelled)]
             if errors:

@@ -5,14 +5,23 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import FIRST_EXCEPTION, Future, wait
 from contextlib import contextmanager
+from typing import Any
 
 from ctr_remote.errors import Terminated
 
 HELD = (signal.SIGINT, signal.SIGTERM)
 
 _aborting: list[signal.Signals] = []  # the signal that aborted the run, once one has
+
+# The kernel may deliver a Ctrl-C to any of our threads (a converting one, say). CPython then only
+# flags it for the main thread, and a main thread blocked on a lock (an Event, a Future) is not woken
+# by that: it would run the handler when the whole conversion is done. So the main thread never
+# blocks longer than this before it looks.
+POLL_SECONDS = 0.05
 
 
 def abort(signum: int, _frame: object = None) -> None:
@@ -86,3 +95,28 @@ def signals_deferred() -> Iterator[None]:
             signal.signal(s, handler)
         for signum in dict.fromkeys(pending):
             signal.raise_signal(signum)
+
+
+def wait_event(event: threading.Event, timeout: float | None = None) -> bool:
+    """`event.wait(timeout)` that a SIGINT or SIGTERM interrupts promptly whichever thread the kernel
+    delivered it to (see POLL_SECONDS)."""
+    if threading.current_thread() is not threading.main_thread():
+        return event.wait(timeout)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        step = POLL_SECONDS if deadline is None else min(POLL_SECONDS, deadline - time.monotonic())
+        if step <= 0:
+            return event.is_set()
+        if event.wait(step):
+            return True
+
+
+def wait_futures(futures: Iterable[Future[Any]], *, first_exception: bool = False) -> None:
+    """Wait until every future is done (or, `first_exception`, one raised), interruptible like
+    `wait_event`."""
+    pending = set(futures)
+    main = threading.current_thread() is threading.main_thread()
+    while pending:
+        done, pending = wait(pending, timeout=POLL_SECONDS if main else None, return_when=FIRST_EXCEPTION)
+        if first_exception and any(not f.cancelled() and f.exception() is not None for f in done):
+            return

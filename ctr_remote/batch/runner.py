@@ -18,6 +18,7 @@ from ctr_remote.cancel import CancelToken
 from ctr_remote.errors import Cancelled, CtrRemoteError, Interrupted, Terminated
 from ctr_remote.layercache.local import LayerCache, LayerReport, Outcome
 from ctr_remote.progress import Progress
+from ctr_remote.signals import wait_futures
 
 if TYPE_CHECKING:
     from ctr_remote.batch.spec import Job
@@ -162,6 +163,7 @@ def run_batch(
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(jobs)))) as pool:
         futures = [pool.submit(one, r) for r in results]
         try:
+            wait_futures(futures)
             for f in futures:
                 f.result()
         except BaseException:

@@ -22,6 +22,7 @@ import structlog
 from ctr_remote.profile.children import die_with_parent
 from ctr_remote.profile.errors import ProfileError
 from ctr_remote.profile.workload import Workload
+from ctr_remote.signals import wait_event
 
 log = structlog.get_logger()
 
@@ -122,18 +123,15 @@ class Container:
         for t in threads:
             t.start()
         try:
-            if workload.wait_on_signal:
-                stop.wait()
-            else:
-                stop.wait(timeout=workload.period)
+            wait_event(stop, None if workload.wait_on_signal else workload.period)
             if exited.is_set():
                 self._check_started(process.returncode)
                 return process.returncode
             log.info("stopping the workload", signal=stop_signal.name)
             self.kill(stop_signal)
-            if not exited.wait(timeout=STOP_GRACE_SECONDS) and stop_signal is not signal.SIGKILL:
+            if not wait_event(exited, STOP_GRACE_SECONDS) and stop_signal is not signal.SIGKILL:
                 self.kill(signal.SIGKILL)
-            if not exited.wait(timeout=KILL_TIMEOUT_SECONDS):
+            if not wait_event(exited, KILL_TIMEOUT_SECONDS):
                 process.kill()
             return None
         finally:

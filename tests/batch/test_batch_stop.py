@@ -17,6 +17,7 @@ import yaml
 
 from ctr_remote.image import open_store, parse_reference
 from tests.helpers.images import LayerBuilder
+from tests.helpers.processes import signal_a_thread
 from tests.helpers.sample import publish, runnable_image
 
 WAIT_SECONDS = 60.0
@@ -56,7 +57,7 @@ def test_ctrl_c_stops_every_running_job(workdir: Path) -> None:
     while not list((workdir / "tmp").glob("*/out/layer-*")):  # a conversion has started
         assert time.monotonic() < deadline and p.poll() is None, "no conversion started"
         time.sleep(0.01)  # condition poll
-    p.send_signal(signal.SIGINT)
+    signal_a_thread(p.pid, signal.SIGINT)  # not the main thread: it must still stop at once
     _, err = p.communicate(timeout=WAIT_SECONDS)
     assert p.returncode == 130, err
     events = _events(err)

@@ -3,8 +3,10 @@ janitor), waited for through a pidfd, told apart from a reused pid by their star
 
 from __future__ import annotations
 
+import ctypes
 import os
 import select
+import signal
 from pathlib import Path
 
 from ctr_remote.runstate import start_time
@@ -52,3 +54,17 @@ def wait_gone(pid: int, timeout: float = 120.0) -> None:
         assert select.select([fd], [], [], timeout)[0], f"{pid} ({cmdline(pid)}) still running"
     finally:
         os.close(fd)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def signal_a_thread(pid: int, sig: signal.Signals) -> None:
+    """Send `sig` to the newest of `pid`'s threads other than its main one. The kernel may hand a
+    process's signal to any thread that does not block it, and CPython runs handlers on the main
+    thread only: a Ctrl-C must stop a run whichever thread took it."""
+    tids = [int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid]
+    assert tids, f"{pid} ({cmdline(pid)}) has no thread besides its main one"
+    if _libc.tgkill(pid, max(tids), sig) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))

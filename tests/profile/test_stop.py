@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.images import LayerBuilder, image_config
+from tests.helpers.processes import signal_a_thread
 from tests.profile.conftest import (
     RECORDERS,
     SENTINEL,
@@ -75,8 +76,9 @@ def data_layer(tmp_path: Path) -> Path:
     )
 
 
+@pytest.mark.parametrize("to_a_thread", [False, True], ids=["to-the-process", "to-a-thread"])
 def test_wait_on_signal_ignores_the_period_and_stops_on_sigint(
-    tmp_path: Path, work: Path, busybox_layer: Path, data_layer: Path
+    tmp_path: Path, work: Path, busybox_layer: Path, data_layer: Path, to_a_thread: bool
 ) -> None:
     # The workload outlives its 1 s period (it prints LATER after 2 s), then waits to be stopped.
     script = "cat /data/before.txt; echo; echo READY; sleep 2; echo LATER; cat /data/after.txt; echo; "
@@ -92,7 +94,10 @@ def test_wait_on_signal_ignores_the_period_and_stops_on_sigint(
     try:
         wait_for_line(proc, "LATER")
         wait_for_line(proc, "a")
-        proc.send_signal(signal.SIGINT)
+        if to_a_thread:  # the kernel may pick any thread; only the main one runs Python's handlers
+            signal_a_thread(proc.pid, signal.SIGINT)
+        else:
+            proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0
     finally:
         if proc.poll() is None:
