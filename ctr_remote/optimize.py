@@ -108,7 +108,8 @@ def optimize(
     """Convert `options.source` into `options.target`. `progress` shows each layer's steps
     (default: one log line per step). With a `cache` (`ctr-remote batch`), a layer converted before
     with the same inputs is taken from it, and one converted here is added to it. Setting `stop`
-    (a batch's interrupt or --fail-fast) stops transfers and conversions at their next chunk."""
+    (a batch's interrupt or --fail-fast) stops transfers and conversions at their next chunk, and
+    a running workload at once."""
     toc_ref = external_toc_reference(options.target) if options.layer.external_toc else None
     with (
         recorded() as run,  # what this run leaves on the host, removed even if it is SIGKILLed
@@ -374,7 +375,9 @@ class _Pipeline:
                 log.info("press Ctrl+C to terminate the container")
             elif self.workload.wait_on_line is None:
                 log.info(f"waiting for {self.workload.period:g}s ...")
-            accessed = profile(layers, img.config.raw, self.workload, workdir=self.work).accessed
+            accessed = profile(
+                layers, img.config.raw, self.workload, workdir=self.work, cancel=self.stop
+            ).accessed
         if self.record is not None:
             self.record.write(record_lines(accessed, img.manifest_desc.digest))
         return accessed

@@ -124,7 +124,8 @@ def run_batch(
     start = time.monotonic()
     results = [JobResult(job) for job in jobs]
     # Set by an interrupt, or by the first failure under fail-fast: no job starts after it, and
-    # running ones stop at their next transfer chunk or conversion read (a workload runs its period).
+    # running ones stop at their next transfer chunk or conversion read; a workload's container is
+    # killed at once.
     stop = CancelToken()
 
     def one(result: JobResult) -> None:

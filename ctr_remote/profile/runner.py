@@ -24,6 +24,7 @@ from pathlib import Path
 import structlog
 
 from ctr_remote import leftovers  # the module: it imports this package's mounts in turn
+from ctr_remote.cancel import CancelToken
 from ctr_remote.layer.compression import Compression, detect
 from ctr_remote.layer.paths import clean_name
 from ctr_remote.profile import cdi, mounts
@@ -62,7 +63,12 @@ def check_requirements(workload: Workload) -> None:
 
 
 def profile(
-    layers: Sequence[Path], config: dict, workload: Workload, *, workdir: Path | None = None
+    layers: Sequence[Path],
+    config: dict,
+    workload: Workload,
+    *,
+    workdir: Path | None = None,
+    cancel: CancelToken | None = None,
 ) -> ProfileResult:
     """Run `workload` on the image made of `layers` and record which files it accessed.
 
@@ -71,6 +77,9 @@ def profile(
     StopSignal). Temporary state lives in a fresh directory under `workdir` (default: the system temp
     dir) and is removed, with every mount and the container, before this returns or raises, also
     on SIGINT (re-raised as KeyboardInterrupt) and SIGTERM (raised as Terminated).
+    Setting `cancel` (a batch's interrupt or --fail-fast, from another thread) kills the container at
+    once and raises Cancelled, after the same cleanup: what a run cut short recorded is not what the
+    workload reads in its period, so it is not returned.
     Raises ProfileError on anything that prevents the run; a workload that exits non-zero is not an
     error (its exit code is in the result).
     """
@@ -91,7 +100,9 @@ def profile(
             f"work directory {base} contains ',', ':' or '\\', which overlayfs options cannot hold"
         )
     stop = threading.Event()
-    with _signal_handling(workload, stop), recorded() as record:
+    # The hook wakes the wait for the period; the run then sees the token and raises Cancelled.
+    stopped_by = cancel.on_cancel(stop.set) if cancel is not None else contextlib.nullcontext()
+    with _signal_handling(workload, stop), stopped_by, recorded() as record:
         try:
             work = Path(tempfile.mkdtemp(prefix="ctr-remote-profile-", dir=base))
             record.add_temp_dir(work)
@@ -112,6 +123,7 @@ def profile(
                         stop,
                         stop_signal,
                         record,
+                        cancel,
                     )
                 finally:
                     with signals_deferred():
@@ -149,6 +161,7 @@ def _run(
     stop: threading.Event,
     stop_signal: signal.Signals,
     record: RunRecord,
+    cancel: CancelToken | None,
 ) -> tuple[Recording, int | None, list[str], float]:
     os.chmod(work, 0o700)  # device nodes and setuid files of the image live below
     for name in ("l", "m", "s", "upper", "ovl", "rootfs", "etc", "bundle", "runc"):
@@ -156,6 +169,7 @@ def _run(
     _unpack_in_memory_if_it_fits(work / "l", layers)
     recording = recording_for(workload.recorder, work, stack, stop)
     for i, blob in enumerate(layers):
+        _check(cancel)  # a large image takes a while to unpack: no further layer once cancelled
         recording.add_layer(i, unpack_layer(blob, work / "l" / str(i), what=f"layer {i} ({blob.name})"))
     recording.ready()
 
@@ -225,13 +239,19 @@ def _run(
     recording.start(stack)
     record.add_container(RecordedContainer(runtime, str(container.state_root), container_id))
     stack.callback(container.delete)
+    _check(cancel)  # not even started: a container killed while runc creates it takes longer to remove
     started = time.monotonic()
-    exit_code = container.run(workload, stop, stop_signal)
+    exit_code = container.run(workload, stop, stop_signal, cancel)
     seconds = time.monotonic() - started
     container.check_ran(started_hook, exit_code)
     recording.check()
     excluded = [clean_name(m["destination"]) for m in spec["mounts"]]
     return recording, exit_code, excluded, seconds
+
+
+def _check(cancel: CancelToken | None) -> None:
+    if cancel is not None:
+        cancel.check("profiling")
 
 
 # Assumed ratio of a compressed layer's tar to its blob, to guess whether the image fits in memory.

@@ -19,6 +19,7 @@ from typing import IO
 
 import structlog
 
+from ctr_remote.cancel import CancelToken
 from ctr_remote.profile.children import die_with_parent
 from ctr_remote.profile.errors import ProfileError
 from ctr_remote.profile.workload import Workload
@@ -83,15 +84,28 @@ class Container:
             status = "" if exit_code is None else f" (it exited with status {exit_code})"
             raise ProfileError(f"{Path(self.runtime).name} never started the container{status}")
 
-    def run(self, workload: Workload, stop: threading.Event, stop_signal: signal.Signals) -> int | None:
+    def run(
+        self,
+        workload: Workload,
+        stop: threading.Event,
+        stop_signal: signal.Signals,
+        cancel: CancelToken | None = None,
+    ) -> int | None:
         """Run until the workload exits (its exit code) or `stop` is set / the period ends (None).
 
-        `stop` is also how signal handlers (--wait-on-signal) end the run.
+        `stop` is also how signal handlers (--wait-on-signal) end the run. If `cancel` is set when the
+        run ends (whoever set it also set `stop`), the container is killed and Cancelled raised.
         """
         with _terminal_restored(workload.terminal):
-            return self._run(workload, stop, stop_signal)
+            return self._run(workload, stop, stop_signal, cancel)
 
-    def _run(self, workload: Workload, stop: threading.Event, stop_signal: signal.Signals) -> int | None:
+    def _run(
+        self,
+        workload: Workload,
+        stop: threading.Event,
+        stop_signal: signal.Signals,
+        cancel: CancelToken | None,
+    ) -> int | None:
         cmd = self._cmd(
             "--log", str(self.log_path), "--log-format", "json", "run", "--bundle", str(self.bundle)
         )
@@ -124,6 +138,10 @@ class Container:
             t.start()
         try:
             wait_event(stop, None if workload.wait_on_signal else workload.period)
+            if cancel is not None:
+                # Nobody uses this run's record, so the container gets no StopSignal and grace period:
+                # the finally below kills it, as on Ctrl-C.
+                cancel.check("the workload")
             if exited.is_set():
                 self._check_started(process.returncode)
                 return process.returncode

@@ -1,5 +1,6 @@
 """Stopping a batch: Ctrl-C stops the running jobs' conversions at once (exit 130, nothing left);
-under --fail-fast the first failure stops the job converting beside it."""
+under --fail-fast the first failure stops the job converting beside it. A job whose workload is
+running under runc is stopped at once too, not at the end of its period."""
 
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ from typing import Any
 import yaml
 
 from ctr_remote.image import open_store, parse_reference
-from tests.helpers.images import LayerBuilder
+from tests.helpers.images import LayerBuilder, image_config
 from tests.helpers.processes import signal_a_thread
 from tests.helpers.sample import publish, runnable_image
+from tests.profile.conftest import SENTINEL, assert_no_leftovers
 
 WAIT_SECONDS = 60.0
 # ~50 MB of text per layer: about a second to convert, more under load; a stopped job does not log
@@ -95,3 +97,84 @@ def test_fail_fast_stops_the_job_converting_beside_the_failed_one(workdir: Path)
     converted = {e["source"] for e in _events(err) if e["event"] == "converted"}
     assert len(converted & big) < len(big)  # the slow job stopped halfway, or never started
     assert list((workdir / "tmp").iterdir()) == []
+
+
+# Far longer than a stopped job may take: without being stopped it would run to the end of it.
+PERIOD = 60
+PROMPTLY = 30.0
+
+
+def _publish(workdir: Path, name: str, layers: list[LayerBuilder], cmd: list[str]) -> str:
+    with open_store(parse_reference(f"local://{workdir / name}")) as store:
+        publish(store, runnable_image(layers, image_config(cmd=cmd)), workdir / f"push-{name}")
+    return f"local://{workdir / name}"
+
+
+def _sleeper(workdir: Path) -> str:
+    """An image whose workload sleeps through any period (the sentinel: none may survive)."""
+    return _publish(workdir, "sleeper", [LayerBuilder().busybox()], ["/bin/sh", "-c", f"sleep {SENTINEL}"])
+
+
+def _started(tmp: Path) -> list[Path]:
+    """The jobs' containers that runc has started (the poststart hook's marker)."""
+    return list(tmp.glob("*/ctr-remote-profile-*/bundle/started"))
+
+
+def _wait_for(p: subprocess.Popen[str], condition: Any, what: str) -> None:
+    deadline = time.monotonic() + WAIT_SECONDS
+    while not condition():
+        assert p.poll() is None, f"the batch ended before {what}: {p.communicate()}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)  # condition poll
+
+
+def _assert_nothing_left(workdir: Path, state_roots: list[Path]) -> None:
+    """No temp file, mount, runc or workload process, nor any of the runs' runc state roots."""
+    assert [r for r in state_roots if r.exists()] == []
+    assert_no_leftovers(workdir, workdir / "tmp")
+
+
+def test_fail_fast_stops_a_running_workload_at_once(workdir: Path) -> None:
+    """The failing job fails while the other job's workload runs (60 s period): that container is
+    killed at once and the job reported `cancelled`, not run to the end of its period."""
+    tmp, sync = workdir / "tmp", workdir / "sync"
+    tmp.mkdir()
+    sync.mkdir()
+    sleeper = _sleeper(workdir)
+    # Its workload ends once the test says so, then its conversion fails: the failure comes while
+    # the sleeper's workload is running.
+    bad = _publish(
+        workdir,
+        "bad",
+        [LayerBuilder().busybox(), LayerBuilder().add(tarfile.TarInfo("bad-\udcff-name"), b"x")],
+        ["/bin/sh", "-c", "while [ ! -e /sync/go ]; do sleep 0.05; done"],
+    )
+    workload = {"no_optimize": False, "period": PERIOD}
+    jobs = [
+        {"optimize": {"name": "sleeper", "source": sleeper, "target": f"local://{workdir}/o1:x", **workload}},
+        {
+            "optimize": {
+                "name": "bad",
+                "source": bad,
+                "target": f"local://{workdir}/o2:x",
+                "require_converted": True,  # else the layer is copied unconverted, with a warning
+                "mount": [f"type=bind,src={sync},dst=/sync,options=rbind:ro"],
+                **workload,
+            }
+        },
+    ]
+    report = workdir / "report.json"
+    p = _batch(workdir, jobs, "--jobs", "2", "--fail-fast", "--report", str(report))
+    _wait_for(p, lambda: len(_started(tmp)) == 2, "both workloads to run")
+    state_roots = list(tmp.glob("*/ctr-remote-profile-*/runc"))
+    assert len(state_roots) == 2
+    started = time.monotonic()
+    (sync / "go").touch()
+    _, err = p.communicate(timeout=PERIOD + WAIT_SECONDS)
+    elapsed = time.monotonic() - started
+    assert p.returncode == 1, err
+    assert elapsed < PROMPTLY, f"the batch took {elapsed:.1f}s after the failure"
+    jobs_ = {j["name"]: j for j in json.loads(report.read_text())["jobs"]}
+    assert jobs_["bad"]["status"] == "failed" and "UTF-8" in jobs_["bad"]["error"], jobs_
+    assert jobs_["sleeper"]["status"] == "cancelled", jobs_
+    _assert_nothing_left(workdir, state_roots)

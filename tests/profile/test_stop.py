@@ -1,5 +1,5 @@
 """Stop conditions (period, early exit, --wait-on-line, --wait-on-signal, StopSignal) and cleanup when
-the profiler itself is interrupted (SIGINT, SIGTERM) in the middle of a workload."""
+the profiler itself is interrupted (SIGINT, SIGTERM) or cancelled in the middle of a workload."""
 
 from __future__ import annotations
 
@@ -7,11 +7,16 @@ import json
 import re
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from ctr_remote.cancel import CancelToken
+from ctr_remote.errors import Cancelled
+from ctr_remote.profile import Workload, profile
+from ctr_remote.profile.workload import RecorderKind
 from tests.helpers.images import LayerBuilder, image_config
 from tests.helpers.processes import signal_a_thread
 from tests.profile.conftest import (
@@ -146,3 +151,38 @@ def test_interrupting_the_profiler_mid_workload_cleans_up(
     if sig is signal.SIGTERM:
         assert err.decode().splitlines()[-1] == "ctr-remote: terminated by SIGTERM"
     assert not result_file.exists()
+
+
+@pytest.mark.parametrize("recorder", RECORDERS)
+def test_cancel_kills_a_running_workload_and_raises_cancelled(
+    work: Path, busybox_layer: Path, recorder: str
+) -> None:
+    """The token of a batch (another job failed under --fail-fast, or the batch was interrupted) set
+    from another thread while the workload runs: the container goes at once, not at the end of its
+    600 s period, and the record cut short is not returned. The `work` fixture checks the cleanup."""
+    cancel, done = CancelToken(), threading.Event()
+
+    def cancel_once_running() -> None:
+        deadline = time.monotonic() + 60
+        while not list(work.glob("ctr-remote-profile-*/bundle/started")):  # runc's poststart hook
+            if done.wait(0.01) or time.monotonic() > deadline:  # condition poll
+                return
+        cancel.cancel()
+
+    canceller = threading.Thread(target=cancel_once_running)
+    canceller.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(Cancelled):
+            profile(
+                [busybox_layer],
+                image_config(cmd=["/bin/sh", "-c", f"sleep {SENTINEL}"]),
+                Workload(period=600, recorder=RecorderKind(recorder)),
+                workdir=work,
+                cancel=cancel,
+            )
+    finally:
+        done.set()
+        canceller.join()
+    assert cancel.cancelled  # not a failure before the workload ran
+    assert time.monotonic() - started < 60
