@@ -29,8 +29,8 @@ log = structlog.get_logger()
 class Status(enum.Enum):
     OK = "ok"
     FAILED = "failed"
-    SKIPPED = "skipped"  # not started: an earlier job failed under --fail-fast
-    CANCELLED = "cancelled"  # stopped halfway when another job failed under --fail-fast
+    SKIPPED = "skipped"  # not started: an earlier job failed under --fail-fast, or an interrupt
+    CANCELLED = "cancelled"  # stopped halfway: another job failed under --fail-fast, or an interrupt
 
 
 @dataclass
@@ -70,6 +70,7 @@ class BatchResult:
     results: list[JobResult]
     seconds: float
     extra: dict[str, Any] = field(default_factory=dict)  # the run's settings, for the report
+    interrupted: str | None = None  # the signal that stopped the batch ("SIGINT", "SIGTERM")
 
     @property
     def ok(self) -> bool:
@@ -89,12 +90,24 @@ class BatchResult:
         )
 
     def to_json(self) -> dict[str, Any]:
+        interrupted = {"interrupted": self.interrupted} if self.interrupted else {}
         return {
             "ok": self.ok,
             "seconds": round(self.seconds, 3),
+            **interrupted,
             **self.extra,
             "jobs": [r.to_json() for r in self.results],
         }
+
+
+class BatchInterrupted(CtrRemoteError):
+    """SIGINT or SIGTERM stopped the batch: `result` holds each job as it ended (running jobs
+    `cancelled`, those not started `skipped`) for the report; `error` is the interrupt to exit with."""
+
+    def __init__(self, result: BatchResult, error: Interrupted | Terminated) -> None:
+        super().__init__(str(error))
+        self.result, self.error = result, error
+        self.exit_code = error.exit_code
 
 
 def default_jobs() -> int:
@@ -141,7 +154,9 @@ def run_batch(
         try:
             result.digest, result.layers = run_job(job, cache, Progress(live=False), stop)
             result.status = Status.OK
-        except (Interrupted, Terminated):
+        except (Interrupted, Terminated) as e:
+            result.status, result.error = Status.CANCELLED, str(e)
+            result.seconds = time.monotonic() - t0
             raise
         except Cancelled as e:
             result.status, result.error = (Status.CANCELLED if stop.cancelled else Status.FAILED), str(e)
@@ -161,15 +176,27 @@ def run_batch(
         if on_done is not None:
             on_done(result)
 
+    interrupt: Interrupted | Terminated | None = None
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(jobs)))) as pool:
         futures = [pool.submit(one, r) for r in results]
         try:
             wait_futures(futures)
             for f in futures:
                 f.result()
-        except BaseException:
+        except BaseException as e:
             stop.cancel()  # an interrupt
             for f in futures:
                 f.cancel()
-            raise
-    return BatchResult(results, time.monotonic() - start)
+            if isinstance(e, KeyboardInterrupt):
+                interrupt = Interrupted("interrupted")
+            elif isinstance(e, (Interrupted, Terminated)):
+                interrupt = e
+            else:
+                raise
+    # Leaving the pool waited for the running jobs: every status is final, so the report written on
+    # the way out says which jobs finished, which were cut short and which never started.
+    result = BatchResult(results, time.monotonic() - start)
+    if interrupt is not None:
+        result.interrupted = "SIGINT" if isinstance(interrupt, Interrupted) else "SIGTERM"
+        raise BatchInterrupted(result, interrupt) from None
+    return result

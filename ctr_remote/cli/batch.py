@@ -7,11 +7,12 @@ import json
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 import structlog
 
-from ctr_remote.batch.runner import JobResult, Status, default_jobs, run_batch
+from ctr_remote.batch.runner import BatchInterrupted, JobResult, Status, default_jobs, run_batch
 from ctr_remote.batch.shard import INDEX_ENV, parse_shard
 from ctr_remote.cli.types import reference
 from ctr_remote.errors import CtrRemoteError, Interrupted, UsageError
@@ -124,13 +125,27 @@ def batch_command(
         if result.status is Status.OK:
             click.echo(f"{result.job.name}\t{result.digest}")
 
+    extra: dict[str, Any] = {
+        "file": str(file),
+        "shard": str(where) if where else None,
+        "jobs_at_once": workers,
+    }
     try:
         with _cache(cache_dir, remote) as cache:
             result = run_batch(selected, cache, workers=workers, fail_fast=fail_fast, on_done=printed)
     except KeyboardInterrupt:
         # Not left to click, which would print a bare newline first (not a JSON line).
         raise Interrupted("interrupted") from None
-    result.extra = {"file": str(file), "shard": str(where) if where else None, "jobs_at_once": workers}
+    except BatchInterrupted as e:
+        # Written all the same: CI keeps what the jobs that finished did, and sees which did not.
+        if report is not None:
+            e.result.extra = extra
+            try:
+                _write_report(report, e.result.to_json())
+            except CtrRemoteError as unwritten:  # logged: the exit code and last line stay the interrupt's
+                log.error(str(unwritten))
+        raise e.error from None
+    result.extra = extra
     if report is not None:
         _write_report(report, result.to_json())
     if current_format() is LogFormat.JSON:

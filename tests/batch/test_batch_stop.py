@@ -1,6 +1,7 @@
 """Stopping a batch: Ctrl-C stops the running jobs' conversions at once (exit 130, nothing left);
 under --fail-fast the first failure stops the job converting beside it. A job whose workload is
-running under runc is stopped at once too, not at the end of its period."""
+running under runc is stopped at once too, not at the end of its period; and an interrupted batch
+still writes its --report."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from ctr_remote.image import open_store, parse_reference
@@ -177,4 +179,65 @@ def test_fail_fast_stops_a_running_workload_at_once(workdir: Path) -> None:
     jobs_ = {j["name"]: j for j in json.loads(report.read_text())["jobs"]}
     assert jobs_["bad"]["status"] == "failed" and "UTF-8" in jobs_["bad"]["error"], jobs_
     assert jobs_["sleeper"]["status"] == "cancelled", jobs_
+    _assert_nothing_left(workdir, state_roots)
+
+
+@pytest.mark.parametrize(
+    ("sig", "status", "message"),
+    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated by SIGTERM")],
+    ids=["SIGINT", "SIGTERM"],
+)
+def test_interrupt_stops_a_running_workload_and_writes_the_report(
+    workdir: Path, sig: signal.Signals, status: int, message: str
+) -> None:
+    """One job done, one with its workload running (60 s period), one not started (--jobs 1): the
+    signal ends the batch at once with its usual exit code and last line, and the report says so."""
+    tmp = workdir / "tmp"
+    tmp.mkdir()
+    sleeper = _sleeper(workdir)
+    jobs = [
+        {
+            "convert": {
+                "name": "done",
+                "source": sleeper,
+                "target": f"local://{workdir}/o1:x",
+                "estargz": True,
+            }
+        },
+        {
+            "optimize": {
+                "name": "running",
+                "source": sleeper,
+                "target": f"local://{workdir}/o2:x",
+                "no_optimize": False,
+                "period": PERIOD,
+            }
+        },
+        {
+            "convert": {
+                "name": "queued",
+                "source": sleeper,
+                "target": f"local://{workdir}/o3:x",
+                "estargz": True,
+            }
+        },
+    ]
+    report = workdir / "report.json"
+    p = _batch(workdir, jobs, "--jobs", "1", "--report", str(report))
+    _wait_for(p, lambda: len(_started(tmp)) == 1, "the workload to run")
+    state_roots = list(tmp.glob("*/ctr-remote-profile-*/runc"))
+    started = time.monotonic()
+    p.send_signal(sig)
+    out, err = p.communicate(timeout=PERIOD + WAIT_SECONDS)
+    elapsed = time.monotonic() - started
+    assert p.returncode == status, err
+    assert elapsed < PROMPTLY, f"the batch took {elapsed:.1f}s after {sig.name}"
+    events = _events(err)
+    assert events[-1]["event"] == message and events[-1]["exit_code"] == status, events[-1]
+    assert not [e for e in events if e.get("level") == "error" and e is not events[-1]], events
+    rep = json.loads(report.read_text())
+    assert rep["interrupted"] == sig.name and rep["ok"] is False, rep
+    statuses = {j["name"]: j["status"] for j in rep["jobs"]}
+    assert statuses == {"done": "ok", "running": "cancelled", "queued": "skipped"}, rep
+    assert rep["jobs"][0]["digest"] == out.split()[1]  # as printed when it finished
     _assert_nothing_left(workdir, state_roots)
