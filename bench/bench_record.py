@@ -355,7 +355,10 @@ def main() -> None:
             _print_row(name, times, recorded, fuse)
         print(f"load average after: {_load()}", flush=True)
         _print_table(rows)
-        _round_trips(tmp)
+        _round_trips(tmp, "")
+        # The same without the daemon's look-ahead (it blocks at once): what an idle vCPU's wake-up adds.
+        with _env(CTR_REMOTE_FUSE_SPIN="0"):
+            _round_trips(tmp, ", daemon sleeping between requests")
     finally:
         with contextlib.suppress(OSError):
             mounts.umount(tmp, lazy=True)
@@ -365,7 +368,21 @@ def main() -> None:
 ROUND_TRIP_FILES = 2000
 
 
-def _round_trips(tmp: Path) -> None:
+@contextlib.contextmanager
+def _env(**values: str) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _round_trips(tmp: Path, label: str) -> None:
     """What each request the FUSE recorder still serves costs the opener: one layer mounted by the
     daemon vs the same directory read directly, N distinct files, in this process (per-call Python
     overhead cancels out). stat of a new name = LOOKUP; open+close = OPEN + (async) RELEASE; read =
@@ -373,12 +390,13 @@ def _round_trips(tmp: Path) -> None:
     blob = LayerBuilder()
     for i in range(ROUND_TRIP_FILES):
         blob.file(f"rt/d{i % 20}/f{i}", b"x" * 100)
-    state = tmp / "rt-state"
+    rt = Path(tempfile.mkdtemp(prefix="rt-", dir=tmp))
+    state = rt / "state"
     state.mkdir()
-    layer = unpack_layer(blob.write(tmp / "rt.tar", compression=None), tmp / "rt-layer")
+    layer = unpack_layer(blob.write(rt / "rt.tar", compression=None), rt / "layer")
     daemon = recorder_mod.RecorderDaemon(state)
     try:
-        mount = daemon.serve(0, layer, tmp / "rt-mnt")
+        mount = daemon.serve(0, layer, rt / "mnt")
         daemon.wait_ready(time.monotonic() + recorder_mod.READY_TIMEOUT)
         names = [f"rt/d{i % 20}/f{i}" for i in range(ROUND_TRIP_FILES)]
         results = {}
@@ -402,7 +420,7 @@ def _round_trips(tmp: Path) -> None:
         per = [(f - d) / ROUND_TRIP_FILES * 1e6 for f, d in zip(results["fuse"], results["dir"], strict=True)]
         base = [d / ROUND_TRIP_FILES * 1e6 for d in results["dir"]]
         print(
-            f"FUSE round trips, added per call over the directory itself ({ROUND_TRIP_FILES} files): "
+            f"FUSE round trips{label}, added per call over the directory itself ({ROUND_TRIP_FILES} files): "
             f"LOOKUP (stat of a new name) +{per[0]:.1f} us (dir: {base[0]:.1f} us), "
             f"OPEN+RELEASE (open+close) +{per[1]:.1f} us (dir: {base[1]:.1f} us), "
             f"read through passthrough +{per[2]:.1f} us (dir: {base[2]:.1f} us)",
