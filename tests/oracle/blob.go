@@ -48,7 +48,8 @@ var (
 	emptyStored    = []byte{0x01, 0x00, 0x00, 0xff, 0xff} // final, stored, LEN=0, NLEN=0xffff
 
 	// externalTOC is the TOC blob (gzip of a tar holding stargz.index.json) of a blob whose TOC is
-	// external, from --external-toc; nil for blobs that carry their TOC.
+	// external, from --external-toc; nil for blobs that carry their TOC. `image` passes each layer's
+	// TOC to checkBlobWithTOC instead.
 	externalTOC []byte
 )
 
@@ -147,6 +148,7 @@ type blobCheck struct {
 	size int64
 	rep  *BlobReport
 	f    *findings
+	ext  []byte // the external TOC blob, nil when the blob carries its TOC
 
 	tocOff     int64 // gzip: where the TOC member starts; zstd: where the compressed TOC starts
 	tocEnd     int64 // where the footer starts
@@ -165,9 +167,15 @@ type blobCheck struct {
 func cleanName(n string) string { return strings.TrimPrefix(path.Clean("/"+n), "/") }
 
 // checkBlob runs every check; expected is the TOC digest the blob must have ("" to skip that check).
+// The blob's TOC is external when --external-toc gave one.
 func checkBlob(ra io.ReaderAt, size int64, expected string) *BlobReport {
+	return checkBlobWithTOC(ra, size, expected, externalTOC)
+}
+
+// checkBlobWithTOC is checkBlob with the blob's external TOC blob given (nil: the blob carries its TOC).
+func checkBlobWithTOC(ra io.ReaderAt, size int64, expected string, ext []byte) *BlobReport {
 	rep := &BlobReport{Library: libraryVersion, BlobSize: size, ExpectedTOCDigest: expected, Prioritized: []string{}}
-	c := &blobCheck{ra: ra, size: size, rep: rep, f: &rep.findings, tarByName: map[string][]int{}}
+	c := &blobCheck{ra: ra, size: size, rep: rep, f: &rep.findings, ext: ext, tarByName: map[string][]int{}}
 	c.blobDigest()
 	head := make([]byte, 4)
 	if size < 4 {
@@ -181,7 +189,7 @@ func checkBlob(ra io.ReaderAt, size int64, expected string) *BlobReport {
 	switch {
 	case bytes.HasPrefix(head, gzipMagic):
 		rep.Format = formatEStargz
-		if externalTOC != nil {
+		if c.ext != nil {
 			if c.externalFooter() {
 				c.externalTOCJSON()
 			}
@@ -410,7 +418,7 @@ func (c *blobCheck) externalFooter() bool {
 // externalTOCJSON reads the TOC from the external TOC blob: one gzip member holding a tar whose only
 // entry is stargz.index.json (upstream's externaltoc.GzipCompressor.WriteTOCAndFooter).
 func (c *blobCheck) externalTOCJSON() {
-	zr, err := gzip.NewReader(bytes.NewReader(externalTOC))
+	zr, err := gzip.NewReader(bytes.NewReader(c.ext))
 	if err != nil {
 		c.f.errf("external TOC: not gzip: %v", err)
 		return
@@ -779,7 +787,7 @@ func (c *blobCheck) sequential() {
 			tarErr = err
 			break
 		}
-		if h.Typeflag == tar.TypeXGlobalHeader && externalTOC != nil {
+		if h.Typeflag == tar.TypeXGlobalHeader && c.ext != nil {
 			// A lossless conversion (--estargz-keep-diff-id) keeps its source's PAX global headers
 			// (git archive's comment): archive/tar applies none of their records to other entries.
 			c.f.warnf("PAX global header at %d (kept by a lossless conversion): no TOC entry describes it", pos)
@@ -841,7 +849,7 @@ func (c *blobCheck) sequential() {
 		}
 		if inTOC {
 			c.f.warnf("the TOC (%s) follows the tar's end-of-archive marker (lossless mode): a plain tar reader does not see it", tocName)
-		} else if externalTOC != nil {
+		} else if c.ext != nil {
 			// A lossless conversion with an external TOC (--estargz-keep-diff-id) keeps whatever
 			// its source had after the end-of-archive: readers ignore it, but it is unusual.
 			c.f.warnf("data after the tar's end-of-archive marker at %d (kept by a lossless conversion): tar readers ignore it", endOfArchive)

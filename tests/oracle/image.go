@@ -21,6 +21,8 @@ import (
 
 const (
 	annTOCDigest     = "containerd.io/snapshot/stargz/toc.digest"
+	annLayerDigest   = "containerd.io/snapshot/stargz/layer.digest" // on each layer of a TOC image
+	tocImageSuffix   = "-esgztoc"
 	annUncompressed  = "io.containers.estargz.uncompressed-size"
 	annZstdChecksum  = "io.containers.zstd-chunked.manifest-checksum"
 	annZstdPosition  = "io.containers.zstd-chunked.manifest-position"
@@ -65,6 +67,7 @@ type LayerReport struct {
 	Size                       int64       `json:"size"`
 	TOCDigestAnnotation        string      `json:"toc_digest_annotation,omitempty"`
 	UncompressedSizeAnnotation string      `json:"uncompressed_size_annotation,omitempty"`
+	ExternalTOC                string      `json:"external_toc,omitempty"` // TOC_IMAGE@TOC_BLOB_DIGEST
 	UncompressedSize           int64       `json:"uncompressed_size"`
 	DiffID                     string      `json:"diff_id"`
 	ConfigDiffID               string      `json:"config_diff_id"`
@@ -122,12 +125,21 @@ type store interface {
 	fetch(d ocispec.Descriptor) ([]byte, error)
 	// open gives the blob for reading; its digest and size are checked by the caller.
 	open(d ocispec.Descriptor) (ra io.ReaderAt, size int64, done func(), err error)
+	// tocImage is where the snapshotter looks for the TOC of a layer whose TOC is external: the
+	// image tagged TAG-esgztoc in the same repository (the layout entry NAME-esgztoc), and its name.
+	tocImage() (store, string, error)
 }
 
 func checkImage(src string) *ImageReport {
 	rep := &ImageReport{Source: src, Library: libraryVersion}
 	var s store
-	if st, err := os.Stat(src); err == nil && st.IsDir() {
+	if strings.HasPrefix(src, "local://") {
+		dir, name := parseLayoutRef(strings.TrimPrefix(src, "local://"))
+		if dir == "" {
+			usage(src + ": empty directory path")
+		}
+		s = &layoutStore{dir: dir, name: name}
+	} else if st, err := os.Stat(src); err == nil && st.IsDir() {
 		s = &layoutStore{dir: src}
 	} else {
 		rs, err := newRegistryStore(src)
@@ -155,6 +167,13 @@ type imageCheck struct {
 	s    store
 	rep  *ImageReport
 	seen map[string]bool
+
+	// The TOC image, looked up at the first layer whose TOC is external.
+	tocLooked bool
+	tocStore  store
+	tocName   string
+	tocErr    error
+	tocs      map[string]ocispec.Descriptor // layer digest -> the TOC image's layer annotated with it
 }
 
 func platformString(p *ocispec.Platform) string {
@@ -299,7 +318,14 @@ func (ic *imageCheck) checkLayer(i int, d ocispec.Descriptor, configDiffID strin
 	}
 	if lr.TOCDigestAnnotation != "" {
 		ic.rep.EStargzLayers++
-		lr.Blob = checkBlob(ra, size, lr.TOCDigestAnnotation)
+		var ext []byte
+		if hasExternalFooter(ra, size) {
+			if ext, lr.ExternalTOC, err = ic.externalTOC(lr.Digest); err != nil {
+				lr.errf("its TOC is external: %v", err)
+				return lr
+			}
+		}
+		lr.Blob = checkBlobWithTOC(ra, size, lr.TOCDigestAnnotation, ext)
 		lr.Blob.seal()
 		lr.DiffID, lr.UncompressedSize = lr.Blob.DiffID, lr.Blob.UncompressedSize
 		if lr.Blob.BlobDigest != lr.Digest {
@@ -345,6 +371,96 @@ func (ic *imageCheck) checkLayer(i int, d ocispec.Descriptor, configDiffID strin
 		lr.errf("diff_id %s, the config's rootfs.diff_ids[%d] is %s", lr.DiffID, i, configDiffID)
 	}
 	return lr
+}
+
+// hasExternalFooter tells whether a blob ends with the footer of an eStargz layer whose TOC is external:
+// an empty gzip member whose Extra field's SG subfield says STARGZEXTERNALTOC. externalFooter checks
+// the rest of it.
+func hasExternalFooter(ra io.ReaderAt, size int64) bool {
+	if size < externalFooterSz {
+		return false
+	}
+	b := make([]byte, externalFooterSz)
+	if _, err := ra.ReadAt(b, size-externalFooterSz); err != nil {
+		return false
+	}
+	return bytes.HasPrefix(b, gzipMagic) && string(b[12:16+len("STARGZEXTERNALTOC")]) == "SG\x11\x00STARGZEXTERNALTOC"
+}
+
+// externalTOC finds a layer's TOC blob as the snapshotter does (v0.13+, externaltoc.NewRemoteDecompressor):
+// in the image's TOC image, the layer annotated with the layer's digest, the first if several are.
+// It returns the blob and where it comes from (TOC_IMAGE@DIGEST).
+func (ic *imageCheck) externalTOC(layer string) ([]byte, string, error) {
+	if !ic.tocLooked {
+		ic.tocLooked = true
+		ic.tocStore, ic.tocName, ic.tocErr = ic.s.tocImage()
+		if ic.tocErr == nil {
+			ic.tocs, ic.tocErr = readTOCImage(ic.tocStore)
+			if ic.tocErr != nil {
+				ic.tocErr = fmt.Errorf("TOC image %s: %v", ic.tocName, ic.tocErr)
+			}
+		}
+	}
+	if ic.tocErr != nil {
+		return nil, "", ic.tocErr
+	}
+	d, ok := ic.tocs[layer]
+	if !ok {
+		return nil, "", fmt.Errorf("TOC image %s has no layer annotated %s=%s", ic.tocName, annLayerDigest, layer)
+	}
+	where := ic.tocName + "@" + d.Digest.String()
+	ra, size, done, err := ic.tocStore.open(d)
+	if err != nil {
+		return nil, where, fmt.Errorf("TOC blob %s: %v", where, err)
+	}
+	defer done()
+	if size > maxTOCBytes {
+		return nil, where, fmt.Errorf("TOC blob %s: %d bytes", where, size)
+	}
+	b, err := io.ReadAll(io.NewSectionReader(ra, 0, size))
+	if err == nil {
+		err = verifyContent(d, b)
+	}
+	if err != nil {
+		return nil, where, fmt.Errorf("TOC blob %s: %v", where, err)
+	}
+	return b, where, nil
+}
+
+// readTOCImage maps each layer digest to the TOC image's layer that holds its TOC. The TOC image is
+// one image manifest (upstream's converter writes config {} and one gzip layer per converted layer).
+func readTOCImage(s store) (map[string]ocispec.Descriptor, error) {
+	roots, err := s.roots()
+	if err != nil {
+		return nil, err
+	}
+	if len(roots) != 1 {
+		return nil, fmt.Errorf("%d manifests, want 1", len(roots))
+	}
+	b, err := s.fetch(roots[0])
+	if err != nil {
+		return nil, err
+	}
+	var m struct {
+		MediaType string               `json:"mediaType"`
+		Manifests json.RawMessage      `json:"manifests"`
+		Layers    []ocispec.Descriptor `json:"layers"`
+	}
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, fmt.Errorf("manifest %s: %v", roots[0].Digest, err)
+	}
+	if m.Manifests != nil || m.MediaType == mtOCIIndex || m.MediaType == mtDockerList || roots[0].MediaType == mtOCIIndex || roots[0].MediaType == mtDockerList {
+		return nil, fmt.Errorf("%s is an index, not an image manifest", roots[0].Digest)
+	}
+	tocs := map[string]ocispec.Descriptor{}
+	for _, l := range m.Layers {
+		if dg, ok := l.Annotations[annLayerDigest]; ok {
+			if _, seen := tocs[dg]; !seen {
+				tocs[dg] = l
+			}
+		}
+	}
+	return tocs, nil
 }
 
 // footerKind tells whether a blob without a TOC annotation still looks like eStargz / zstd:chunked.
@@ -399,7 +515,26 @@ func plainLayer(ra io.ReaderAt, size int64, want string) (bool, string, int64, e
 // ---------------------------------------------------------------------------------------------------
 // OCI layout
 
-type layoutStore struct{ dir string }
+// layoutStore reads an OCI layout: every image index.json lists, or only the one whose
+// org.opencontainers.image.ref.name is name (local://DIR:NAME).
+type layoutStore struct{ dir, name string }
+
+// parseLayoutRef splits local://DIR[:NAME] (without local://) as ctr-remote does: NAME follows the
+// last colon unless a "/" does.
+func parseLayoutRef(s string) (dir, name string) {
+	if i := strings.LastIndex(s, ":"); i > 0 && !strings.Contains(s[i+1:], "/") {
+		return s[:i], s[i+1:]
+	}
+	return s, ""
+}
+
+func (s *layoutStore) tocImage() (store, string, error) {
+	if s.name == "" {
+		return nil, "", fmt.Errorf("the layout %s is read without a NAME: check local://%s:NAME, whose TOC image is NAME%s", s.dir, s.dir, tocImageSuffix)
+	}
+	name := s.name + tocImageSuffix
+	return &layoutStore{dir: s.dir, name: name}, "local://" + s.dir + ":" + name, nil
+}
 
 func (s *layoutStore) path(d ocispec.Descriptor) (string, error) {
 	if err := d.Digest.Validate(); err != nil {
@@ -428,7 +563,19 @@ func (s *layoutStore) roots() ([]ocispec.Descriptor, error) {
 	if idx.SchemaVersion != 2 {
 		return nil, fmt.Errorf("index.json: schemaVersion %d, want 2", idx.SchemaVersion)
 	}
-	return idx.Manifests, nil
+	if s.name == "" {
+		return idx.Manifests, nil
+	}
+	var named []ocispec.Descriptor
+	for _, d := range idx.Manifests {
+		if d.Annotations[ocispec.AnnotationRefName] == s.name {
+			named = append(named, d)
+		}
+	}
+	if len(named) == 0 {
+		return nil, fmt.Errorf("index.json: no image named %q", s.name)
+	}
+	return named[len(named)-1:], nil // the last, as ctr-remote reads it
 }
 
 func (s *layoutStore) fetch(d ocispec.Descriptor) ([]byte, error) {

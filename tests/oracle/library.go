@@ -45,8 +45,8 @@ func (c *blobCheck) library() {
 	err := safe("estargz.Open", func() error {
 		var e error
 		decompressors := []estargz.Decompressor{new(zstdchunked.Decompressor)}
-		if externalTOC != nil {
-			d, ok := externalTOCDecompressor(externalTOC)
+		if c.ext != nil {
+			d, ok := externalTOCDecompressor(c.ext)
 			if !ok {
 				return fmt.Errorf("the %s reader has no external TOC support", libraryVersion)
 			}

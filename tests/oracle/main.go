@@ -2,7 +2,7 @@
 // layers and for images made of them.
 //
 //	estargz-check blob FILE [--toc-digest sha256:...] [--external-toc TOCBLOB] [--strict]
-//	estargz-check image OCI_LAYOUT_DIR | [http[s]://]HOST[:PORT]/REPO[:TAG|@DIGEST] [--strict]
+//	estargz-check image OCI_LAYOUT_DIR | local://DIR[:NAME] | [http[s]://]HOST[:PORT]/REPO[:TAG|@DIGEST] [--strict]
 //
 // A JSON report goes to stdout. Exit status: 0 every check passed, 1 conformance failure (one line
 // "estargz-check: FAIL ..." on stderr), 2 usage error. With --strict a warning anywhere in the report
@@ -12,7 +12,11 @@
 // (standard library + klauspost/zstd only), the upstream reader the snapshotter uses (estargz.Open,
 // VerifyTOC, OpenFile), and a sequential plain tar.gz / tar.zst decoding, which is what a runtime
 // that knows nothing about eStargz sees. --external-toc checks a blob whose TOC is external
-// (46-byte STARGZEXTERNALTOC footer) against its TOC blob, the layer of the "-esgztoc" image. The same source builds against upstream v0.14.3 (default)
+// (46-byte STARGZEXTERNALTOC footer) against its TOC blob, the layer of the "-esgztoc" image; `image`
+// finds each such layer's TOC blob itself, as the snapshotter does: in the image tagged TAG-esgztoc
+// (the layout entry NAME-esgztoc), the layer annotated with the layer's digest. local://DIR:NAME
+// checks only the layout's image named NAME; a bare directory, every image it lists.
+// The same source builds against upstream v0.14.3 (default)
 // and against v0.12 (build tag estargz_v012); compat_*.go hold the few differences.
 package main
 
@@ -28,7 +32,7 @@ func usage(msg string) {
 		fmt.Fprintln(os.Stderr, "estargz-check:", msg)
 	}
 	fmt.Fprintln(os.Stderr, "usage: estargz-check blob FILE [--toc-digest sha256:...] [--external-toc TOCBLOB] [--strict]")
-	fmt.Fprintln(os.Stderr, "       estargz-check image OCI_LAYOUT_DIR|HOST:PORT/REPO[:TAG|@DIGEST] [--strict]")
+	fmt.Fprintln(os.Stderr, "       estargz-check image OCI_LAYOUT_DIR|local://DIR[:NAME]|HOST:PORT/REPO[:TAG|@DIGEST] [--strict]")
 	fmt.Fprintln(os.Stderr, "       estargz-check version")
 	os.Exit(2)
 }

@@ -51,6 +51,14 @@ func newRegistryStore(s string) (*registryStore, error) {
 	return &registryStore{base: scheme + "://" + host, repo: repo, ref: ref, client: &http.Client{Timeout: 10 * time.Minute}}, nil
 }
 
+func (s *registryStore) tocImage() (store, string, error) {
+	if strings.HasPrefix(s.ref, "sha256:") {
+		return nil, "", fmt.Errorf("the image is referenced by digest: the snapshotter finds the TOC image by tag (TAG%s)", tocImageSuffix)
+	}
+	t := &registryStore{base: s.base, repo: s.repo, ref: s.ref + tocImageSuffix, client: s.client, token: s.token}
+	return t, s.base + "/" + s.repo + ":" + t.ref, nil
+}
+
 var challengeParam = regexp.MustCompile(`(\w+)="([^"]*)"`)
 
 // get does one GET, fetching an anonymous bearer token when the registry answers 401 with a challenge.
