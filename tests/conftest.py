@@ -127,6 +127,13 @@ class Oracle:
             reports.append(r.report)
         return reports[0]
 
+    def check_batch(self, report: dict[str, Any], **kwargs: Any) -> list[dict]:
+        """check_image on every image a `ctr-remote batch` run wrote: each job of its --report whose
+        status is ok, by its target (a registry or local:// reference). Returns the reports."""
+        written = [job for job in report["jobs"] if job["status"] == "ok"]
+        assert written, f"the batch wrote no image: {report}"
+        return [self.check_image(job["target"], **kwargs) for job in written]
+
 
 def _levels(report: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
     """Every level of an image report, each with where it is."""

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from ctr_remote.image import open_store, parse_reference
+from tests.conftest import Oracle
 from tests.helpers.images import LayerBuilder, image_config
 from tests.helpers.processes import signal_a_thread
 from tests.helpers.sample import publish, runnable_image
@@ -188,7 +189,7 @@ def test_fail_fast_stops_a_running_workload_at_once(workdir: Path) -> None:
     ids=["SIGINT", "SIGTERM"],
 )
 def test_interrupt_stops_a_running_workload_and_writes_the_report(
-    workdir: Path, sig: signal.Signals, status: int, message: str
+    workdir: Path, oracle: Oracle, sig: signal.Signals, status: int, message: str
 ) -> None:
     """One job done, one with its workload running (60 s period), one not started (--jobs 1): the
     signal ends the batch at once with its usual exit code and last line, and the report says so."""
@@ -240,4 +241,5 @@ def test_interrupt_stops_a_running_workload_and_writes_the_report(
     statuses = {j["name"]: j["status"] for j in rep["jobs"]}
     assert statuses == {"done": "ok", "running": "cancelled", "queued": "skipped"}, rep
     assert rep["jobs"][0]["digest"] == out.split()[1]  # as printed when it finished
+    oracle.check_batch(rep)  # the job that finished wrote a whole image
     _assert_nothing_left(workdir, state_roots)
