@@ -223,7 +223,9 @@ def test_the_table_names_every_layer(cli: Cli, workdir: Path) -> None:
     assert "      prioritized: bin/busybox" in lines
 
 
-def test_an_optimized_image_in_a_registry(cli: Cli, registry: RegistryServer, workdir: Path) -> None:
+def test_an_optimized_image_in_a_registry(
+    cli: Cli, registry: RegistryServer, workdir: Path, oracle: Oracle
+) -> None:
     """The optimizer's output verifies, and get-toc-digest gives the annotation it wrote."""
     with open_store(registry.reference("app:src"), registry.options()) as store:
         publish(store, runnable_image(app_layers()), workdir / "push")
@@ -233,6 +235,7 @@ def test_an_optimized_image_in_a_registry(cli: Cli, registry: RegistryServer, wo
     cli.optimize("--prefetch-list", str(listed), f"http://{registry.host}/app:src", ref)
     rc, report, stderr = check(cli, "--plain-http", "--list-prioritized", ref, strict=True)
     assert rc == 0, stderr
+    oracle.check_image(f"{registry.host}/app:esgz")
     layers = report["manifests"][0]["layers"]
     assert [la["prioritized"] for la in layers] == [["bin/busybox"], [], ["app/run.sh"]]
     with open_store(registry.reference("app:esgz"), registry.options()) as store:

@@ -139,7 +139,7 @@ def test_runs_as_an_ordinary_user(
     assert not list((home / "tmp").iterdir())
 
 
-def test_uncompress_writes_plain_tar_layers(cli: Cli, workdir: Path) -> None:
+def test_uncompress_writes_plain_tar_layers(cli: Cli, workdir: Path, oracle: Oracle) -> None:
     src, dst = workdir / "src", workdir / "dst"
     with open_store(parse_reference(f"local://{src}")) as store:
         publish(store, runnable_image([LayerBuilder().busybox()], docker=True), workdir / "push")
@@ -149,6 +149,8 @@ def test_uncompress_writes_plain_tar_layers(cli: Cli, workdir: Path) -> None:
     assert layer["format"] == "tar" and layer["ok"]
     assert layer["digest"] == layer["diff_id"] == layer["config_diff_id"]
     assert layer["media_type"] == "application/vnd.docker.image.rootfs.diff.tar"  # Docker types kept
+    (checked,) = layers(oracle.check_image(dst, all_estargz=False))
+    assert checked["digest"] == checked["diff_id"] == checked["config_diff_id"]
 
 
 @pytest.mark.parametrize(

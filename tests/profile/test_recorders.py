@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from ctr_remote.image import open_store, parse_reference
+from tests.conftest import Oracle
 from tests.helpers.images import LayerBuilder, image_config
 from tests.helpers.sample import app_layers, publish, runnable_image
 from tests.profile.conftest import DRIVER_ENV, RECORDERS, ROOT, SENTINEL, driver_command
@@ -88,7 +89,7 @@ def test_opened_files_count_whatever_happens_to_them_after(run, tmp_path: Path) 
     ]
 
 
-def test_cli_records_the_same_with_either_recorder(tmp_path: Path) -> None:
+def test_cli_records_the_same_with_either_recorder(tmp_path: Path, oracle: Oracle) -> None:
     """`ctr-remote image optimize --recorder ...` end to end: the same --record-out, nothing left."""
     src = tmp_path / "src"
     with open_store(parse_reference(f"local://{src}")) as store:
@@ -113,6 +114,7 @@ def test_cli_records_the_same_with_either_recorder(tmp_path: Path) -> None:
         )
         assert done.returncode == 0, done.stderr
         assert list(tmpdir.iterdir()) == []
+        oracle.check_image(tmp_path / ("dst-" + recorder))
         summary = [json.loads(line) for line in done.stderr.splitlines()]
         (ran,) = [e for e in summary if e["event"] == "workload recorded"]
         assert ran["recorder"] == recorder and ran["workload_seconds"] > 0

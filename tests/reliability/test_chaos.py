@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from ctr_remote.image import open_store
+from tests.conftest import Oracle
 from tests.helpers.faultproxy import Fault, FaultProxy
 from tests.helpers.images import LayerBuilder
 from tests.helpers.processes import children, cmdline, janitors_of, still_running, wait_gone
@@ -130,7 +131,7 @@ class Case:
 @pytest.mark.parametrize("how", ["INT", "TERM", "INT+TERM", "KILL"])
 @pytest.mark.parametrize("phase", ["pull", "workload", "conversion", "push"])
 def test_signal_in_each_phase_leaves_nothing(
-    registry: RegistryServer, workdir: Path, phase: str, how: str
+    registry: RegistryServer, workdir: Path, oracle: Oracle, phase: str, how: str
 ) -> None:
     with FaultProxy(registry.host) as proxy:
         case = Case(registry, proxy, workdir, phase)
@@ -171,3 +172,4 @@ def test_signal_in_each_phase_leaves_nothing(
         assert done.returncode == 0, done.stderr
         assert list(case.tmp.iterdir()) == []
         assert case.target() != case.before
+        oracle.check_image(f"{registry.host}/app:out")  # nothing the killed run left got in

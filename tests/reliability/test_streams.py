@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from ctr_remote.image import open_store, parse_reference
+from tests.conftest import Oracle
 from tests.helpers.sample import app_layers, publish, runnable_image
 
 
@@ -35,30 +36,33 @@ def optimize(workdir: Path, source: str, *flags: str, **popen: object) -> subpro
     return done
 
 
-def written(workdir: Path) -> str:
+def written(workdir: Path, oracle: Oracle) -> str:
+    """The digest of the image the run wrote, which the oracle checks."""
     index = json.loads((workdir / "dst" / "index.json").read_text())
-    return str(index["manifests"][0]["digest"])
+    digest = str(index["manifests"][0]["digest"])
+    assert oracle.check_image(workdir / "dst")["manifests"][0]["digest"] == digest
+    return digest
 
 
 def closing(fd: int) -> Callable[[], None]:
     return lambda: os.close(fd)
 
 
-def test_stdout_closed(workdir: Path, source: str) -> None:
+def test_stdout_closed(workdir: Path, source: str, oracle: Oracle) -> None:
     done = optimize(workdir, source, "--no-optimize", stderr=subprocess.PIPE, preexec_fn=closing(1))
     assert done.returncode == 0, done.stderr
     events = [json.loads(line) for line in done.stderr.decode().splitlines()]
     said = [e for e in events if e["event"].startswith("the image was written")]
-    assert said and said[0]["digest"] == written(workdir)
+    assert said and said[0]["digest"] == written(workdir, oracle)
 
 
-def test_stderr_closed(workdir: Path, source: str) -> None:
+def test_stderr_closed(workdir: Path, source: str, oracle: Oracle) -> None:
     done = optimize(workdir, source, "--no-optimize", stdout=subprocess.PIPE, preexec_fn=closing(2))
     assert done.returncode == 0
-    assert done.stdout.decode().splitlines()[-1] == written(workdir)
+    assert done.stdout.decode().splitlines()[-1] == written(workdir, oracle)
 
 
-def test_stdout_a_pipe_whose_reader_is_gone(workdir: Path, source: str) -> None:
+def test_stdout_a_pipe_whose_reader_is_gone(workdir: Path, source: str, oracle: Oracle) -> None:
     # The reader is gone before anything is written (`| head -1` at its earliest): the workload's
     # output and the digest both meet EPIPE.
     read_end, write_end = os.pipe()
@@ -72,4 +76,4 @@ def test_stdout_a_pipe_whose_reader_is_gone(workdir: Path, source: str) -> None:
     assert "Traceback" not in stderr and "Exception ignored" not in stderr
     events = [json.loads(line) for line in stderr.splitlines()]
     said = [e for e in events if e["event"].startswith("the image was written")]
-    assert said and said[0]["digest"] == written(workdir)
+    assert said and said[0]["digest"] == written(workdir, oracle)

@@ -14,6 +14,7 @@ import pytest
 
 from ctr_remote.estargz import TOC_DIGEST_ANNOTATION
 from ctr_remote.image import open_store, parse_reference
+from tests.conftest import Oracle
 from tests.helpers.images import LayerBuilder
 from tests.helpers.sample import app_layers, publish, runnable_image
 
@@ -44,7 +45,9 @@ def optimize(workdir: Path, *flags: str) -> tuple[int, list[dict]]:
 
 
 @pytest.mark.parametrize("kind", list(BAD_LAYERS))
-def test_a_layer_that_cannot_be_estargz_is_copied_with_a_warning(workdir: Path, kind: str) -> None:
+def test_a_layer_that_cannot_be_estargz_is_copied_with_a_warning(
+    workdir: Path, oracle: Oracle, kind: str
+) -> None:
     make, reason = BAD_LAYERS[kind]
     image = runnable_image([*app_layers(), make()])
     bad = image.layers[-1].desc.digest
@@ -62,6 +65,8 @@ def test_a_layer_that_cannot_be_estargz_is_copied_with_a_warning(workdir: Path, 
     assert all(TOC_DIGEST_ANNOTATION in layer["annotations"] for layer in converted)
     config = json.loads((blobs / manifest["config"]["digest"].split(":")[1]).read_text())
     assert config["rootfs"]["diff_ids"][-1] == json.loads(image.config.data)["rootfs"]["diff_ids"][-1]
+    report = oracle.check_image(workdir / "dst", all_estargz=False)  # the copied layer is plain gzip
+    assert report["estargz_layers"] == len(converted)
 
 
 def test_require_converted_makes_it_an_error(workdir: Path) -> None:
