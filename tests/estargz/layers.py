@@ -17,6 +17,7 @@ from pathlib import Path
 import zstandard
 
 from ctr_remote.estargz import BuildOptions, BuildResult, build, open_estargz
+from tests.conftest import Oracle
 
 MTIME = 1_700_000_000
 SMALL_CHUNK = 4096  # tests use small chunks so that "many chunks" stays cheap
@@ -144,6 +145,19 @@ def convert(tmp: Path, layer: bytes, name: str = "layer.esgz", **opts: object) -
     with out.open("wb") as dst:
         result = build(io.BytesIO(layer), dst, BuildOptions(**opts))  # type: ignore[arg-type]
     return out, result
+
+
+def check_converted(oracle: Oracle, path: Path, result: BuildResult, allowed: tuple[str, ...] = ()) -> dict:
+    """The oracle's check of a blob `convert` wrote: against its TOC blob when its TOC is external,
+    and by v0.12 too unless v0.12 cannot read it (an external TOC, innerOffset chunks)."""
+    toc = None
+    if result.external_toc is not None:
+        toc = path.with_name(path.name + ".toc")
+        toc.write_bytes(result.external_toc)
+    with path.open("rb") as fh:
+        inner = any(e.inner_offset for e in open_estargz(fh, result.external_toc).entries)
+    older = toc is None and not inner
+    return oracle.check_blob(path, result.toc_digest, allowed, older_reader=older, external_toc=toc)
 
 
 def toc_names(path: Path) -> list[str]:

@@ -32,6 +32,7 @@ from ctr_remote.estargz.toc import EXTERNAL_FOOTER_SIZE, TOC_NAME
 from tests.conftest import Oracle
 from tests.estargz.layers import (
     SMALL_CHUNK,
+    check_converted,
     convert,
     edge_case_entries,
     f,
@@ -125,19 +126,21 @@ def test_zstd_chunked_entry_order_is_upstreams(oracle_gen: Path, layer: bytes, t
     read_all(upstream, annotations[TOC_DIGEST_ANNOTATION])
 
 
-def test_zstd_chunked_is_reproducible_at_any_thread_count(layer: bytes, tmp_path: Path) -> None:
+def test_zstd_chunked_is_reproducible_at_any_thread_count(
+    oracle: Oracle, layer: bytes, tmp_path: Path
+) -> None:
     big = make_tar([*edge_case_entries(), f("big", pattern(3 << 20, 7)), f("big2", pattern(2 << 20, 8))])
-    results = [
-        convert(tmp_path, big, f"z{w}", format=ZSTD, chunk_size=64 << 10, workers=w)[1] for w in (1, 2, 5)
-    ]
-    assert len({(r.digest, r.toc_digest, r.diff_id) for r in results}) == 1
+    blobs = [convert(tmp_path, big, f"z{w}", format=ZSTD, chunk_size=64 << 10, workers=w) for w in (1, 2, 5)]
+    assert len({(r.digest, r.toc_digest, r.diff_id) for _, r in blobs}) == 1
+    check_converted(oracle, *blobs[0])  # the same bytes at every thread count
 
 
-def test_zstd_level_is_used_and_checked(layer: bytes, tmp_path: Path) -> None:
+def test_zstd_level_is_used_and_checked(oracle: Oracle, layer: bytes, tmp_path: Path) -> None:
     data = make_tar([f("text", pattern(1 << 20, 3))])
-    sizes = {
-        lvl: convert(tmp_path, data, f"l{lvl}", format=ZSTD, compression_level=lvl)[1].size for lvl in (1, 19)
-    }
+    blobs = {lvl: convert(tmp_path, data, f"l{lvl}", format=ZSTD, compression_level=lvl) for lvl in (1, 19)}
+    for blob in blobs.values():
+        check_converted(oracle, *blob)
+    sizes = {lvl: result.size for lvl, (_, result) in blobs.items()}
     assert sizes[19] < sizes[1]
     assert BuildOptions(format=ZSTD).level == 3 and BuildOptions().level == 9
     with pytest.raises(EstargzError, match=r"zstd compression level must be 1\.\.22, not 23"):
@@ -266,7 +269,7 @@ def test_external_toc_is_gzip_only() -> None:
 # -- image check's view
 
 
-def test_check_reports_each_format(layer: bytes, tmp_path: Path) -> None:
+def test_check_reports_each_format(oracle: Oracle, layer: bytes, tmp_path: Path) -> None:
     cases = {
         "estargz": {},
         "zstd:chunked": {"format": ZSTD},
@@ -274,6 +277,7 @@ def test_check_reports_each_format(layer: bytes, tmp_path: Path) -> None:
     }
     for kind, opts in cases.items():
         path, result = convert(tmp_path, layer, kind.replace(":", "-"), min_chunk_size=1000, **opts)
+        check_converted(oracle, path, result)
         facts = blob_facts(path, result.external_toc)
         assert (facts.format, facts.problem, facts.toc_digest) == (kind, None, result.toc_digest)
         assert facts.diff_id == result.diff_id
@@ -285,11 +289,14 @@ def test_check_reports_each_format(layer: bytes, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("min_chunk", [0, 100_000])
-def test_zstd_chunked_frames_larger_than_a_read_verify(tmp_path: Path, min_chunk: int) -> None:
+def test_zstd_chunked_frames_larger_than_a_read_verify(
+    oracle: Oracle, tmp_path: Path, min_chunk: int
+) -> None:
     """Frames of several MiB decode across the reader's 1 MiB reads (chunks of 4 MiB)."""
     big = pattern(5 << 20, 1)
     data = make_tar([f("big", big), f("mid", pattern(2 << 20, 2)), f("small", b"x" * 100)])
     path, result = convert(tmp_path, data, format=ZSTD, min_chunk_size=min_chunk)
+    check_converted(oracle, path, result)
     read_all(path, result.toc_digest)
     with path.open("rb") as fh:
         assert open_estargz(fh).read_file("big") == big

@@ -27,6 +27,7 @@ from tests.estargz.layers import (
     MTIME,
     SMALL_CHUNK,
     Entry,
+    check_converted,
     compress,
     convert,
     edge_case_entries,
@@ -133,8 +134,9 @@ def test_blob_decompresses_to_the_input_tar(oracle: Oracle, layer: bytes, tmp_pa
             assert not data or reader.read_file(name) == data, name
 
 
-def test_toc_lists_every_input_entry_in_input_order(layer: bytes, tmp_path: Path) -> None:
+def test_toc_lists_every_input_entry_in_input_order(oracle: Oracle, layer: bytes, tmp_path: Path) -> None:
     path, result = convert(tmp_path, layer, **LOSSLESS)
+    check_converted(oracle, path, result, ALLOWED)
     names = [e.name for e in toc_entries(path, result.external_toc) if e.type != "chunk"]
     with tarfile.open(fileobj=io.BytesIO(layer), encoding="utf-8", errors="surrogateescape") as tar:
         assert [n.rstrip("/") for n in names] == [
@@ -143,6 +145,7 @@ def test_toc_lists_every_input_entry_in_input_order(layer: bytes, tmp_path: Path
     assert names[0] == "zz-first" and names.count("dup") == 2 and PREFETCH_LANDMARK not in names
     # The normal writer, on the same input, does all of that (so the test above means something).
     normal, res = convert(tmp_path, layer, "normal.esgz", external_toc=True, chunk_size=SMALL_CHUNK)
+    check_converted(oracle, normal, res)
     plain = gzip.decompress(normal.read_bytes())
     assert b"between entries" not in plain and TRAILER not in plain
     assert [e.name for e in toc_entries(normal, res.external_toc) if e.type != "chunk"].count("dup") == 1
@@ -182,13 +185,14 @@ def test_same_layout_as_upstreams_lossless_writer(oracle_gen: Path, tmp_path: Pa
         open_estargz(fh, their_toc).verify(annotations[TOC_DIGEST_ANNOTATION])
 
 
-def test_reproducible_and_idempotent(layer: bytes, tmp_path: Path) -> None:
+def test_reproducible_and_idempotent(oracle: Oracle, layer: bytes, tmp_path: Path) -> None:
     """Any thread count gives the same bytes; converting the blob again (it decompresses to the same
     tar, with no TOC inside) gives the same blob."""
     one, r1 = convert(tmp_path, layer, "w1", workers=1, **LOSSLESS)  # type: ignore[arg-type]
     _, r3 = convert(tmp_path, layer, "w3", workers=3, **LOSSLESS)  # type: ignore[arg-type]
     _, r2 = convert(tmp_path, one.read_bytes(), "again", **LOSSLESS)  # type: ignore[arg-type]
     assert r1.digest == r3.digest == r2.digest and r1.external_toc == r2.external_toc
+    check_converted(oracle, one, r1, ALLOWED)
 
 
 def test_empty_and_bare_tars(oracle: Oracle, tmp_path: Path) -> None:
@@ -200,13 +204,14 @@ def test_empty_and_bare_tars(oracle: Oracle, tmp_path: Path) -> None:
         oracle.check_blob(path, result.toc_digest, ALLOWED, older_reader=False, external_toc=toc)
 
 
-def test_refusals(layer: bytes, tmp_path: Path) -> None:
+def test_refusals(oracle: Oracle, layer: bytes, tmp_path: Path) -> None:
     with pytest.raises(EstargzError, match="needs an external TOC"):
         BuildOptions(lossless=True)
     with pytest.raises(EstargzError, match="takes no prioritized files"):
         BuildOptions(lossless=True, external_toc=True, prioritized_files=["etc/passwd"])
     # An eStargz input holds its TOC entry: it can be neither dropped nor kept.
-    esgz, _ = convert(tmp_path, layer, "esgz")
+    esgz, result = convert(tmp_path, layer, "esgz")
+    check_converted(oracle, esgz, result)
     with pytest.raises(EstargzError, match=r"already holds 'stargz\.index\.json'"):
         convert(tmp_path, esgz.read_bytes(), "out", **LOSSLESS)
     # Nothing may move, so a hardlink before its target is an error, not a blob readers reject.
@@ -218,4 +223,7 @@ def test_refusals(layer: bytes, tmp_path: Path) -> None:
     stale = make_tar([f("dup", pattern(2 * SMALL_CHUNK, 1)), f("dup", b"small")])
     with pytest.raises(EstargzError, match="'dup' is in the layer twice, first in several chunks"):
         convert(tmp_path, stale, "out", **LOSSLESS)
-    convert(tmp_path, make_tar([f("dup", b"small"), f("dup", pattern(2 * SMALL_CHUNK, 1))]), "ok", **LOSSLESS)
+    ok, result = convert(
+        tmp_path, make_tar([f("dup", b"small"), f("dup", pattern(2 * SMALL_CHUNK, 1))]), "ok", **LOSSLESS
+    )
+    check_converted(oracle, ok, result, ALLOWED)
