@@ -256,6 +256,7 @@ def test_keep_diff_id_keeps_every_layer_s_tar(
         "--estargz-keep-diff-id", kept, f"http://{registry.host}/app:again")  # fmt: skip
     again, _, _ = _pull(registry, "app:again", workdir / "again")
     assert [d["digest"] for d in again["layers"]] == [d["digest"] for d in manifest["layers"]]
+    oracle.check_image(f"{registry.host}/app:again", ("no landmark",), older_reader=False)
 
 
 def test_reuse_converts_lossless_layers_again(
@@ -273,11 +274,14 @@ def test_reuse_converts_lossless_layers_again(
     assert [la["blob"]["landmark"] for la in layers(report)] == ["no-prefetch"] * 3
 
 
-def test_keep_diff_id_refuses_an_estargz_source(cli: Cli, registry: RegistryServer, source: str) -> None:
+def test_keep_diff_id_refuses_an_estargz_source(
+    cli: Cli, registry: RegistryServer, source: str, oracle: Oracle
+) -> None:
     """An eStargz layer's tar holds its TOC: it can be neither dropped (the diff ID would change) nor
     kept (two TOCs). One line, naming the layer."""
     esgz = f"http://{registry.host}/app:esgz"
     cli("image", "convert", "--plain-http", "--estargz", "--oci", source, esgz)
+    oracle.check_image(f"{registry.host}/app:esgz")
     run = cli("--log-format", "json", "image", "convert", "--plain-http", "--estargz", "--oci",
               "--estargz-external-toc", "--estargz-keep-diff-id", esgz, f"http://{registry.host}/app:no",
               check=False)  # fmt: skip
