@@ -124,6 +124,13 @@ class Oracle:
             assert layers == sum(len(m["layers"]) for m in r.report["manifests"]) > 0, r.report
             if all_estargz:
                 assert r.report["estargz_layers"] == layers, f"{ref}: not every layer is eStargz: {r.report}"
+            unread = [
+                f"manifest {m['digest']} layer {la['index']}"
+                for m in r.report["manifests"]
+                for la in m["layers"]
+                if la.get("toc_digest_annotation") and la.get("blob") is None
+            ]
+            assert not unread, f"estargz-check ({lib}) did not check the blob of eStargz layers: {unread}"
             reports.append(r.report)
         return reports[0]
 
