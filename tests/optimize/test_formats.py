@@ -5,6 +5,7 @@ own `image check`."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -31,12 +32,13 @@ def local_source(workdir: Path) -> Path:
     return src
 
 
+REF_NAME = "org.opencontainers.image.ref.name"
+
+
 def layout_manifest(layout: Path, name: str | None = None) -> dict[str, Any]:
     index = json.loads((layout / "index.json").read_text())
     entries = [
-        m
-        for m in index["manifests"]
-        if name is None or (m.get("annotations") or {}).get("org.opencontainers.image.ref.name") == name
+        m for m in index["manifests"] if name is None or (m.get("annotations") or {}).get(REF_NAME) == name
     ]
     assert len(entries) == 1, index
     return read_layout_json(layout, entries[0]["digest"])
@@ -141,6 +143,44 @@ def test_external_toc_layout_entry(cli: Cli, workdir: Path, oracle: Oracle) -> N
         "--estargz-external-toc", f"local://{src}", f"local://{workdir / 'untagged'}", check=False
     )
     assert p.returncode == 1 and "needs a target with local://DIR:NAME" in p.error
+
+
+def test_the_oracle_rejects_a_layer_whose_toc_image_is_wrong_or_missing(
+    cli: Cli, workdir: Path, oracle: Oracle
+) -> None:
+    """The oracle really reads the -esgztoc image: each layer given another layer's TOC fails its TOC
+    digest, and without the TOC image every layer is an error naming it."""
+    src, dst = local_source(workdir), workdir / "dst"
+    cli.optimize("--estargz-external-toc", "--no-optimize", f"local://{src}", f"local://{dst}:v1")
+    oracle.check_image(f"local://{dst}:v1", older_reader=False)
+    index = json.loads((dst / "index.json").read_text())
+    (entry,) = [m for m in index["manifests"] if m["annotations"][REF_NAME] == "v1-esgztoc"]
+    toc = read_layout_json(dst, entry["digest"])
+    owners = [d["annotations"][EXTERNAL_TOC_LAYER_ANNOTATION] for d in toc["layers"]]
+    for d, owner in zip(toc["layers"], owners[1:] + owners[:1], strict=True):
+        d["annotations"][EXTERNAL_TOC_LAYER_ANNOTATION] = owner  # each TOC now claims the next layer
+    data = json.dumps(toc).encode()
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    (dst / "blobs" / "sha256" / digest.removeprefix("sha256:")).write_bytes(data)
+    entry.update(digest=digest, size=len(data))
+    (dst / "index.json").write_text(json.dumps(index))
+    swapped = oracle.image(f"local://{dst}:v1")
+    assert not swapped.ok
+    for layer in owners:  # the report names a layer by its digest's first 19 characters
+        assert any(
+            f"{layer[:19]}: blob: TOC digest" in e and "differs from the expected" in e
+            for e in swapped.report["errors"]
+        ), swapped.report["errors"]
+
+    index["manifests"].remove(entry)
+    (dst / "index.json").write_text(json.dumps(index))
+    missing = oracle.image(f"local://{dst}:v1")
+    assert not missing.ok
+    for layer in owners:
+        assert any(
+            f"{layer[:19]}: its TOC is external: TOC image local://{dst}:v1-esgztoc" in e
+            for e in missing.report["errors"]
+        ), missing.report["errors"]
 
 
 def test_gzip_helper_and_parallelism_give_the_same_image(cli: Cli, workdir: Path, oracle: Oracle) -> None:
