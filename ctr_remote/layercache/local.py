@@ -275,6 +275,8 @@ class LayerCache:
             return entry_problem(source, desc, diff_id, blob, toc, fetched)
         except OSError as e:
             return f"cannot read {blob}: {e.strerror}"
+        except Exception as e:  # any blob that cannot be read through is no layer to use: a miss
+            return f"blob {desc.digest} cannot be read: {type(e).__name__}: {e}"
 
     def _blob(self, digest: str) -> Path:
         return self._blobs / encoded(digest)
