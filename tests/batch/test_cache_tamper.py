@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from ctr_remote.estargz import TOC_DIGEST_ANNOTATION
 from ctr_remote.image import Descriptor, media_types, open_store, parse_manifest
@@ -229,3 +230,51 @@ def test_a_corrupt_cache_dir_entry_is_converted_again_and_rewritten(
     again, rep = batch(cli, workdir, "again", "--cache-dir", str(cache), str(file))
     assert outcomes(rep) == {"cached": LAYERS} and not warnings(again)
     assert Counter(digests(rep).values()) == Counter(plain.values())
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        {"zstdchunked": True},
+        {"estargz": True, "estargz_external_toc": True},
+        {"estargz": True, "estargz_min_chunk_size": 65536},
+        {"uncompress": True},
+        {"estargz": True, "oci": False},  # Docker media types
+    ],
+    ids=["zstdchunked", "external-toc", "min-chunk-size", "uncompress", "docker"],
+)
+def test_good_entries_of_every_format_pass_verification(
+    flags: dict[str, Any], cli: Cli, registry: RegistryServer, workdir: Path, oracle: Oracle
+) -> None:
+    """Verification measures what the conversion wrote, in each layout: a second run takes every
+    layer from the directory, a third (empty directory) from the registry, without a warning."""
+    sources = publish_fleet(registry, workdir, 2)
+    jobs = [
+        {"convert": {"name": f"app{i}", "source": s, "target": s.replace(":src", ":out"), **flags}}
+        for i, s in enumerate(sources)
+    ]
+    file = workdir / "batch.yaml"
+    file.write_text(yaml.safe_dump({"defaults": {"plain_http": True, "oci": True}, "jobs": jobs}))
+    cache = ["--cache-dir", str(workdir / "cache"), "--plain-http", "--cache-ref", registry.ref("ci/cache")]
+    _, first = batch(cli, workdir, "first", *cache, str(file))
+    assert outcomes(first) == {"converted": SHARED + 2, "cached": SHARED}
+    again, rep = batch(cli, workdir, "again", *cache, str(file))
+    assert outcomes(rep) == {"cached": LAYERS} and not warnings(again)
+    fresh = ["--plain-http", "--cache-ref", registry.ref("ci/cache")]
+    remote, rep = batch(cli, workdir, "remote", *fresh, str(file))
+    assert outcomes(rep) == {"cached": LAYERS} and not warnings(remote)
+    assert digests(rep) == digests(first)
+    if "estargz_external_toc" in flags:  # the oracle reads such a layer with its TOC blob at hand
+        for key in (workdir / "cache" / "keys").glob("*.json"):
+            doc = json.loads(key.read_text())
+            blob, toc = (
+                workdir / "cache" / "blobs" / doc[k]["digest"].removeprefix("sha256:")
+                for k in ("desc", "toc")
+            )
+            toc_digest = doc["desc"]["annotations"][TOC_DIGEST_ANNOTATION]
+            oracle.check_blob(blob, toc_digest, older_reader=False, external_toc=toc)
+    else:
+        older = not ({"zstdchunked", "estargz_min_chunk_size"} & set(flags))
+        oracle.check_image(
+            f"{registry.host}/app0:out", older_reader=older, all_estargz="uncompress" not in flags
+        )

@@ -284,3 +284,38 @@ def test_this_runs_entries_go_last(cli: Cli, registry: RegistryServer, workdir: 
                 assert theirs.lookup(doc["key"], source_of[doc["desc"]["digest"]], CancelToken()) is not None
         assert ours.trim(sizes[mine]).entries == 2
     assert set(entries(cache)) == {mine}
+
+
+def test_batches_sharing_a_directory_while_one_trims_it_to_nothing(
+    cli: Cli, registry: RegistryServer, workdir: Path, oracle: Oracle
+) -> None:
+    """Real processes, however they interleave: every run succeeds with the images of a run without
+    cache, and none finds a half-evicted entry (the deterministic case is the test above)."""
+    sources = publish_fleet(registry, workdir, 4)
+    cache = workdir / "cache"
+    plain = workdir / "plain.json"
+    cli("batch", "--report", str(plain), str(batch_file(workdir / "plain.yaml", sources, "plain")))
+    file = batch_file(workdir / "batch.yaml", sources, "esgz")
+    batch(cli, workdir, "warm", cache, file)
+    procs = []
+    for i in range(4):
+        trim = ["--cache-max-size", "0"] if i % 2 else []
+        args = ["--log-format", "json", "batch", "--cache-dir", str(cache), *trim]
+        rep = workdir / f"run{i}.json"
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "ctr_remote", *args, "--report", str(rep), str(file)],
+                env=cli.env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    for p in procs:
+        _, err = p.communicate(timeout=240)
+        assert p.returncode == 0, err
+        assert UNUSABLE not in err and "Traceback" not in err
+    for i in range(4):
+        assert digests(report(workdir / f"run{i}.json")) == digests(report(plain))
+    assert not list((cache / "runs").iterdir()) and not list(cli.tmpdir.iterdir())
+    oracle.check_image(f"{registry.host}/app3:esgz")
