@@ -115,9 +115,6 @@ class RemoteCache(Protocol):
     def save(self, key: str, layer: CachedLayer, cancel: CancelToken) -> None: ...
 
 
-__all__ = ["file_digest"]
-
-
 @dataclass(frozen=True)
 class Trimmed:
     """What `LayerCache.trim` did."""
@@ -410,11 +407,15 @@ class LayerCache:
         names (a writer that died between blob and key file) are evicted by their age."""
         self._reap_runs()
         entries: list[_Entry] = []
+        used = {f"{encoded(k)}.json" for k in self._used}
         for path in self._keys.glob("*.json"):
             if path.name.startswith("."):
                 continue
             try:
                 st = path.stat()
+            except OSError:  # evicted meanwhile by another process
+                continue
+            try:
                 doc = json.loads(path.read_text())
                 blobs = [encoded(doc["desc"]["digest"])]
                 if doc.get("toc"):
@@ -423,8 +424,7 @@ class LayerCache:
                 continue
             except (OSError, ValueError, KeyError, TypeError, ImageError):
                 blobs = []  # unreadable: only the key file itself is there to evict
-            used = any(path.name == f"{encoded(k)}.json" for k in self._used)
-            entries.append(_Entry(path, st.st_size, st.st_mtime, tuple(blobs), used))
+            entries.append(_Entry(path, st.st_size, st.st_mtime, tuple(blobs), path.name in used))
         sizes: dict[str, tuple[int, float]] = {}
         for path in self._blobs.iterdir():
             if path.name.startswith("."):  # being written

@@ -5,6 +5,7 @@ kept at all; another process using an entry the trim evicts still reads it whole
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import sys
@@ -319,3 +320,23 @@ def test_batches_sharing_a_directory_while_one_trims_it_to_nothing(
         assert digests(report(workdir / f"run{i}.json")) == digests(report(plain))
     assert not list((cache / "runs").iterdir()) and not list(cli.tmpdir.iterdir())
     oracle.check_image(f"{registry.host}/app3:esgz")
+
+
+def test_leftovers_of_dead_writers_are_evicted_by_age(
+    cli: Cli, registry: RegistryServer, workdir: Path
+) -> None:
+    """A blob no key file names (its writer died before the key file) and a key file that does not
+    parse are entries like others: old ones go before the entries in use."""
+    (src,) = publish_fleet(registry, workdir, 1)
+    cache = workdir / "cache"
+    batch(cli, workdir, "first", cache, batch_file(workdir / "one.yaml", [src], "esgz"))
+    kept = entries(cache)
+    orphan, garbage = cache / "blobs" / ("ab" * 32), cache / "keys" / ("cd" * 32 + ".json")
+    orphan.write_bytes(b"x" * 1000)
+    garbage.write_text("{torn")
+    for path in (orphan, garbage):
+        os.utime(path, (1_000_000_000, 1_000_000_000))
+    with LayerCache(cache) as c:
+        t = c.trim(sum(kept.values()))
+    assert (t.entries, t.freed, t.size) == (2, 1000 + len("{torn"), sum(kept.values()))
+    assert entries(cache) == kept and not orphan.exists() and not garbage.exists()
