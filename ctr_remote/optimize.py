@@ -27,8 +27,6 @@ from ctr_remote.estargz import (
     EXTERNAL_TOC_LAYER_ANNOTATION,
     TOC_DIGEST_ANNOTATION,
     UNCOMPRESSED_SIZE_ANNOTATION,
-    ZSTD_CHECKSUM_ANNOTATIONS,
-    ZSTD_POSITION_ANNOTATIONS,
     EstargzError,
     LayerFormat,
     UnrepresentableLayerError,
@@ -56,6 +54,7 @@ from ctr_remote.image.resolve import resolve_images
 from ctr_remote.layer.archive import members, open_layer
 from ctr_remote.layer.compression import CorruptLayerError, uncompress
 from ctr_remote.layercache.local import CachedLayer, LayerCache, LayerReport, Outcome, layer_key
+from ctr_remote.layercache.verify import FORMAT_ANNOTATIONS
 from ctr_remote.options import OptimizeOptions
 from ctr_remote.prefetch_list import visible_per_layer
 from ctr_remote.profile import Workload, check_requirements, profile
@@ -73,14 +72,7 @@ _OCI_LAYER_OF_DOCKER = {
 
 
 # Annotations that describe one blob's layout: a converted layer must not inherit its source's.
-_FORMAT_ANNOTATIONS = frozenset(
-    {
-        TOC_DIGEST_ANNOTATION,
-        UNCOMPRESSED_SIZE_ANNOTATION,
-        *ZSTD_CHECKSUM_ANNOTATIONS,
-        *ZSTD_POSITION_ANNOTATIONS,
-    }
-)
+_FORMAT_ANNOTATIONS = FORMAT_ANNOTATIONS
 
 
 @dataclass(frozen=True)
@@ -340,7 +332,7 @@ class _Pipeline:
             d.digest
             for img in images
             for d, diff_id in zip(img.manifest.layers, _padded(img.config.diff_ids, img), strict=True)
-            if self.cache.lookup(layer_key(d, diff_id, [], self.options), cancel) is not None
+            if self.cache.lookup(layer_key(d, diff_id, [], self.options), d, cancel) is not None
         )
 
     def _host_image(self, images: Sequence[ImageBlobs]) -> ImageBlobs | None:
@@ -438,7 +430,7 @@ class _Pipeline:
             layer, outcome = convert()
         else:
             key = layer_key(desc, diff_id, files, self.options)
-            layer, outcome = self.cache.get_or_convert(key, convert, cancel)
+            layer, outcome = self.cache.get_or_convert(key, desc, convert, cancel)
             if outcome is Outcome.CACHED:
                 log.info("from the layer cache", digest=layer.desc.digest, source=desc.digest)
         self.reports[(desc.digest, tuple(files))] = LayerReport(desc.digest, layer.desc.digest, outcome)

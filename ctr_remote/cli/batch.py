@@ -14,7 +14,7 @@ import structlog
 
 from ctr_remote.batch.runner import BatchInterrupted, JobResult, Status, default_jobs, run_batch
 from ctr_remote.batch.shard import INDEX_ENV, parse_shard
-from ctr_remote.cli.types import reference
+from ctr_remote.cli.types import SIZE, reference
 from ctr_remote.errors import CtrRemoteError, Interrupted, UsageError
 from ctr_remote.image import ImageError
 from ctr_remote.layercache.local import LayerCache
@@ -34,16 +34,33 @@ def _remote(cache_ref: str | None, plain_http: bool) -> RegistryCache | None:
 
 
 @contextlib.contextmanager
-def _cache(cache_dir: Path | None, remote: RegistryCache | None) -> Iterator[LayerCache]:
-    """The run's layer cache: in --cache-dir, or in a temporary directory removed at the end."""
-    if cache_dir is not None:
-        try:
-            yield LayerCache(cache_dir, remote)
-        except OSError as e:
-            raise CtrRemoteError(f"--cache-dir {cache_dir}: {e.strerror}") from None
+def _cache(
+    cache_dir: Path | None, remote: RegistryCache | None, max_size: int | None
+) -> Iterator[LayerCache]:
+    """The run's layer cache: in --cache-dir (trimmed to `max_size` once the jobs are done, not
+    when they were interrupted), or in a temporary directory removed at the end."""
+    if cache_dir is None:
+        with (
+            tempfile.TemporaryDirectory(prefix="ctr-remote-cache-") as tmp,
+            LayerCache(Path(tmp), remote) as c,
+        ):
+            yield c
         return
-    with tempfile.TemporaryDirectory(prefix="ctr-remote-cache-") as tmp:
-        yield LayerCache(Path(tmp), remote)
+    try:
+        with LayerCache(cache_dir, remote) as cache:
+            yield cache
+            cache.close()  # this run's links go first: they are not counted, but keep blobs on disk
+            if max_size is not None:
+                t = cache.trim(max_size)
+                log.info(
+                    "layer cache trimmed",
+                    evicted=t.entries,
+                    freed_bytes=t.freed,
+                    size=t.size,
+                    max_size=max_size,
+                )
+    except OSError as e:
+        raise CtrRemoteError(f"--cache-dir {cache_dir}: {e.strerror}") from None
 
 
 def _write_report(path: Path, data: dict[str, object]) -> None:
@@ -77,6 +94,11 @@ def _write_report(path: Path, data: dict[str, object]) -> None:
     help="keep converted layers in this directory across runs (e.g. a CI cache directory)",
 )
 @click.option(
+    "--cache-max-size",
+    type=SIZE,
+    help="at the end, evict least recently used layers until --cache-dir holds at most SIZE (500M, 10G)",
+)
+@click.option(
     "--cache-ref",
     metavar="REF",
     help="keep converted layers in this registry repository too (one tag per layer), shared by shards",
@@ -96,6 +118,7 @@ def batch_command(
     fail_fast: bool,
     report: Path | None,
     cache_dir: Path | None,
+    cache_max_size: int | None,
     cache_ref: str | None,
     plain_http: bool,
     shard: str | None,
@@ -110,6 +133,8 @@ def batch_command(
     """
     from ctr_remote.batch.spec import load  # it imports the commands whose parsers it reuses
 
+    if cache_max_size is not None and cache_dir is None:
+        raise UsageError("--cache-max-size needs --cache-dir (without it the cache is removed at the end)")
     selected = load(file)
     remote = _remote(cache_ref, plain_http)
     where = parse_shard(shard) if shard is not None else None
@@ -131,7 +156,7 @@ def batch_command(
         "jobs_at_once": workers,
     }
     try:
-        with _cache(cache_dir, remote) as cache:
+        with _cache(cache_dir, remote, cache_max_size) as cache:
             result = run_batch(selected, cache, workers=workers, fail_fast=fail_fast, on_done=printed)
     except KeyboardInterrupt:
         # Not left to click, which would print a bare newline first (not a JSON line).

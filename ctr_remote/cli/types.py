@@ -4,6 +4,7 @@ and a malformed one is a usage error (exit 2) naming the flag."""
 from __future__ import annotations
 
 import math
+import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -88,6 +89,24 @@ class PidsLimitType(click.ParamType):
         return limit
 
 
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+class SizeType(click.ParamType):
+    """A size in bytes: plain (`1048576`) or with a binary unit (`500M`, `10G`, `1.5GiB`: powers of
+    1024, as `du -h` prints them)."""
+
+    name = "SIZE"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*", str(value), re.IGNORECASE)
+        if m is None or (m[2] == "" and "." in m[1]):
+            self.fail(f"{value!r} is not a size (want bytes, or a number with K, M, G or T)", param, ctx)
+        return int(float(m[1]) * _SIZE_UNITS[m[2].upper()])
+
+
 def reference(value: str, *, plain_http: bool) -> Reference:
     """An image reference argument (its syntax depends on --plain-http, so it is parsed after it)."""
     try:
@@ -100,6 +119,7 @@ PLATFORM = PlatformType()
 PREFETCH_LIST = PrefetchListType()
 PERIOD = PeriodType()
 PIDS_LIMIT = PidsLimitType()
+SIZE = SizeType()
 
 
 def platform_flags(platform_help: str, all_help: str) -> Callable[[F], F]:
