@@ -11,6 +11,7 @@ import contextlib
 import functools
 import json
 import os
+import shutil
 import tarfile
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
@@ -60,7 +61,7 @@ from ctr_remote.prefetch_list import visible_per_layer
 from ctr_remote.profile import Workload, check_requirements, profile
 from ctr_remote.progress import Progress
 from ctr_remote.record import Record, record_lines
-from ctr_remote.runstate import note_temp_file, recorded
+from ctr_remote.runstate import RunRecord, make_temp_file, recorded
 
 log = structlog.get_logger()
 
@@ -106,11 +107,10 @@ def optimize(
     with (
         recorded() as run,  # what this run leaves on the host, removed even if it is SIGKILLed
         _RecordFile.create(options.record_out) as record,
-        tempfile.TemporaryDirectory(prefix="ctr-remote-") as tmp,
+        _work_dir(run) as tmp,
         open_store(options.source) as src,
         open_store(options.target, RegistryOptions(mount_from=options.source)) as dst,
     ):
-        run.add_temp_dir(Path(tmp))
         dst.check_push_access()  # before the pull, the workload and the conversion
         pipeline = _Pipeline(
             Path(tmp), src, dst, options, workload, progress or Progress(live=False), record, cache, stop
@@ -122,6 +122,23 @@ def optimize(
         with open_store(toc_ref, RegistryOptions(mount_from=options.target)) as toc_store:
             pipeline.write_toc_image(toc_store)
         return OptimizeResult(digest, (str(toc_ref),), layers)
+
+
+@contextlib.contextmanager
+def _work_dir(run: RunRecord) -> Iterator[Path]:
+    """The run's temp dir in $TMPDIR (pulled blobs, converted layers), removed at the end."""
+    try:
+        work = run.make_temp_dir("ctr-remote-")
+    except OSError as e:
+        raise CtrRemoteError(f"cannot create a temp dir in {tempfile.gettempdir()}: {e.strerror}") from None
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, onerror=_not_removed)
+
+
+def _not_removed(_func: object, path: str, exc: object) -> None:
+    log.warning("could not remove a temp file", path=path, error=str(exc))
 
 
 def external_toc_reference(target: Reference) -> Reference:
@@ -169,11 +186,10 @@ class _RecordFile:
             return
         target = Path(os.path.realpath(path))  # a symlink is followed, not replaced
         try:
-            fd, name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+            fd, temp = make_temp_file(f".{target.name}.", "", target.parent)
         except OSError as e:
             raise CtrRemoteError(f"cannot write the record file {path}: {e.strerror}") from None
-        note_temp_file(Path(name))
-        record = cls(target, fd, Path(name))
+        record = cls(target, fd, temp)
         try:
             yield record
         finally:

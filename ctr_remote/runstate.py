@@ -18,12 +18,15 @@ import contextlib
 import fcntl
 import json
 import os
+import secrets
 import subprocess
 import sys
+import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -166,15 +169,65 @@ class RunRecord:
                 self._janitor.kill()
                 self._janitor.wait()
 
-    def add_temp_dir(self, path: Path) -> None:
+    def make_temp_dir(self, prefix: str, parent: Path | None = None) -> Path:
+        """`tempfile.mkdtemp`, recorded before it exists: a SIGKILL between creating and recording it
+        would leave a directory nobody knows of."""
+        return self._create(lambda path: os.mkdir(path, 0o700), self.state.temp_dirs, prefix, "", parent)[1]
+
+    def make_temp_file(self, prefix: str, suffix: str, parent: Path) -> tuple[int, Path]:
+        """`tempfile.mkstemp` (its descriptor and path), recorded before it exists, as `make_temp_dir`.
+        Inside one of the run's temp dirs nothing more is recorded: the directory goes whole."""
+        if any(parent.absolute().is_relative_to(d) for d in self.state.temp_dirs):
+            return _create_unrecorded(prefix, suffix, parent)
+        return self._create(_exclusive_file, self.state.temp_files, prefix, suffix, parent)
+
+    def _create(
+        self, create: Callable[[Path], Any], entries: list[str], prefix: str, suffix: str, parent: Path | None
+    ) -> tuple[Any, Path]:
+        base = Path(parent or tempfile.gettempdir()).absolute()
+        for _ in range(_TRIES):
+            path = base / f"{prefix}{secrets.token_hex(5)}{suffix}"
+            self._add(entries, path)
+            try:
+                return create(path), path
+            except BaseException as e:
+                # Taken (someone else's) or not created at all: no sweep may remove it in our name.
+                self._forget(entries, path)
+                if not isinstance(e, FileExistsError):
+                    raise
+        raise FileExistsError(f"no free temp name {prefix}*{suffix} in {base}")
+
+    def add_container(self, container: RecordedContainer) -> None:
         with self._lock:
-            self.state.temp_dirs.append(str(path.absolute()))
+            self.state.containers.append(container)
             self._save()
 
-    def add_temp_file(self, path: Path) -> None:
+    def add_network(self, network: RecordedNetwork) -> None:
         with self._lock:
-            self.state.temp_files.append(str(path.absolute()))
+            self.state.networks.append(network)
             self._save()
+
+    def _add(self, entries: list[str], path: Path) -> None:
+        with self._lock:
+            entries.append(str(path.absolute()))
+            self._save()
+
+    def _forget(self, entries: list[str], path: Path) -> None:
+        with self._lock:
+            entries.remove(str(path.absolute()))
+            self._save()
+
+
+_TRIES = 100
+
+
+def _exclusive_file(path: Path) -> int:
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+
+
+def _create_unrecorded(prefix: str, suffix: str, parent: Path) -> tuple[int, Path]:
+    fd, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=parent)
+    return fd, Path(name)
 
     def add_container(self, container: RecordedContainer) -> None:
         with self._lock:
@@ -221,11 +274,12 @@ def current() -> RunRecord | None:
     return _current[0] if _current else None
 
 
-def note_temp_file(path: Path) -> None:
-    """A temp file outside the run's temp dirs, to be renamed into place: removed if the run dies
-    before it is (nothing to do outside a recorded run)."""
-    if _current and not any(path.is_relative_to(d) for d in _current[0].state.temp_dirs):
-        _current[0].add_temp_file(path)
+def make_temp_file(prefix: str, suffix: str, parent: Path) -> tuple[int, Path]:
+    """A temp file (descriptor, path) to be renamed into place, created through this process's run
+    record when there is one, so that a run that dies before the rename leaves nothing behind."""
+    if _current:
+        return _current[0].make_temp_file(prefix, suffix, parent)
+    return _create_unrecorded(prefix, suffix, parent)
 
 
 # -- sweeping ---------------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ import contextlib
 import io
 import os
 import stat
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -15,7 +14,7 @@ from typing import TYPE_CHECKING, BinaryIO
 from ctr_remote.image.digest import check, hasher
 from ctr_remote.image.errors import ImageError
 from ctr_remote.image.manifest import Descriptor
-from ctr_remote.runstate import note_temp_file
+from ctr_remote.runstate import make_temp_file
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
@@ -77,9 +76,10 @@ def atomic_file(dest: Path) -> Iterator[BinaryIO]:
     Failures to create, write, sync or rename it are ImageErrors naming `dest`."""
     with _writing(dest):
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+        fd, tmp = make_temp_file(
+            f".{dest.name}.", ".tmp", dest.parent
+        )  # a SIGKILLed run's janitor removes it
         try:
-            note_temp_file(Path(tmp))  # a SIGKILLed run's janitor removes it
             os.fchmod(fd, _mode_for(dest))
         except BaseException:
             os.close(fd)

@@ -43,6 +43,7 @@ from ctr_remote.image import Descriptor, ImageError, Reference, media_types
 from ctr_remote.image.digest import encoded
 from ctr_remote.layercache.verify import entry_problem, file_digest
 from ctr_remote.options import OptimizeOptions
+from ctr_remote.runstate import make_temp_file
 
 log = structlog.get_logger()
 
@@ -373,7 +374,7 @@ class LayerCache:
             "toc": _toc_desc(layer).to_json() if layer.toc else None,
         }
         dest = self._keys / f"{encoded(key)}.json"
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=self._keys)
+        fd, tmp = make_temp_file(f".{dest.name}.", "", self._keys)  # removed by the janitor of a killed run
         with open(fd, "w") as f:
             json.dump(doc, f)
         os.replace(tmp, dest)

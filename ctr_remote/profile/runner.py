@@ -104,8 +104,7 @@ def profile(
     stopped_by = cancel.on_cancel(stop.set) if cancel is not None else contextlib.nullcontext()
     with _signal_handling(workload, stop), stopped_by, recorded() as record:
         try:
-            work = Path(tempfile.mkdtemp(prefix="ctr-remote-profile-", dir=base))
-            record.add_temp_dir(work)
+            work = record.make_temp_dir("ctr-remote-profile-", base)
         except OSError as e:
             raise ProfileError(f"cannot create a work directory in {base}: {e.strerror}") from None
         try:

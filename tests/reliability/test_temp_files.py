@@ -3,12 +3,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from ctr_remote import runstate
+from ctr_remote.runstate import RunRecord
 from tests.helpers.processes import children, janitors_of, wait_gone
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,3 +50,52 @@ def test_a_killed_runs_half_written_file_is_removed(tmp_path: Path) -> None:
     wait_gone(janitors[0])
     assert list(layout.iterdir()) == []
     assert list(runs.iterdir()) == []
+
+
+def _listed(record: RunRecord) -> dict:
+    assert record.path is not None
+    return json.loads(record.path.read_text())
+
+
+@pytest.mark.unit
+def test_a_temp_dir_or_file_is_recorded_before_it_exists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SIGKILL cannot be aimed at the microseconds between creating and recording: the record is
+    read from disk at the moment of creation instead (a spy on the system calls)."""
+    (tmp_path / "runs").mkdir()
+    record = RunRecord(tmp_path / "runs")
+    seen: list[tuple[str, bool]] = []
+    real_mkdir, real_open = os.mkdir, os.open
+
+    def mkdir(path: object, mode: int = 0o777) -> None:
+        seen.append((str(path), str(path) in _listed(record)["temp_dirs"]))
+        real_mkdir(path, mode)  # type: ignore[arg-type]
+
+    def open_(path: object, flags: int, mode: int = 0o777) -> int:
+        seen.append((str(path), str(path) in _listed(record)["temp_files"]))
+        return real_open(path, flags, mode)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    monkeypatch.setattr(os, "open", open_)
+    work = record.make_temp_dir("ctr-remote-", tmp_path)
+    fd, temp = record.make_temp_file(".blob.", ".tmp", tmp_path / "runs")
+    os.close(fd)
+    assert seen == [(str(work), True), (str(temp), True)]
+    assert work.is_dir() and work.name.startswith("ctr-remote-") and temp.is_file()
+
+
+@pytest.mark.unit
+def test_a_taken_name_is_not_left_in_the_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Someone else's directory with the name drawn first: the next name is used, and the record (which
+    a sweep acts on) never keeps the other one."""
+    (tmp_path / "runs").mkdir()
+    theirs = tmp_path / "ctr-remote-0000000000"
+    theirs.mkdir()
+    tokens = iter(["0000000000", "1111111111"])
+    monkeypatch.setattr(runstate.secrets, "token_hex", lambda _n: next(tokens))
+    record = RunRecord(tmp_path / "runs")
+    ours = record.make_temp_dir("ctr-remote-", tmp_path)
+    assert ours == tmp_path / "ctr-remote-1111111111"
+    assert _listed(record)["temp_dirs"] == [str(ours)]
+    assert theirs.is_dir()
