@@ -229,16 +229,6 @@ def _create_unrecorded(prefix: str, suffix: str, parent: Path) -> tuple[int, Pat
     fd, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=parent)
     return fd, Path(name)
 
-    def add_container(self, container: RecordedContainer) -> None:
-        with self._lock:
-            self.state.containers.append(container)
-            self._save()
-
-    def add_network(self, network: RecordedNetwork) -> None:
-        with self._lock:
-            self.state.networks.append(network)
-            self._save()
-
 
 _current: list[RunRecord] = []
 _users = 0  # runs of this process in the record (a batch runs several jobs at once)
