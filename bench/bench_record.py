@@ -16,6 +16,7 @@ The files recorded by the two recorders are compared, per layer, for every workl
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import json
 import os
@@ -267,7 +268,7 @@ class _FuseStats:
         original = recorder_mod.RecorderDaemon.stop
         stats = self
 
-        def measured_stop(daemon):  # type: ignore[no-untyped-def]
+        def measured_stop(daemon):
             with contextlib.suppress(OSError):
                 fields = Path(f"/proc/{daemon.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
                 stats.cpu.append((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
@@ -339,8 +340,8 @@ def main() -> None:
             recorded: dict[str, list[list[list[str]]]] = {"fanotify": [], "fuse": []}
             fuse = _FuseStats()
             runs: dict[str, Callable[[], Timing]] = {
-                "plain": lambda argv=argv: _runc(tmp, rootfs, argv),
-                "overlay": lambda argv=argv: _overlay_run(tmp, unpacked, len(layers), argv),
+                "plain": functools.partial(_runc, tmp, rootfs, argv),
+                "overlay": functools.partial(_overlay_run, tmp, unpacked, len(layers), argv),
             }
             for _ in range(REPS):
                 for column in COLUMNS:
@@ -464,7 +465,7 @@ def _print_row(name: str, times: dict[str, list[Timing]], recorded: dict, fuse: 
     print(f"  FUSE daemon: {cpu:.2f} s CPU, requests {dict(requests)}", flush=True)
 
 
-def _print_table(rows: list) -> None:  # type: ignore[type-arg]
+def _print_table(rows: list) -> None:
     print()
     print("| workload | plain runc | overlay, no recorder | fanotify | FUSE |")
     print("|---|---|---|---|---|")
