@@ -168,10 +168,15 @@ class _ZstdMember:
 
 
 def decompressor(fmt: LayerFormat) -> Decompressor:
-    """A fresh decoder for one member of a blob in `fmt`; errors are zlib.error or ZstdError."""
+    """A fresh decoder for one member of a blob in `fmt`; its errors are in DECODE_ERRORS."""
     if fmt is LayerFormat.ESTARGZ:
-        return zlib.decompressobj(_GZIP_WBITS)
+        return cast(Decompressor, zlib_ng.decompressobj(_GZIP_WBITS))  # 1.8x the stdlib's speed
     return _ZstdMember()
 
 
-DECODE_ERRORS: tuple[type[Exception], ...] = (zlib.error, zstandard.ZstdError)
+# zlib_ng's stub types its error as an instance; it is a class (not a subclass of zlib.error).
+DECODE_ERRORS: tuple[type[Exception], ...] = (
+    zlib.error,
+    cast(type[Exception], zlib_ng.error),
+    zstandard.ZstdError,
+)
