@@ -1,8 +1,8 @@
 """What a run leaves on the host while it works, recorded so that nothing outlives it, even SIGKILL.
 
 Each ctr-remote process that creates host state (temp dirs with mounts below them, a container, a
-pinned network namespace) records it in `runs_dir()/<pid>-<start time>.json`, with its own pid and start
-time (pids are reused; the pair is not). A janitor process, in a session of its own so that the
+pinned network namespace) records it in `runs_dir()/<pid>-<start time>-<n>.json`, with its own pid
+and start time (pids are reused; the pair is not). A janitor process, in a session of its own so that the
 signal that kills the run's process group does not reach it, waits on a pipe from the run: when the
 pipe closes while the record is still there, the run died without cleaning up, and the janitor
 removes what the record lists. The next run, and `ctr-remote cleanup`, sweep the records of owners
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import json
 import os
 import secrets
@@ -118,7 +119,11 @@ class RunRecord:
         start = start_time(pid)
         assert start is not None
         self.state = RunState(pid, start)
-        self.path = directory / f"{pid}-{start}.json" if directory is not None else None
+        # A name of its own even within the process: a batch whose running jobs all end closes the
+        # record while the next job opens another, and the first one's janitor, finding a record
+        # under its name, would take the new run for its dead one and remove what it lists.
+        name = f"{pid}-{start}-{next(_record_numbers)}.json"
+        self.path = directory / name if directory is not None else None
         self._lock = threading.Lock()
         self._janitor: subprocess.Popen[bytes] | None = None
 
@@ -219,6 +224,7 @@ class RunRecord:
 
 
 _TRIES = 100
+_record_numbers = itertools.count()
 
 
 def _exclusive_file(path: Path) -> int:
@@ -292,8 +298,9 @@ def sweep(*, wait: bool) -> list[str]:
     for lock in directory.glob("*.lock"):  # left by a sweeper killed after removing its record
         if not lock.with_suffix(".json").exists():
             lock.unlink(missing_ok=True)
-    for temp in directory.glob("*.tmp"):  # an update its owner was killed writing
-        pid, _, start = temp.stem.partition("-")
+    for temp in directory.glob("*.tmp"):  # an update its owner was killed writing: PID-START-N.tmp
+        pid, _, rest = temp.stem.partition("-")
+        start = rest.partition("-")[0]
         if pid.isdigit() and start.isdigit() and start_time(int(pid)) != int(start):
             temp.unlink(missing_ok=True)
     return removed

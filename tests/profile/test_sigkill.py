@@ -36,8 +36,9 @@ def killed_run(tmp_path: Path, work: Path, layers: list[Path], recorder: str, *,
     helpers = children(proc.pid)  # runc, the recorder's process, the janitor
     janitors = janitors_of(helpers)
     assert len(helpers) >= 3 and len(janitors) == 1, helpers
-    record = tmp_path / "runs" / f"{proc.pid}-{start_time(proc.pid)}.json"
-    assert record.exists()
+    records = list((tmp_path / "runs").glob(f"{proc.pid}-{start_time(proc.pid)}-*.json"))
+    assert len(records) == 1, records
+    record = records[0]
     if janitor_too:
         os.kill(janitors[0], signal.SIGKILL)
         wait_gone(janitors[0])

@@ -99,3 +99,25 @@ def test_a_taken_name_is_not_left_in_the_record(tmp_path: Path, monkeypatch: pyt
     assert ours == tmp_path / "ctr-remote-1111111111"
     assert _listed(record)["temp_dirs"] == [str(ours)]
     assert theirs.is_dir()
+
+
+@pytest.mark.unit
+def test_a_closing_runs_janitor_leaves_the_next_runs_record_alone(tmp_path: Path) -> None:
+    """A batch whose running jobs all end closes the process's record while the next job opens a new
+    one. Closing removes the record, then releases the janitor, which sweeps whatever record it then
+    finds under its name: with one name per process, that was the next run's record, which the closing
+    one could also delete, and its temp dir went in the middle of the run (seen under load). The
+    threads' interleaving is replayed in order here."""
+    runs = tmp_path / "runs"
+    first = RunRecord(runs)
+    first.open()
+    assert first.path is not None
+    first.path.unlink()  # first.close(), up to releasing its janitor
+    second = RunRecord(runs)
+    second.open()
+    theirs = second.make_temp_dir("ctr-remote-", tmp_path)
+    first.close()  # its janitor runs now, and is waited for
+    assert second.path is not None and second.path.exists()  # still recorded: a SIGKILL is covered
+    assert theirs.is_dir()
+    second.close()
+    assert list(runs.iterdir()) == []
