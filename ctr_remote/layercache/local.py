@@ -255,9 +255,9 @@ class LayerCache:
             return None
         self.held(desc.digest, remote.reference)
         found = CachedLayer(self._put_blob(blob, desc.digest), desc, diff_id, None)
-        if toc_path is not None:
-            found = replace(found, toc=self._put_blob(toc_path, file_digest(toc_path)))
-        self._write_key(key, found)
+        if toc is not None and toc_path is not None:
+            found = replace(found, toc=self._put_blob(toc_path, toc.digest))
+        self._write_key(key, found, toc)
         return found
 
     def _problem(
@@ -335,11 +335,12 @@ class LayerCache:
         """Put the layer's blobs into the directory (they came from a job's temporary directory)
         and write its key file last, so that a key file always names complete blobs."""
         blob = self._put_blob(layer.path, layer.desc.digest)
-        toc = None
-        if layer.toc is not None:
-            toc = self._put_blob(layer.toc, file_digest(layer.toc))
+        toc = toc_desc = None
+        if layer.toc is not None:  # hashed once: the key file and the blob's name both need it
+            toc_desc = toc_descriptor(layer.toc)
+            toc = self._put_blob(layer.toc, toc_desc.digest)
         stored = CachedLayer(blob, layer.desc, layer.diff_id, toc)
-        self._write_key(key, stored)
+        self._write_key(key, stored, toc_desc)
         with self._lock:
             self._memory[key] = stored
             self._used.add(key)
@@ -366,12 +367,12 @@ class LayerCache:
             raise CtrRemoteError(f"cannot write the layer cache {self.directory}: {e.strerror}") from None
         return own
 
-    def _write_key(self, key: str, layer: CachedLayer) -> None:
+    def _write_key(self, key: str, layer: CachedLayer, toc: Descriptor | None) -> None:
         doc = {
             "key": key,
             "desc": layer.desc.to_json(),
             "diff_id": layer.diff_id,
-            "toc": _toc_desc(layer).to_json() if layer.toc else None,
+            "toc": toc.to_json() if toc else None,
         }
         dest = self._keys / f"{encoded(key)}.json"
         fd, tmp = make_temp_file(f".{dest.name}.", "", self._keys)  # removed by the janitor of a killed run
@@ -487,7 +488,6 @@ def _remove(path: Path) -> bool:
     return True
 
 
-def _toc_desc(layer: CachedLayer) -> Descriptor:
-    """The TOC blob's descriptor (gzip, as the -esgztoc image lists it)."""
-    assert layer.toc is not None
-    return Descriptor(media_types.OCI_LAYER_GZIP, file_digest(layer.toc), layer.toc.stat().st_size)
+def toc_descriptor(path: Path) -> Descriptor:
+    """An external TOC blob's descriptor (gzip, as the -esgztoc image lists it)."""
+    return Descriptor(media_types.OCI_LAYER_GZIP, file_digest(path), path.stat().st_size)

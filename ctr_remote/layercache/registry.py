@@ -30,8 +30,7 @@ from ctr_remote.image import (
     parse_manifest,
 )
 from ctr_remote.image.digest import encoded
-from ctr_remote.layercache.local import CachedLayer
-from ctr_remote.layercache.verify import file_digest
+from ctr_remote.layercache.local import CachedLayer, toc_descriptor
 
 CONFIG_MEDIA_TYPE = "application/vnd.ctr-remote.layer-cache.config.v1+json"
 ARTIFACT_TYPE = "application/vnd.ctr-remote.layer-cache.v1"
@@ -80,8 +79,7 @@ class RegistryCache:
         config_desc = Descriptor.of(config, CONFIG_MEDIA_TYPE)
         blobs: list[tuple[Path, Descriptor]] = [(layer.path, layer.desc)]
         if layer.toc is not None:
-            size = layer.toc.stat().st_size
-            blobs.append((layer.toc, Descriptor(media_types.OCI_LAYER_GZIP, file_digest(layer.toc), size)))
+            blobs.append((layer.toc, toc_descriptor(layer.toc)))
         manifest = Manifest(
             media_type=media_types.OCI_MANIFEST,
             config=config_desc,
