@@ -31,6 +31,8 @@ from typing import Any
 
 import structlog
 
+from ctr_remote.processes import wait_or_kill
+
 log = structlog.get_logger()
 
 ROOT_RUNS_DIR = Path("/run/ctr-remote/runs")
@@ -168,11 +170,7 @@ class RunRecord:
         if self._janitor is not None and self._janitor.stdin is not None:
             with contextlib.suppress(OSError):
                 self._janitor.stdin.close()
-            try:
-                self._janitor.wait(timeout=JANITOR_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self._janitor.kill()
-                self._janitor.wait()
+            wait_or_kill(self._janitor, JANITOR_TIMEOUT)
 
     def make_temp_dir(self, prefix: str, parent: Path | None = None) -> Path:
         """`tempfile.mkdtemp`, recorded before it exists: a SIGKILL between creating and recording it

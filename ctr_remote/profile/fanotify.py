@@ -24,6 +24,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from ctr_remote.processes import wait_or_kill
 from ctr_remote.profile.children import die_with_parent
 from ctr_remote.profile.errors import ProfileError
 
@@ -139,11 +140,7 @@ class FanotifyRecorder:
             return
         with contextlib.suppress(BrokenPipeError):
             self.process.stdin.close()
-        try:
-            self.process.wait(timeout=EXIT_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        wait_or_kill(self.process, EXIT_TIMEOUT)
 
     def paths(self) -> list[str]:
         """After close(): merged-view paths ("usr/bin/python3"), first open first; one-line error if

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from ctr_remote.processes import wait_or_kill
 from ctr_remote.profile import mounts
 from ctr_remote.profile.children import die_with_parent
 from ctr_remote.profile.errors import ProfileError
@@ -203,9 +204,6 @@ class RecorderDaemon:
         try:
             with contextlib.suppress(BrokenPipeError):
                 self._control.close()  # no more layers: the daemon exits when its mounts are gone
-            self.process.wait(timeout=EXIT_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+            wait_or_kill(self.process, EXIT_TIMEOUT)
         finally:
             os.close(self._ready_r)

@@ -20,6 +20,7 @@ from typing import IO
 import structlog
 
 from ctr_remote.cancel import CancelToken
+from ctr_remote.processes import wait_or_kill
 from ctr_remote.profile.children import die_with_parent
 from ctr_remote.profile.errors import ProfileError
 from ctr_remote.profile.workload import Workload
@@ -155,11 +156,7 @@ class Container:
         finally:
             if process.poll() is None:
                 self.kill(signal.SIGKILL)
-                try:
-                    process.wait(timeout=KILL_TIMEOUT_SECONDS)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+                wait_or_kill(process, KILL_TIMEOUT_SECONDS)
             for t in threads:
                 t.join(timeout=KILL_TIMEOUT_SECONDS)
 
