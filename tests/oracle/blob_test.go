@@ -71,15 +71,21 @@ func check(blob []byte, toc string) *BlobReport {
 // mustFail asserts the blob is rejected with an error containing want.
 func mustFail(t *testing.T, r *BlobReport, want string) {
 	t.Helper()
-	if r.OK {
+	mustReject(t, r.OK, r.Errors, want)
+}
+
+// mustReject asserts a report's verdict is a rejection with an error containing want.
+func mustReject(t *testing.T, ok bool, errs []string, want string) {
+	t.Helper()
+	if ok {
 		t.Fatalf("accepted; want an error containing %q", want)
 	}
-	for _, e := range r.Errors {
+	for _, e := range errs {
 		if strings.Contains(e, want) {
 			return
 		}
 	}
-	t.Fatalf("errors %q do not mention %q", r.Errors, want)
+	t.Fatalf("errors %q do not mention %q", errs, want)
 }
 
 func TestUpstreamBlobPasses(t *testing.T) {

@@ -5,7 +5,6 @@ package main
 import (
 	"bytes"
 	"compress/gzip"
-	"io"
 	"testing"
 
 	"github.com/containerd/stargz-snapshotter/estargz"
@@ -15,21 +14,22 @@ import (
 // externalTOCBlob builds the layer with upstream's builder and its external-TOC compression: the
 // layer blob (46-byte STARGZEXTERNALTOC footer, no TOC) and the TOC blob the "-esgztoc" image holds.
 func externalTOCBlob(t *testing.T) (blob, toc []byte, tocDigest string) {
-	src := layerTar(t)
+	return externalTOCBlobOf(t, 1024)
+}
+
+// otherLayerExternalTOC is another layer's external TOC (same files, another chunk size).
+func otherLayerExternalTOC(t *testing.T) (blob, toc []byte, tocDigest string) {
+	return externalTOCBlobOf(t, 512)
+}
+
+func externalTOCBlobOf(t *testing.T, chunkSize int) (blob, toc []byte, tocDigest string) {
 	c := externaltoc.NewGzipCompressionWithLevel(nil, gzip.BestCompression)
-	b, err := estargz.Build(io.NewSectionReader(bytes.NewReader(src), 0, int64(len(src))), estargz.WithChunkSize(1024), estargz.WithCompression(c))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	if blob, err = io.ReadAll(b); err != nil {
-		t.Fatal(err)
-	}
+	blob, tocDigest = upstreamBlob(t, estargz.WithChunkSize(chunkSize), estargz.WithCompression(c))
 	var buf bytes.Buffer
 	if _, err := c.(*externaltoc.GzipCompression).WriteTOCTo(&buf); err != nil {
 		t.Fatal(err)
 	}
-	return blob, buf.Bytes(), b.TOCDigest().String()
+	return blob, buf.Bytes(), tocDigest
 }
 
 func withExternalTOC(t *testing.T, toc []byte) {
@@ -56,24 +56,4 @@ func TestExternalTOCOfAnotherLayerIsRejected(t *testing.T) {
 func TestExternalTOCBlobWithoutItsTOCIsRejected(t *testing.T) {
 	blob, _, dgst := externalTOCBlob(t)
 	mustFail(t, check(blob, dgst), "footer:")
-}
-
-// otherLayerExternalTOC is another layer's external TOC (same files, another chunk size).
-func otherLayerExternalTOC(t *testing.T) ([]byte, []byte, string) {
-	src := layerTar(t)
-	c := externaltoc.NewGzipCompressionWithLevel(nil, gzip.BestCompression)
-	b, err := estargz.Build(io.NewSectionReader(bytes.NewReader(src), 0, int64(len(src))), estargz.WithChunkSize(512), estargz.WithCompression(c))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	blob, err := io.ReadAll(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var buf bytes.Buffer
-	if _, err := c.(*externaltoc.GzipCompression).WriteTOCTo(&buf); err != nil {
-		t.Fatal(err)
-	}
-	return blob, buf.Bytes(), b.TOCDigest().String()
 }
