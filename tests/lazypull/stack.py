@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ctr_remote.runstate import start_time
 from tests.conftest import ROOT
 from tests.helpers.registry import RegistryServer, start_registry
 
@@ -387,11 +388,7 @@ def _kill(pids: set[int]) -> None:
 
 def running(pid: int) -> bool:
     """Whether `pid` exists and is not a zombie (an exited shim waits for init to reap it)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
+    return start_time(pid) is not None
 
 
 def _processes() -> Iterator[Path]:
