@@ -302,7 +302,7 @@ class StargzStack:
         (they are not containerd's children; found in our mount namespace, where only they and the
         snapshotter remain). Their state is deleted anyway: SIGKILL."""
         procs = [f for cgroup in self.cgroups() for f in cgroup.glob("**/cgroup.procs")]
-        _kill({int(pid) for f in procs for pid in f.read_text().split()})
+        _kill({pid for f in procs for pid in _cgroup_members(f)})
         if self.snapshotter is not None:
             _kill(set(_pids_in_namespace(self.mount_namespace)) - {self.snapshotter.pid})
 
@@ -384,6 +384,16 @@ def _kill(pids: set[int]) -> None:
         if time.monotonic() > deadline:
             raise StackError(f"processes {alive} survived SIGKILL for {STOP_TIMEOUT}s")
         time.sleep(POLL)
+
+
+def _cgroup_members(procs: Path) -> list[int]:
+    """The processes in a cgroup, none if a shim has just removed it (its container exited)."""
+    try:
+        return [int(pid) for pid in procs.read_text().split()]
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.ENODEV):
+            return []
+        raise
 
 
 def running(pid: int) -> bool:
