@@ -3,6 +3,8 @@ and holding them while something must not be cut in half (cleanup, CNI plugin ru
 
 from __future__ import annotations
 
+import atexit
+import ctypes
 import signal
 import threading
 import time
@@ -29,9 +31,6 @@ def abort(signum: int, _frame: object = None) -> None:
     program is (KeyboardInterrupt for SIGINT, Terminated for SIGTERM), so every cleanup on the way out
     runs; a later one (a second Ctrl-C 50 ms after the first) is ignored, so that cleanup finishes and
     the exit code and message are the first signal's."""
-    # Ignored from now on by the kernel, not by a Python handler: Python puts the default action back
-    # for its own handlers when the interpreter exits, and a SIGTERM then would kill the process with
-    # its cleanup half done and the wrong exit status.
     _ignore_held()
     if _aborting:
         return
@@ -42,7 +41,33 @@ def abort(signum: int, _frame: object = None) -> None:
 
 
 def _ignore_held() -> None:
-    if threading.current_thread() is threading.main_thread():
+    """Have the kernel ignore SIGINT and SIGTERM from now on: the helpers our cleanup starts (`runc
+    delete`, `rm -rf`) are in the terminal's process group and inherit that, so a second Ctrl-C
+    cannot kill them halfway.
+
+    Not through `signal.signal(s, SIG_IGN)` while a handler runs: when both signals arrived before
+    the main thread ran any handler (a busy machine, a Ctrl-C then a SIGTERM), CPython calls the
+    SIGINT handler first, then finds SIGTERM flagged with its handler gone and prints a traceback
+    ("Signal 15 ignored due to race condition"). Python's own table keeps `abort`, which returns
+    at once now; at exit `_ignored_at_exit` records the ignoring there too."""
+    for s in HELD:
+        if _libc.signal(s, _SIG_IGN) == _SIG_ERR:
+            raise OSError(ctypes.get_errno(), f"cannot ignore {s.name}")
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.signal.argtypes = (ctypes.c_int, ctypes.c_void_p)
+_libc.signal.restype = ctypes.c_void_p
+_SIG_IGN = 1
+_SIG_ERR = ctypes.c_void_p(-1).value
+
+
+@atexit.register
+def _ignored_at_exit() -> None:
+    """Python puts the default action back for its own handlers when the interpreter exits: once a
+    run is aborting, a SIGTERM then would kill it with the wrong exit status. Outside a handler (atexit
+    runs on the main thread) `signal.signal` first runs what is pending, so there is no race here."""
+    if _aborting and threading.current_thread() is threading.main_thread():
         for s in HELD:
             signal.signal(s, signal.SIG_IGN)
 
@@ -95,6 +120,8 @@ def signals_deferred() -> Iterator[None]:
             signal.signal(s, handler)
         for signum in dict.fromkeys(pending):
             signal.raise_signal(signum)
+        if _aborting:  # putting a Python handler back made the kernel deliver them again
+            _ignore_held()
 
 
 def wait_event(event: threading.Event, timeout: float | None = None) -> bool:
