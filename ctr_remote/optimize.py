@@ -33,6 +33,7 @@ from ctr_remote.estargz import (
     UnrepresentableLayerError,
     blob_kind,
     build,
+    carried_annotations,
     open_estargz,
 )
 from ctr_remote.image import (
@@ -55,7 +56,6 @@ from ctr_remote.image.resolve import resolve_images
 from ctr_remote.layer.archive import members, open_layer
 from ctr_remote.layer.compression import CorruptLayerError, uncompress
 from ctr_remote.layercache.local import CachedLayer, LayerCache, LayerReport, Outcome, layer_key
-from ctr_remote.layercache.verify import FORMAT_ANNOTATIONS
 from ctr_remote.options import OptimizeOptions
 from ctr_remote.prefetch_list import visible_per_layer
 from ctr_remote.profile import Workload, check_requirements, profile
@@ -70,10 +70,6 @@ _OCI_LAYER_OF_DOCKER = {
     media_types.DOCKER_LAYER: media_types.OCI_LAYER,
     media_types.DOCKER_FOREIGN_LAYER_GZIP: media_types.OCI_LAYER_NONDIST_GZIP,
 }
-
-
-# Annotations that describe one blob's layout: a converted layer must not inherit its source's.
-_FORMAT_ANNOTATIONS = FORMAT_ANNOTATIONS
 
 
 @dataclass(frozen=True)
@@ -484,7 +480,7 @@ class _Pipeline:
         if self.options.uncompressed:
             return self._uncompress_layer(desc, cancel)
         path = self._layer_file(desc)
-        annotations = {k: v for k, v in (desc.annotations or {}).items() if k not in _FORMAT_ANNOTATIONS}
+        annotations = carried_annotations(desc.annotations)
         if self.options.reuse and not files and diff_id and self._reusable(path, desc):
             log.info("no access occur; copying without conversion", digest=desc.digest)
             with open(path, "rb") as f:
@@ -545,7 +541,7 @@ class _Pipeline:
         media = desc.media_type
         if self.options.oci:
             media = _OCI_LAYER_OF_DOCKER.get(media, media)
-        annotations = {k: v for k, v in (desc.annotations or {}).items() if k not in _FORMAT_ANNOTATIONS}
+        annotations = carried_annotations(desc.annotations)
         return _Converted(path, replace(desc, media_type=media, annotations=annotations or None), diff_id)
 
     def _plain_tar(self, desc: Descriptor, dst: BinaryIO, cancel: CancelToken) -> tuple[str, int]:

@@ -49,6 +49,7 @@ from ctr_remote.estargz.reader import EstargzReader, Verified, blob_kind, is_est
 from ctr_remote.estargz.toc import (
     EXTERNAL_TOC_IMAGE_SUFFIX,
     EXTERNAL_TOC_LAYER_ANNOTATION,
+    FORMAT_ANNOTATIONS,
     NO_PREFETCH_LANDMARK,
     PREFETCH_LANDMARK,
     TOC_DIGEST_ANNOTATION,
@@ -57,6 +58,7 @@ from ctr_remote.estargz.toc import (
     ZSTD_CHECKSUM_ANNOTATIONS,
     ZSTD_POSITION_ANNOTATIONS,
     TOCEntry,
+    carried_annotations,
 )
 from ctr_remote.estargz.writer import build
 
@@ -65,6 +67,7 @@ __all__ = [
     "DEFAULT_COMPRESSION_LEVEL",
     "EXTERNAL_TOC_IMAGE_SUFFIX",
     "EXTERNAL_TOC_LAYER_ANNOTATION",
+    "FORMAT_ANNOTATIONS",
     "NO_PREFETCH_LANDMARK",
     "PREFETCH_LANDMARK",
     "TOC_DIGEST_ANNOTATION",
@@ -82,6 +85,7 @@ __all__ = [
     "Verified",
     "blob_kind",
     "build",
+    "carried_annotations",
     "is_estargz",
     "open_estargz",
 ]

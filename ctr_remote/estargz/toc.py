@@ -236,6 +236,21 @@ ZSTD_POSITION_ANNOTATIONS = (
     "io.containers.zstd-chunked.manifest-position",
     "io.github.containers.zstd-chunked.manifest-position",
 )
+# Annotations that describe one blob's layout: measured from the blob, never carried over from the
+# layer it was converted from.
+FORMAT_ANNOTATIONS = frozenset(
+    {
+        TOC_DIGEST_ANNOTATION,
+        UNCOMPRESSED_SIZE_ANNOTATION,
+        *ZSTD_CHECKSUM_ANNOTATIONS,
+        *ZSTD_POSITION_ANNOTATIONS,
+    }
+)
+
+
+def carried_annotations(source: dict[str, str] | None) -> dict[str, str]:
+    """The annotations of a source layer that its conversion keeps (all but FORMAT_ANNOTATIONS)."""
+    return {k: v for k, v in (source or {}).items() if k not in FORMAT_ANNOTATIONS}
 
 
 def skippable_frame(payload: bytes) -> bytes:

@@ -76,9 +76,8 @@ def atomic_file(dest: Path) -> Iterator[BinaryIO]:
     Failures to create, write, sync or rename it are ImageErrors naming `dest`."""
     with _writing(dest):
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = make_temp_file(
-            f".{dest.name}.", ".tmp", dest.parent
-        )  # a SIGKILLed run's janitor removes it
+        # Through the run record: a SIGKILLed run's janitor removes it.
+        fd, tmp = make_temp_file(f".{dest.name}.", ".tmp", dest.parent)
         try:
             os.fchmod(fd, _mode_for(dest))
         except BaseException:

@@ -20,19 +20,10 @@ from ctr_remote.estargz import (
     UNCOMPRESSED_SIZE_ANNOTATION,
     ZSTD_CHECKSUM_ANNOTATIONS,
     ZSTD_POSITION_ANNOTATIONS,
+    carried_annotations,
 )
 from ctr_remote.image import Descriptor
 from ctr_remote.image.digest import algorithm
-
-# Annotations that describe one blob's layout: measured from the blob, never carried over.
-FORMAT_ANNOTATIONS = frozenset(
-    {
-        TOC_DIGEST_ANNOTATION,
-        UNCOMPRESSED_SIZE_ANNOTATION,
-        *ZSTD_CHECKSUM_ANNOTATIONS,
-        *ZSTD_POSITION_ANNOTATIONS,
-    }
-)
 
 # A blob's format (as `check.blob_facts` names it) -> the compression its media type must name.
 _COMPRESSION = {
@@ -95,8 +86,6 @@ def entry_problem(
     for name, value in measured.items():
         if name in annotations and annotations[name] != value:
             return f"annotation {name}={annotations[name]!r} differs from the blob's {value!r}"
-    carried = {k: v for k, v in (source.annotations or {}).items() if k not in FORMAT_ANNOTATIONS}
-    kept = {k: v for k, v in annotations.items() if k not in FORMAT_ANNOTATIONS}
-    if kept != carried:
+    if carried_annotations(annotations) != carried_annotations(source.annotations):
         return "its annotations are not the source layer's"
     return None
