@@ -91,12 +91,9 @@ def aborting() -> Iterator[None]:
     try:
         yield
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
         if any(handler is not abort for handler in previous.values()):
             _aborting.clear()
-        elif _aborting:
-            _ignore_held()
+        _restore(previous)
 
 
 @contextmanager
@@ -116,12 +113,19 @@ def signals_deferred() -> Iterator[None]:
     try:
         yield
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        _restore(previous)
         for signum in dict.fromkeys(pending):
             signal.raise_signal(signum)
-        if _aborting:  # putting a Python handler back made the kernel deliver them again
-            _ignore_held()
+
+
+def _restore(previous: dict[signal.Signals, Any]) -> None:
+    """Put `previous` handlers back. Once the run is aborting the kernel goes on ignoring the signals
+    (putting a Python handler back would have it deliver them again): what a deferred one would
+    have done, `abort`, ignores them too."""
+    for s, handler in previous.items():
+        signal.signal(s, handler)
+    if _aborting:
+        _ignore_held()
 
 
 def wait_event(event: threading.Event, timeout: float | None = None) -> bool:
