@@ -246,17 +246,15 @@ class LayerCache:
             return None
         desc, diff_id, toc = entry
         blob = fetched / encoded(desc.digest)
-        toc_path = fetched / encoded(toc.digest) if toc else None
-        problem = self._problem(
-            source, desc, diff_id, blob, (toc, toc_path) if toc and toc_path else None, True
-        )
+        toc_blob = (toc, fetched / encoded(toc.digest)) if toc else None
+        problem = self._problem(source, desc, diff_id, blob, toc_blob, True)
         if problem is not None:
             self._unusable(key, remote.entry(key), problem, self._bad_remote)
             return None
         self.held(desc.digest, remote.reference)
         found = CachedLayer(self._put_blob(blob, desc.digest), desc, diff_id, None)
-        if toc is not None and toc_path is not None:
-            found = replace(found, toc=self._put_blob(toc_path, toc.digest))
+        if toc_blob is not None:
+            found = replace(found, toc=self._put_blob(toc_blob[1], toc_blob[0].digest))
         self._write_key(key, found, toc)
         return found
 
@@ -320,16 +318,14 @@ class LayerCache:
                 return None
             except OSError as e:
                 raise CtrRemoteError(f"cannot use the layer cache {self.directory}: {e.strerror}") from None
-        toc_link = links[1] if toc else None
-        problem = self._problem(
-            source, desc, diff_id, links[0], (toc, toc_link) if toc and toc_link else None, False
-        )
+        toc_blob = (toc, links[1]) if toc else None
+        problem = self._problem(source, desc, diff_id, links[0], toc_blob, False)
         if problem is not None:
             self._unusable(key, str(keyfile), problem, self._bad_local)
             return None
         with contextlib.suppress(OSError):  # the last use, which trimming goes by
             os.utime(keyfile)
-        return CachedLayer(links[0], desc, diff_id, toc_link)
+        return CachedLayer(links[0], desc, diff_id, toc_blob[1] if toc_blob else None)
 
     def _store(self, key: str, layer: CachedLayer) -> CachedLayer:
         """Put the layer's blobs into the directory (they came from a job's temporary directory)
