@@ -11,7 +11,6 @@ import contextlib
 import functools
 import json
 import os
-import shutil
 import tarfile
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
@@ -56,6 +55,7 @@ from ctr_remote.image.resolve import resolve_images
 from ctr_remote.layer.archive import members, open_layer
 from ctr_remote.layer.compression import CorruptLayerError, uncompress
 from ctr_remote.layercache.local import CachedLayer, LayerCache, LayerReport, Outcome, layer_key
+from ctr_remote.leftovers import remove_tree
 from ctr_remote.options import OptimizeOptions
 from ctr_remote.prefetch_list import visible_per_layer
 from ctr_remote.profile import Workload, check_requirements, profile
@@ -130,11 +130,7 @@ def _work_dir(run: RunRecord) -> Iterator[Path]:
     try:
         yield work
     finally:
-        shutil.rmtree(work, onerror=_not_removed)
-
-
-def _not_removed(_func: object, path: str, exc: object) -> None:
-    log.warning("could not remove a temp file", path=path, error=str(exc))
+        remove_tree(work)
 
 
 def external_toc_reference(target: Reference) -> Reference:
